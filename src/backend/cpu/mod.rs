@@ -1,0 +1,356 @@
+//! The CPU backend: rayon over output rows, working on the packed data.
+//!
+//! Each worker decodes one packed row at a time into a small f32 buffer and
+//! reuses it across the whole batch, so the matrix is never dequantized as a
+//! whole and every weight byte is read once per call.
+
+mod matmul;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use super::{
+    Backend, BackendError, BackendKind, Bandwidth, DeviceInfo, KernelTiming, LevelAssignment,
+    MatrixHandle, MemoryReport, RtnSpec, TimingSource,
+};
+use crate::format::{nearest_level, pack_q4, pack_q8, FormatKind, Matrix, Packed, QuantizedMatrix};
+
+pub use matmul::{matmul, matmul_into};
+
+/// Host CPU backend.
+pub struct CpuBackend {
+    matrices: Mutex<HashMap<u64, Arc<QuantizedMatrix>>>,
+    next_id: AtomicU64,
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    /// A backend using rayon's global thread pool.
+    pub fn new() -> Self {
+        CpuBackend {
+            matrices: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            live: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, h: &MatrixHandle) -> Result<Arc<QuantizedMatrix>, BackendError> {
+        if h.backend() != BackendKind::Cpu {
+            return Err(BackendError::Invalid(format!(
+                "handle belongs to the {} backend, not cpu",
+                h.backend()
+            )));
+        }
+        self.matrices
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&h.id())
+            .cloned()
+            .ok_or_else(|| BackendError::Invalid(format!("unknown or freed matrix {}", h.id())))
+    }
+}
+
+fn poisoned() -> BackendError {
+    BackendError::Device {
+        backend: BackendKind::Cpu,
+        message: "internal lock poisoned by an earlier panic".into(),
+    }
+}
+
+/// CPU features worth reporting (those the kernels may use).
+pub fn cpu_features() -> Vec<String> {
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            f.push("avx2".into());
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            f.push("fma".into());
+        }
+        if std::arch::is_x86_feature_detected!("f16c") {
+            f.push("f16c".into());
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            f.push("avx512f".into());
+        }
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            f.push("avx512vnni".into());
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        f.push("neon".into());
+    }
+    f.push(format!("threads={}", rayon::current_num_threads()));
+    f
+}
+
+impl Backend for CpuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+
+    fn info(&self) -> DeviceInfo {
+        let mut sys = sysinfo::System::new();
+        sys.refresh_memory();
+        sys.refresh_cpu_all();
+        let name = sys
+            .cpus()
+            .first()
+            .map(|c| c.brand().trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        DeviceInfo {
+            backend: BackendKind::Cpu,
+            name,
+            device_type: "cpu".into(),
+            driver: format!("{} cores", sys.cpus().len()),
+            memory_total_bytes: Some(sys.total_memory()),
+            compute_capability: None,
+            features: cpu_features(),
+        }
+    }
+
+    fn upload(&self, m: &QuantizedMatrix) -> Result<MatrixHandle, BackendError> {
+        let bytes = m.storage_bytes().total() as u64;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.matrices
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(id, Arc::new(m.clone()));
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+        Ok(MatrixHandle::new(id, BackendKind::Cpu, m, bytes))
+    }
+
+    fn dequantize(&self, h: &MatrixHandle) -> Result<Vec<f32>, BackendError> {
+        let m = self.get(h)?;
+        let cols = m.cols();
+        let mut out = vec![0.0f32; m.rows() * cols];
+        out.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, row)| m.dequantize_row(r, row));
+        Ok(out)
+    }
+
+    fn matmul(&self, h: &MatrixHandle, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
+        h.check_input(x, batch)?;
+        let m = self.get(h)?;
+        Ok(matmul(&m, x, batch))
+    }
+
+    fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
+        let removed = self
+            .matrices
+            .lock()
+            .map_err(|_| poisoned())?
+            .remove(&h.id());
+        match removed {
+            Some(_) => {
+                self.live.fetch_sub(h.bytes(), Ordering::Relaxed);
+                Ok(())
+            }
+            None => Err(BackendError::Invalid(format!(
+                "unknown or freed matrix {}",
+                h.id()
+            ))),
+        }
+    }
+
+    fn memory(&self) -> MemoryReport {
+        let mut sys = sysinfo::System::new();
+        sys.refresh_memory();
+        MemoryReport {
+            live_bytes: self.live.load(Ordering::Relaxed),
+            peak_bytes: self.peak.load(Ordering::Relaxed),
+            reserved_bytes: None,
+            device_used_bytes: Some(sys.used_memory()),
+            device_total_bytes: Some(sys.total_memory()),
+        }
+    }
+
+    fn quantize(&self, w: &Matrix, spec: RtnSpec) -> Result<QuantizedMatrix, BackendError> {
+        match spec.kind {
+            FormatKind::Q8 => Ok(pack_q8(w, spec.group)?),
+            FormatKind::Q4 => Ok(pack_q4(w, spec.group)?),
+            other => Err(BackendError::Unsupported {
+                backend: BackendKind::Cpu,
+                what: format!("round-to-nearest quantization to {other}"),
+            }),
+        }
+    }
+
+    fn assign_levels(
+        &self,
+        values: &MatrixHandle,
+        levels: &[f32],
+        want_codes: bool,
+    ) -> Result<LevelAssignment, BackendError> {
+        let m = self.get(values)?;
+        let Packed::F32(data) = m.packed() else {
+            return Err(BackendError::Invalid(
+                "assign_levels needs an f32 matrix of values".into(),
+            ));
+        };
+        check_levels(levels)?;
+        let (rows, cols) = (m.rows(), m.cols());
+        let stride = m.row_stride_bytes() / 4;
+        let k = levels.len();
+        let mut codes = if want_codes {
+            vec![0u8; rows * cols]
+        } else {
+            Vec::new()
+        };
+        // Work in chunks of whole rows so the padded layout is respected.
+        let chunk_rows = (65536 / cols).max(1);
+        let partials: Vec<(Vec<f64>, Vec<u64>)> = if want_codes {
+            codes
+                .par_chunks_mut(chunk_rows * cols)
+                .enumerate()
+                .map(|(i, out)| {
+                    let n = out.len() / cols;
+                    assign_rows(data, stride, cols, i * chunk_rows, n, levels, Some(out))
+                })
+                .collect()
+        } else {
+            (0..rows.div_ceil(chunk_rows))
+                .into_par_iter()
+                .map(|i| {
+                    let n = chunk_rows.min(rows - i * chunk_rows);
+                    assign_rows(data, stride, cols, i * chunk_rows, n, levels, None)
+                })
+                .collect()
+        };
+        let mut sums = vec![0.0f64; k];
+        let mut counts = vec![0u64; k];
+        for (s, c) in partials {
+            for j in 0..k {
+                sums[j] += s[j];
+                counts[j] += c[j];
+            }
+        }
+        Ok(LevelAssignment {
+            codes,
+            sums,
+            counts,
+        })
+    }
+
+    fn time_matmul(
+        &self,
+        h: &MatrixHandle,
+        batch: usize,
+        runs: usize,
+    ) -> Result<KernelTiming, BackendError> {
+        let m = self.get(h)?;
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0x5eed);
+        let x: Vec<f32> = (0..batch * m.cols())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        h.check_input(&x, batch)?;
+        let mut y = vec![0.0f32; batch * m.rows()];
+        matmul_into(&m, &x, batch, &mut y);
+        let mut samples = Vec::with_capacity(runs);
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            matmul_into(&m, &x, batch, &mut y);
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(&y);
+        Ok(KernelTiming {
+            samples_s: samples,
+            source: TimingSource::WallClock,
+        })
+    }
+
+    fn measure_bandwidth(&self, bytes: usize) -> Result<Bandwidth, BackendError> {
+        // Every thread sums its own slice of one buffer: a pure read stream.
+        let n = (bytes / 4).max(1 << 20);
+        let buf: Vec<f32> = (0..n).map(|i| (i & 1023) as f32).collect();
+        let read =
+            |b: &[f32]| -> f32 { b.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum() };
+        std::hint::black_box(read(&buf));
+        let mut samples = Vec::new();
+        for _ in 0..7 {
+            let t = Instant::now();
+            std::hint::black_box(read(&buf));
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        let seconds = KernelTiming {
+            samples_s: samples,
+            source: TimingSource::WallClock,
+        }
+        .median_s();
+        Ok(Bandwidth {
+            bytes_per_s: (n * 4) as f64 / seconds,
+            bytes_moved: (n * 4) as u64,
+            seconds,
+            source: TimingSource::WallClock,
+            method: "multi-threaded read of one buffer",
+        })
+    }
+
+    fn measure_flops(&self) -> Result<f64, BackendError> {
+        Err(BackendError::Unsupported {
+            backend: BackendKind::Cpu,
+            what: "FMA rate probe (not yet)".into(),
+        })
+    }
+}
+
+/// Checks a level table: 1..=256 finite values, ascending.
+pub fn check_levels(levels: &[f32]) -> Result<(), BackendError> {
+    if levels.is_empty() || levels.len() > 256 {
+        return Err(BackendError::Invalid(format!(
+            "need 1..=256 levels, got {}",
+            levels.len()
+        )));
+    }
+    if levels.iter().any(|v| !v.is_finite()) || levels.windows(2).any(|w| w[0] > w[1]) {
+        return Err(BackendError::Invalid(
+            "levels must be finite and ascending".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Assigns rows `row0..row0 + nrows` to levels; codes go to `out` when given.
+fn assign_rows(
+    data: &[f32],
+    stride: usize,
+    cols: usize,
+    row0: usize,
+    nrows: usize,
+    levels: &[f32],
+    mut out: Option<&mut [u8]>,
+) -> (Vec<f64>, Vec<u64>) {
+    let k = levels.len();
+    let mut sums = vec![0.0f64; k];
+    let mut counts = vec![0u64; k];
+    for r in 0..nrows {
+        let row = &data[(row0 + r) * stride..][..cols];
+        for (c, &v) in row.iter().enumerate() {
+            let j = nearest_level(levels, v);
+            sums[j] += v as f64;
+            counts[j] += 1;
+            if let Some(o) = out.as_deref_mut() {
+                o[r * cols + c] = j as u8;
+            }
+        }
+    }
+    (sums, counts)
+}

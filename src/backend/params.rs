@@ -1,0 +1,94 @@
+//! Kernel parameter blocks shared by the WGSL shaders (`shaders/*.wgsl`, as a
+//! uniform struct) and the CUDA kernels (`kernels/*.cu`, as a by-value struct
+//! argument). One `#[repr(C)]` definition feeds both so the two cannot drift:
+//! the WGSL and CUDA structs list the same fields in the same order.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::format::QuantizedMatrix;
+
+/// `flags` bit: the matrix has sparse outliers (CSR buffers bound).
+pub const FLAG_OUTLIERS: u32 = 1;
+/// `flags` bit: the matrix has a per-input-channel activation scale.
+pub const FLAG_ACT_SCALE: u32 = 2;
+
+/// Parameters of dequantize and matmul kernels (`Y = X · Wᵀ`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct MatmulParams {
+    /// Output features (rows of W).
+    pub rows: u32,
+    /// Input features (columns of W, columns of X).
+    pub cols: u32,
+    /// Rows of X and Y.
+    pub batch: u32,
+    /// `FormatKind as u32`.
+    pub format: u32,
+    /// Dense row stride in 32-bit words.
+    pub row_stride_words: u32,
+    /// Columns per group.
+    pub group_len: u32,
+    /// Groups per row.
+    pub groups_per_row: u32,
+    /// [`FLAG_OUTLIERS`] | [`FLAG_ACT_SCALE`].
+    pub flags: u32,
+}
+
+impl MatmulParams {
+    /// Parameters for `m` at `batch`.
+    pub fn new(m: &QuantizedMatrix, batch: usize) -> Self {
+        let mut flags = 0;
+        if m.outliers().is_some() {
+            flags |= FLAG_OUTLIERS;
+        }
+        if m.act_scale().is_some() {
+            flags |= FLAG_ACT_SCALE;
+        }
+        MatmulParams {
+            rows: m.rows() as u32,
+            cols: m.cols() as u32,
+            batch: batch as u32,
+            format: m.kind() as u32,
+            row_stride_words: (m.row_stride_bytes() / 4) as u32,
+            group_len: m.group_len() as u32,
+            groups_per_row: m.groups_per_row() as u32,
+            flags,
+        }
+    }
+}
+
+/// Parameters of the round-to-nearest quantize kernels.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct QuantizeParams {
+    /// Rows of W.
+    pub rows: u32,
+    /// Columns of W.
+    pub cols: u32,
+    /// `FormatKind as u32` (q8 or q4).
+    pub format: u32,
+    /// Output row stride in 32-bit words.
+    pub row_stride_words: u32,
+    /// Columns per group.
+    pub group_len: u32,
+    /// Groups per row.
+    pub groups_per_row: u32,
+    /// Unused, keeps the block 16-byte aligned.
+    pub _pad0: u32,
+    /// Unused.
+    pub _pad1: u32,
+}
+
+/// Parameters of the nearest-level assignment and per-level reduction kernels.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct AssignParams {
+    /// Number of values.
+    pub n: u32,
+    /// Number of levels (ascending), at most 256.
+    pub levels: u32,
+    /// 1 to write a code per value.
+    pub want_codes: u32,
+    /// Unused, keeps the block 16-byte aligned.
+    pub _pad0: u32,
+}

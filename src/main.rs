@@ -1,0 +1,34 @@
+//! The `quantscope` command line: parse, call the library, print or write files.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// Which quantization should I use for this model on this hardware, and what
+/// does it cost in accuracy, speed and memory?
+#[derive(Parser)]
+#[command(name = "quantscope", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the compiled-in backends, whether each can run here, and its device.
+    Devices(cli::devices::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Devices(a) => cli::devices::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

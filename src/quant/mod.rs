@@ -1,0 +1,1 @@
+//! Quantization algorithms. They produce `format` values and never touch devices.
