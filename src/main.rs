@@ -17,12 +17,17 @@ struct Cli {
 enum Command {
     /// List the compiled-in backends, whether each can run here, and its device.
     Devices(cli::devices::Args),
+    /// Quantize a vector to 2^bits levels with uniform, non-uniform (Lloyd-Max,
+    /// exact DP) and outlier-aware (EasyQuant) approaches on every backend, and
+    /// report error, latency and plots.
+    Vector(cli::vector::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(a) => cli::devices::run(a),
+        Command::Vector(a) => cli::vector::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
