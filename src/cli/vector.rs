@@ -27,7 +27,7 @@ appended, written atomically) and PNG plots.")]
 pub struct Args {
     /// Vector: `small` (the reference's 10 values), `large` (10,000,000
     /// samples) or a length N >= 1 (underscores allowed: 1_000_000).
-    #[arg(long, default_value = "small", value_parser = parse_size)]
+    #[arg(long, default_value = "small", value_parser = parse_size, allow_negative_numbers = true)]
     size: VectorSize,
 
     /// Distribution of generated vectors (large and N): gaussian (N(0,1)),
@@ -37,11 +37,11 @@ pub struct Args {
     distribution: Distribution,
 
     /// gaussian+outliers: fraction of values replaced by outliers, in [0, 1].
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, allow_negative_numbers = true)]
     outlier_rate: f64,
 
     /// gaussian+outliers: outliers are ±scale·u with u uniform in [1, 2); > 0.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     outlier_scale: f64,
 
     /// Bits per value: 2^bits levels (1 to 8).
@@ -49,7 +49,7 @@ pub struct Args {
     bits: u32,
 
     /// EasyQuant: values with |v - mean| > threshold * std are kept exact (> 0).
-    #[arg(long, default_value_t = 3.0, value_parser = parse_threshold)]
+    #[arg(long, default_value_t = 3.0, value_parser = parse_threshold, allow_negative_numbers = true)]
     threshold: f64,
 
     /// Levels are fitted on a random sample of this many values (the whole
@@ -88,7 +88,7 @@ pub struct Args {
 
     /// Lloyd-Max and the uniform search stop when no level moves by more than
     /// tolerance * std of the sample.
-    #[arg(long, default_value_t = 1e-6, value_parser = parse_tolerance)]
+    #[arg(long, default_value_t = 1e-6, value_parser = parse_tolerance, allow_negative_numbers = true)]
     tolerance: f64,
 
     /// Cap on the iterations of each iterative fitter.

@@ -62,6 +62,7 @@ pub fn draw_png(
             draw(&root, text).map_err(|e| e.to_string())?;
             root.present().map_err(|e| e.to_string())?;
         }
+        super::report::readable_by_all(tmp.path()).map_err(|e| e.to_string())?;
         tmp.persist(path).map_err(|e| e.error.to_string())?;
         Ok(())
     };

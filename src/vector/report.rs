@@ -14,11 +14,13 @@ pub const RESULTS_TXT: &str = "results.txt";
 /// Name of the JSON results file.
 pub const RESULTS_JSON: &str = "results.json";
 
-/// Contents of `results.json`.
+/// Contents of `results.json`. Runs are kept as JSON values: figures that
+/// are not finite (an SQNR of a lossless quantization) are written as `null`,
+/// and older runs are carried over as they were.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ResultsFile {
-    /// Every run, oldest first.
-    pub runs: Vec<StudyRun>,
+    /// Every run ([`StudyRun`]), oldest first.
+    pub runs: Vec<serde_json::Value>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> VectorError + '_ {
@@ -118,7 +120,11 @@ pub fn append_results_json(dir: &Path, run: &StudyRun) -> Result<(), VectorError
         }
         Err(e) => return Err(e),
     };
-    file.runs.push(run.clone());
+    let value = serde_json::to_value(run).map_err(|source| VectorError::Json {
+        path: path.display().to_string(),
+        source,
+    })?;
+    file.runs.push(value);
     write_json_atomic(&path, &file)
 }
 
@@ -136,6 +142,19 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Vec
     })?;
     tmp.write_all(b"\n").map_err(io_err(path))?;
     tmp.as_file().sync_all().map_err(io_err(path))?;
+    readable_by_all(tmp.path()).map_err(io_err(path))?;
     tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+    Ok(())
+}
+
+/// Temporary files are created private (0600); results are ordinary files.
+pub(crate) fn readable_by_all(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
