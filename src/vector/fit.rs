@@ -611,8 +611,9 @@ pub fn dp_optimal(values: &[f32], k: usize) -> Result<Fit, VectorError> {
             }
             let mid = (lo + hi) / 2;
             let mut best = (f64::INFINITY, tlo);
-            for t in tlo..=thi.min(mid - 1) {
-                let v = prev[t] + sse(t, mid);
+            let top = thi.min(mid - 1);
+            for (t, &p) in prev.iter().enumerate().take(top + 1).skip(tlo) {
+                let v = p + sse(t, mid);
                 if v < best.0 {
                     best = (v, t);
                 }

@@ -169,7 +169,7 @@ impl VectorSpec {
 
     /// Checks the parameters.
     pub fn validate(&self) -> Result<(), VectorError> {
-        if self.size.len() == 0 {
+        if self.size.is_empty() {
             return Err(VectorError::Invalid("size must be at least 1 value".into()));
         }
         if !(0.0..=1.0).contains(&self.outlier_rate) {

@@ -79,7 +79,7 @@ pub fn draw_png(
 pub fn histogram(values: &[f32], lo: f64, hi: f64, bins: usize) -> Vec<u64> {
     use rayon::prelude::*;
     let width = (hi - lo) / bins as f64;
-    if !(width > 0.0) {
+    if width.is_nan() || width <= 0.0 {
         return vec![values.len() as u64; 1];
     }
     values
