@@ -173,7 +173,7 @@ pub fn quantize_uniform(w: &Matrix, spec: UniformSpec) -> Result<UniformQuantize
         zeros,
     };
     let (lo_code, hi_code) = match spec.symmetry {
-        Symmetry::Symmetric => (1.0, (levels - 1) as f32), // zero = qmax: codes 1..=2·qmax
+        Symmetry::Symmetric => (0.0, (levels - 1) as f32), // zero = qmax: codes 0..=2·qmax
         Symmetry::Asymmetric => (0.0, levels as f32),
     };
     for r in 0..rows {
