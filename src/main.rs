@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// List the compiled-in backends, whether each can run here, and its device.
     Devices(cli::devices::Args),
+    /// Quantize every 2-D float tensor of a safetensors file (or the built-in
+    /// sample model) and report bits/weight, bytes and error per tensor.
+    Quantize(cli::quantize::Args),
     /// Quantize a vector to 2^bits levels with uniform, non-uniform (Lloyd-Max,
     /// exact DP) and outlier-aware (EasyQuant) approaches on every backend, and
     /// report error, latency and plots.
@@ -27,6 +30,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(a) => cli::devices::run(a),
+        Command::Quantize(a) => cli::quantize::run(a),
         Command::Vector(a) => cli::vector::run(a),
     };
     match result {

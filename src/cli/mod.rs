@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
 pub mod devices;
+pub mod progress;
+pub mod quantize;
 pub mod vector;

@@ -1,11 +1,9 @@
 //! `quantscope vector`: the vector quantization study.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quantscope::backend::{self, Backend, BackendKind};
 use quantscope::vector::fit::IterOptions;
 use quantscope::vector::study::StudyEvent;
@@ -242,17 +240,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let total: usize = configs.len() * backends.len() * args.approach.0.len();
-    let bar = if args.json || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-        {
-            b.set_style(style);
-        }
-        b
-    };
+    let bar = super::progress::bar(total as u64, "vector", args.json);
 
     let mut runs: Vec<StudyRun> = Vec::new();
     let mut vectors: Vec<(VectorSize, Vec<f32>)> = Vec::new();
