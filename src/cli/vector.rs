@@ -164,11 +164,12 @@ fn parse_backend(s: &str) -> Result<BackendArg, String> {
         .map_err(|_| format!("unknown backend '{s}' (expected cpu, wgpu, cuda or all)"))
 }
 
+/// Backends that cannot run here, with why.
+type Unavailable = Vec<(BackendKind, String)>;
+
 /// Opens the chosen backends: a named one must open; `all` skips (and
 /// reports) the ones that cannot run here.
-fn open_backends(
-    choice: BackendArg,
-) -> anyhow::Result<(Vec<Arc<dyn Backend>>, Vec<(BackendKind, String)>)> {
+fn open_backends(choice: BackendArg) -> anyhow::Result<(Vec<Arc<dyn Backend>>, Unavailable)> {
     match choice {
         BackendArg::One(kind) => {
             let b = backend::open(kind)
