@@ -93,6 +93,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1000, value_parser = parse_positive)]
     max_iterations: usize,
 
+    /// Run each approach this many times and report the median fit and
+    /// quantize latencies (figures do not change: everything is seeded).
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    repeat: usize,
+
     /// Print the results as JSON on stdout (no progress bar).
     #[arg(long)]
     json: bool,
@@ -213,6 +218,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             max_iterations: args.max_iterations,
         },
         threads,
+        repeat: args.repeat,
     };
     // Every configuration to run, validated before anything is computed or written.
     let configs: Vec<StudyConfig> = if args.all_configs {

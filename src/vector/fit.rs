@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::VectorError;
 use crate::backend::{Backend, MatrixHandle};
-use crate::format::{self, FormatKind, Matrix};
+use crate::format::{self, FormatKind, GroupSize, Matrix, Packed, QuantizedMatrix};
 
 /// Largest vector the exact DP optimum is computed for.
 pub const DP_MAX_N: usize = 10_000;
@@ -240,15 +240,19 @@ impl UploadedVector {
         let first = *values
             .first()
             .ok_or_else(|| VectorError::Invalid("empty vector".into()))?;
-        let cols = UPLOAD_COLS.min(n);
+        // A multiple of 4 columns: the f32 row stride (16 bytes) adds no
+        // padding, so the values go into the packed matrix with one copy.
+        let cols = UPLOAD_COLS.min(n.div_ceil(4) * 4);
         let rows = n.div_ceil(cols);
         let pad = rows * cols - n;
         let mut data = Vec::with_capacity(rows * cols);
         data.extend_from_slice(values);
         data.resize(rows * cols, first);
-        let m = Matrix::from_vec(rows, cols, data)?;
-        let packed = format::pack_plain(&m, FormatKind::F32)?;
-        drop(m);
+        let packed = if FormatKind::F32.row_stride_bytes(cols) == cols * 4 {
+            QuantizedMatrix::new(rows, cols, GroupSize::Row, Packed::F32(data))?
+        } else {
+            format::pack_plain(&Matrix::from_vec(rows, cols, data)?, FormatKind::F32)?
+        };
         let handle = backend.upload(&packed)?;
         Ok(UploadedVector {
             handle,
