@@ -381,13 +381,13 @@ fn print_run(r: &StudyRun) {
         );
         for a in &b.results {
             println!(
-                "    {:<16} {:>12.4e} {:>11.4e} {:>9.3} {:>10.4} {:>10.4} {:>8}",
+                "    {:<16} {:>12.4e} {:>11.4e} {:>9.3} {:>10} {:>10} {:>8}",
                 a.approach.name(),
                 a.l2_over_n,
                 a.rmse,
                 a.sqnr_db,
-                a.fit_s,
-                a.quantize_s,
+                seconds(a.fit_s),
+                seconds(a.quantize_s),
                 a.outliers
                     .map(|o| o.to_string())
                     .unwrap_or_else(|| "-".into())
@@ -396,5 +396,14 @@ fn print_run(r: &StudyRun) {
         for (a, why) in &b.skipped {
             println!("    {:<16} skipped: {why}", a.name());
         }
+    }
+}
+
+/// Seconds with 4 decimals, or in scientific notation below 10 ms.
+fn seconds(s: f64) -> String {
+    if s < 0.01 {
+        format!("{s:.2e}")
+    } else {
+        format!("{s:.4}")
     }
 }
