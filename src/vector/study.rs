@@ -30,6 +30,7 @@ pub enum Approach {
     LloydMax,
     /// The exact optimum of 1-D k-means by dynamic programming (N <= 10,000).
     DpOptimal,
+    #[serde(rename = "easyquant")]
     /// Values with |v − mean| > threshold·std kept exact, the rest quantized
     /// with optimized levels (DP optimum when the inliers are few enough,
     /// Lloyd-Max otherwise).
