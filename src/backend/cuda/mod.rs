@@ -1,5 +1,7 @@
 //! The cuda backend (in progress: replaced by the real implementation).
 
+pub mod compile;
+
 use super::{BackendError, BackendKind};
 
 /// The cuda backend.
