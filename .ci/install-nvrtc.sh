@@ -8,18 +8,29 @@
 #
 #     eval "$(.ci/install-nvrtc.sh)"
 #
+# It also installs `ptxas` (wheel nvidia-cuda-nvcc-cu12) and exports
+# QUANTSCOPE_PTXAS: the compile test then assembles the PTX too, which checks
+# the inline PTX that NVRTC passes through unchecked. Nothing at run time needs
+# ptxas (the driver JIT-compiles the PTX). QUANTSCOPE_NO_PTXAS=1 skips it.
+#
 # Progress and errors go to stderr. Override the folder with
-# QUANTSCOPE_NVRTC_CACHE, the wheel versions with NVRTC_WHEEL / RUNTIME_WHEEL.
+# QUANTSCOPE_NVRTC_CACHE, the wheel versions with NVRTC_WHEEL / RUNTIME_WHEEL /
+# NVCC_WHEEL.
 set -euo pipefail
 
 cache="${QUANTSCOPE_NVRTC_CACHE:-$HOME/.cache/quantscope-nvrtc}"
 nvrtc_wheel="${NVRTC_WHEEL:-nvidia-cuda-nvrtc-cu12==12.8.*}"
 runtime_wheel="${RUNTIME_WHEEL:-nvidia-cuda-runtime-cu12==12.8.*}"
+nvcc_wheel="${NVCC_WHEEL:-nvidia-cuda-nvcc-cu12==12.8.*}"
+want_ptxas=1
+if [ "${QUANTSCOPE_NO_PTXAS:-0}" = "1" ]; then want_ptxas=0; fi
 libdir="$cache/nvidia/cuda_nvrtc/lib"
 incdir="$cache/nvidia/cuda_runtime/include"
+ptxas="$cache/nvidia/cuda_nvcc/bin/ptxas"
 
 have() {
-    compgen -G "$libdir/libnvrtc.so*" >/dev/null && [ -f "$incdir/cuda_fp16.h" ]
+    compgen -G "$libdir/libnvrtc.so*" >/dev/null && [ -f "$incdir/cuda_fp16.h" ] &&
+        { [ "$want_ptxas" = 0 ] || [ -x "$ptxas" ]; }
 }
 
 if ! have; then
@@ -31,10 +42,12 @@ if ! have; then
         echo "install-nvrtc: no python3 found; cannot install the NVRTC wheels" >&2
         exit 1
     fi
-    echo "install-nvrtc: installing $nvrtc_wheel $runtime_wheel into $cache" >&2
+    wheels=("$nvrtc_wheel" "$runtime_wheel")
+    if [ "$want_ptxas" = 1 ]; then wheels+=("$nvcc_wheel"); fi
+    echo "install-nvrtc: installing ${wheels[*]} into $cache" >&2
     mkdir -p "$cache"
     "$py" -m pip install --quiet --disable-pip-version-check --no-deps \
-        --upgrade --target "$cache" "$nvrtc_wheel" "$runtime_wheel" >&2
+        --upgrade --target "$cache" "${wheels[@]}" >&2
 fi
 
 if ! have; then
@@ -52,3 +65,4 @@ fi
 
 echo "export LD_LIBRARY_PATH=\"$libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\""
 echo "export QUANTSCOPE_CUDA_INCLUDE=\"$incdir\""
+if [ "$want_ptxas" = 1 ]; then echo "export QUANTSCOPE_PTXAS=\"$ptxas\""; fi
