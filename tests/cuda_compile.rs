@@ -127,3 +127,117 @@ fn a_broken_kernel_fails_with_the_nvrtc_log() {
         Err(BackendError::Invalid(_))
     ));
 }
+
+/// Number of arguments the backend (src/backend/cuda/mod.rs) pushes for each
+/// entry point, and whether the first is a parameter block (`Some(size)`).
+/// Checked against the PTX, this catches a kernel signature that drifted from
+/// its launch code without a GPU.
+const ABI: [(&str, usize, Option<usize>); 25] = [
+    ("quantize_q8", 4, Some(32)),
+    ("quantize_q4", 5, Some(32)),
+    ("dequantize_f32", 10, Some(32)),
+    ("dequantize_f16", 10, Some(32)),
+    ("dequantize_bf16", 10, Some(32)),
+    ("dequantize_q8", 10, Some(32)),
+    ("dequantize_q4", 10, Some(32)),
+    ("dequantize_lut4", 10, Some(32)),
+    ("gemv_f32", 7, Some(32)),
+    ("gemv_f16", 7, Some(32)),
+    ("gemv_bf16", 7, Some(32)),
+    ("gemv_q8", 7, Some(32)),
+    ("gemv_q4", 7, Some(32)),
+    ("gemv_lut4", 7, Some(32)),
+    ("gemm_f32", 7, Some(32)),
+    ("gemm_f16", 7, Some(32)),
+    ("gemm_bf16", 7, Some(32)),
+    ("gemm_q8", 7, Some(32)),
+    ("gemm_q4", 7, Some(32)),
+    ("gemm_lut4", 7, Some(32)),
+    ("scale_input", 4, Some(32)),
+    ("outliers_add", 6, Some(32)),
+    ("assign_levels", 4, Some(16)),
+    ("reduce_levels", 5, Some(16)),
+    ("fma_rate", 3, None),
+];
+
+/// The `.param` declarations of entry `name` in `ptx`.
+fn entry_params<'a>(ptx: &'a str, name: &str) -> Vec<&'a str> {
+    let Some(start) = ptx.find(&format!(".entry {name}(")) else {
+        return Vec::new();
+    };
+    let rest = &ptx[start..];
+    let end = rest.find(')').unwrap_or(rest.len());
+    rest[..end]
+        .lines()
+        .map(|l| l.trim().trim_end_matches(','))
+        .filter(|l| l.starts_with(".param"))
+        .collect()
+}
+
+#[test]
+fn kernel_signatures_match_the_launch_code() {
+    use quantscope::backend::params::{AssignParams, MatmulParams};
+    assert_eq!(std::mem::size_of::<MatmulParams>(), 32);
+    assert_eq!(std::mem::size_of::<AssignParams>(), 16);
+    if !nvrtc_or_skip("kernel_signatures_match_the_launch_code") {
+        return;
+    }
+    let ptx: Vec<String> = KERNEL_FILES
+        .iter()
+        .map(|(stem, _)| {
+            compile_ptx(&module_source(stem).expect("source"), stem, "sm_80")
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let all = ptx.join("\n");
+    for (entry, arity, block) in ABI {
+        let params = entry_params(&all, entry);
+        assert_eq!(params.len(), arity, "{entry}: PTX params {params:?}");
+        if let Some(size) = block {
+            assert!(
+                params[0].contains(".b8") && params[0].ends_with(&format!("[{size}]")),
+                "{entry}: first parameter should be a {size}-byte block, got {}",
+                params[0]
+            );
+        }
+    }
+    // Every entry of the contract has a row above.
+    let listed: usize = KERNEL_ENTRIES.iter().map(|(_, e)| e.len()).sum();
+    assert_eq!(listed, ABI.len());
+}
+
+/// The C structs of kernels/common.cuh list the fields of src/backend/params.rs
+/// in the same order (the WGSL structs are checked the same way by the wgpu
+/// side).
+#[test]
+fn common_header_structs_match_params_rs() {
+    let header = quantscope::backend::cuda::compile::COMMON_HEADER;
+    let rust = include_str!("../src/backend/params.rs");
+    for name in ["MatmulParams", "QuantizeParams", "AssignParams"] {
+        let body = |text: &str, open: &str| -> Vec<String> {
+            let start = text
+                .find(open)
+                .unwrap_or_else(|| panic!("{open} not found"));
+            let rest = &text[start + open.len()..];
+            let end = rest.find('}').expect("closing brace");
+            rest[..end]
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with("//") && !l.is_empty())
+                .filter_map(|l| {
+                    let l = l.trim_start_matches("pub ");
+                    let field = if l.contains(':') {
+                        l.split(':').next()
+                    } else {
+                        l.trim_end_matches(';').split_whitespace().nth(1)
+                    };
+                    field.map(|f| f.trim().to_string())
+                })
+                .collect()
+        };
+        let c_fields = body(header, &format!("struct {name} {{"));
+        let r_fields = body(rust, &format!("pub struct {name} {{"));
+        assert!(!c_fields.is_empty());
+        assert_eq!(c_fields, r_fields, "{name}: common.cuh vs params.rs");
+    }
+}

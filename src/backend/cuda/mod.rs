@@ -186,6 +186,7 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: String,
+    cc: (i32, i32),
     info: DeviceInfo,
     multiprocessors: u32,
     nvml: NvmlDevice,
@@ -302,6 +303,7 @@ impl CudaBackend {
             ctx,
             stream,
             arch,
+            cc: (major, minor),
             info,
             multiprocessors,
             nvml,
@@ -336,7 +338,15 @@ impl CudaBackend {
                     let m = self
                         .ctx
                         .load_module(Ptx::from_src(ptx.as_str()))
-                        .map_err(|e| device_error(format!("loading {stem}.cu PTX: {e}")))?;
+                        .map_err(|e| {
+                            let hint = if format!("{e:?}").contains("UNSUPPORTED_PTX_VERSION") {
+                                " (libnvrtc is newer than the driver: use the NVRTC of a \
+                                 CUDA release the driver supports, or update the driver)"
+                            } else {
+                                ""
+                            };
+                            device_error(format!("loading {stem}.cu PTX: {e}{hint}"))
+                        })?;
                     modules.insert(stem, m.clone());
                     m
                 }
@@ -354,7 +364,7 @@ impl CudaBackend {
         match compile::cached_module_ptx(stem, &self.arch) {
             Ok(p) => Ok(p),
             Err(BackendError::Device { message, .. })
-                if message.contains("gpu-architecture") && self.arch.as_str() > "sm_80" =>
+                if message.contains("gpu-architecture") && self.cc >= (8, 0) =>
             {
                 compile::cached_module_ptx(stem, "compute_80").map_err(|e| {
                     device_error(format!("{message}\n(and the compute_80 fallback: {e})"))
