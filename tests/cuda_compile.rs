@@ -23,7 +23,18 @@ fn nvrtc_or_skip(test: &str) -> bool {
     if std::env::var("QUANTSCOPE_REQUIRE_NVRTC").as_deref() == Ok("1") {
         panic!("QUANTSCOPE_REQUIRE_NVRTC=1 but {}", nvrtc_missing_reason());
     }
-    eprintln!("skipping {test}: {}", nvrtc_missing_reason());
+    // Straight to stderr (not eprintln!, which the test harness captures),
+    // so the skip is visible in a normal `cargo test` run.
+    // One line for the whole file.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping the CUDA compile tests (first: {test}): {}",
+            nvrtc_missing_reason()
+        );
+    });
     false
 }
 
