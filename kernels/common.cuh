@@ -78,6 +78,7 @@ struct AssignParams {
 #define FLAG_OUTLIERS 1u
 #define FLAG_ACT_SCALE 2u
 
+#ifndef QUANTSCOPE_HOST_EMU
 // f32 value of IEEE half bits (exact).
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
@@ -92,6 +93,11 @@ __device__ __forceinline__ u16 f2h_rn(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#else
+// Host emulation (kernels/emu): the same conversions in software.
+__device__ __forceinline__ float h2f(u16 h) { return emu_h2f(h); }
+__device__ __forceinline__ u16 f2h_rn(float f) { return emu_f2h_rn(f); }
+#endif
 
 // f32 value of bfloat16 bits (exact).
 __device__ __forceinline__ float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
