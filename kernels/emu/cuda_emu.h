@@ -49,6 +49,7 @@ inline dim3 blockDim, gridDim;
 struct EmuWarp {
     std::barrier<> bar{32};
     float slot[32];
+    unsigned frag[32][6];
 };
 struct EmuBlock {
     std::unique_ptr<std::barrier<>> bar;
@@ -120,6 +121,36 @@ inline uint16_t emu_f2h_rn(float x) {
     uint16_t h;
     std::memcpy(&h, &f, 2);
     return h;
+}
+
+// mma.sync.m16n8k16.row.col.f32.f16.f16.f32 on one warp: every lane posts its
+// fragments, then computes its own four outputs from the whole tiles.
+inline void emu_mma_16816(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    const unsigned lane = threadIdx.x & 31u;
+    unsigned* f = emu_warp->frag[lane];
+    f[0] = a0, f[1] = a1, f[2] = a2, f[3] = a3, f[4] = b0, f[5] = b1;
+    emu_warp->bar.arrive_and_wait();
+    float A[16][16], B[16][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        const unsigned g = l >> 2, q = l & 3u;
+        const unsigned* t = emu_warp->frag[l];
+        auto lo = [](unsigned v) { return emu_h2f((uint16_t)(v & 0xFFFFu)); };
+        auto hi = [](unsigned v) { return emu_h2f((uint16_t)(v >> 16)); };
+        A[g][2 * q] = lo(t[0]), A[g][2 * q + 1] = hi(t[0]);
+        A[g + 8][2 * q] = lo(t[1]), A[g + 8][2 * q + 1] = hi(t[1]);
+        A[g][2 * q + 8] = lo(t[2]), A[g][2 * q + 9] = hi(t[2]);
+        A[g + 8][2 * q + 8] = lo(t[3]), A[g + 8][2 * q + 9] = hi(t[3]);
+        B[2 * q][g] = lo(t[4]), B[2 * q + 1][g] = hi(t[4]);
+        B[2 * q + 8][g] = lo(t[5]), B[2 * q + 9][g] = hi(t[5]);
+    }
+    emu_warp->bar.arrive_and_wait();
+    const unsigned g = lane >> 2, q = lane & 3u;
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = g + 8 * (i >> 1), col = 2 * q + (i & 1u);
+        float s = d[i];
+        for (unsigned k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+        d[i] = s;
+    }
 }
 
 // Runs `kernel` (a callable taking no arguments) on grid x block.

@@ -252,7 +252,9 @@ static void test_matmul(const Packed& m, u32 batch) {
             if (!std::isfinite(y[b * m.rows + r])) err = INFINITY;
         }
     const double nmse = err / (norm > 0 ? norm : 1);
-    CHECK(nmse < 1e-9, "%s_%s %ux%u g%u batch %u flags %u: NMSE %g", batch < 8 ? "gemv" : "gemm", NAMES[m.fmt], m.rows,
+    // The tensor-core GEMM rounds X and W to f16.
+    const bool mma = batch >= 8 && m.fmt != FMT_F32 && m.fmt != FMT_BF16;
+    CHECK(nmse < (mma ? 1e-5 : 1e-9), "%s_%s %ux%u g%u batch %u flags %u: NMSE %g", batch < 8 ? "gemv" : "gemm", NAMES[m.fmt], m.rows,
           m.cols, m.glen, batch, m.flags, nmse);
 }
 
