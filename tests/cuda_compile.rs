@@ -5,7 +5,8 @@
 //! (`eval "$(.ci/install-nvrtc.sh)"`). Without it the tests skip with one
 //! line on stderr, unless `QUANTSCOPE_REQUIRE_NVRTC=1` (CI), where they fail.
 //! When `QUANTSCOPE_PTXAS` names a `ptxas` binary, the PTX is also assembled,
-//! which checks the inline PTX (mma.sync, cvt) that NVRTC passes through.
+//! which checks the inline PTX (mma.sync, cvt) that NVRTC passes through;
+//! `QUANTSCOPE_PTX_DUMP=dir` writes the PTX there.
 #![cfg(feature = "cuda")]
 
 use quantscope::backend::cuda::compile::{
@@ -99,6 +100,11 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                 );
             }
             assemble(&ptx, stem, arch);
+            // QUANTSCOPE_PTX_DUMP=dir keeps the PTX (e.g. for `ptxas -v`).
+            if let Ok(dir) = std::env::var("QUANTSCOPE_PTX_DUMP") {
+                let path = std::path::Path::new(&dir).join(format!("{stem}.{arch}.ptx"));
+                std::fs::write(&path, &ptx).expect("write PTX dump");
+            }
         }
     }
 }

@@ -229,7 +229,10 @@ static void test_matmul(const Packed& m, u32 batch) {
         emu_launch(grid, dim3{256}, [&] { fn(p, m.bytes(), m.scales.data(), m.zeros.data(), m.codebook.data(), in, y.data()); });
     };
     if (batch < 8) {
-        dim3 g{div_ceil(m.rows, 8)};
+        // Rows per warp as in src/backend/cuda/mod.rs gemv_rows_per_warp;
+        // also a one-block grid, which must stride over the rows.
+        const u32 rpw = (m.fmt == FMT_Q4 || m.fmt == FMT_LUT4) ? 4 : m.fmt == FMT_Q8 ? 2 : 1;
+        dim3 g{(batch == 3) ? 1u : div_ceil(m.rows, 8 * rpw)};
         void (*fns[])(MatmulParams, const u8*, const u16*, const u8*, const float*, const float*, float*) = {
             gemv_f32, gemv_f16, gemv_bf16, gemv_q8, gemv_q4, gemv_lut4};
         run(fns[m.fmt], g);

@@ -165,6 +165,16 @@ impl DeviceMatrix {
     }
 }
 
+/// Output rows each warp of `gemv_<format>` computes (`GemvRows` in
+/// kernels/gemv.cu): narrow codes share each load of X among several rows.
+pub fn gemv_rows_per_warp(kind: FormatKind) -> u32 {
+    match kind {
+        FormatKind::Q4 | FormatKind::Lut4 => 4,
+        FormatKind::Q8 => 2,
+        FormatKind::F32 | FormatKind::F16 | FormatKind::Bf16 => 1,
+    }
+}
+
 /// Row stride (floats) of X as the GEMV / GEMM kernels read it.
 fn x_stride(cols: usize) -> usize {
     cols.div_ceil(32) * 32
@@ -491,7 +501,7 @@ impl CudaBackend {
             (
                 format!("gemv_{}", m.kind.name()),
                 LaunchConfig {
-                    grid_dim: (p.rows.div_ceil(8), 1, 1),
+                    grid_dim: (p.rows.div_ceil(8 * gemv_rows_per_warp(m.kind)), 1, 1),
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 },
