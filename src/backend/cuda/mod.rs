@@ -266,6 +266,10 @@ impl CudaBackend {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("multiprocessor count"))?
             .max(1) as u32;
+        let integrated = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
+            .map(|v| v != 0)
+            .unwrap_or(false);
         let mut version = 0i32;
         // SAFETY: writes one int; the driver is loaded (context exists).
         let cuda_version = unsafe { sys::cuDriverGetVersion(&mut version) }
@@ -303,7 +307,11 @@ impl CudaBackend {
         let info = DeviceInfo {
             backend: BackendKind::Cuda,
             name,
-            device_type: "discrete-gpu".into(),
+            device_type: if integrated {
+                "integrated-gpu".into()
+            } else {
+                "discrete-gpu".into()
+            },
             driver,
             memory_total_bytes: Some(total),
             compute_capability: Some((major.max(0) as u32, minor.max(0) as u32)),
