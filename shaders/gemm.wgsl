@@ -2,7 +2,7 @@
 //
 // Entry points: gemm_f32, gemm_f16, gemm_bf16, gemm_q8, gemm_q4, gemm_lut4.
 // Bindings: matrix.wgsl (x = input, padded rows of x_stride(); y = output).
-// Workgroup: 16 x 16 invocations compute a 64 (weight rows) x 64 (batch rows)
+// Workgroup: 256 invocations (a 16 x 16 grid, 1-D so subgroup builtins are allowed) compute a 64 (weight rows) x 64 (batch rows)
 // tile of Y, 4 x 4 outputs each; dispatch (ceil(rows/64), ceil(batch/64)).
 // Per step of TK = 16 input columns the workgroup decodes a 64 x 16 tile of W
 // (dense_at: one weight per load, 4 per invocation) and copies a 64 x 16 tile
@@ -67,32 +67,32 @@ fn gemm_tile(fmt: u32, lane: Lane) {
     }
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(WG_SIZE)
 fn gemm_f32(lane: Lane) {
     gemm_tile(FMT_F32, lane);
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(WG_SIZE)
 fn gemm_f16(lane: Lane) {
     gemm_tile(FMT_F16, lane);
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(WG_SIZE)
 fn gemm_bf16(lane: Lane) {
     gemm_tile(FMT_BF16, lane);
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(WG_SIZE)
 fn gemm_q8(lane: Lane) {
     gemm_tile(FMT_Q8, lane);
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(WG_SIZE)
 fn gemm_q4(lane: Lane) {
     gemm_tile(FMT_Q4, lane);
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(WG_SIZE)
 fn gemm_lut4(lane: Lane) {
     gemm_tile(FMT_LUT4, lane);
 }

@@ -43,8 +43,14 @@ struct QuantizeParams {
 @group(0) @binding(4) var<storage, read_write> zeros: array<u32>;
 
 const WG_SIZE: u32 = 256u;
-const INV_127: f32 = bitcast<f32>(0x3c010204u);
-const INV_15: f32 = bitcast<f32>(0x3d888889u);
+// 1/127 and 1/15 rounded to f32, by their bits (format::INV_127, INV_15).
+fn inv_127() -> f32 {
+    return bitcast<f32>(0x3c010204u);
+}
+
+fn inv_15() -> f32 {
+    return bitcast<f32>(0x3d888889u);
+}
 
 var<workgroup> red_lo: array<f32, WG_SIZE>;
 var<workgroup> red_hi: array<f32, WG_SIZE>;
@@ -173,7 +179,7 @@ fn quantize_q8(
     red_hi[lid] = amax;
     workgroupBarrier();
     reduce_min_max(lid);
-    let h = f16_bits_rne(red_hi[0] * INV_127);
+    let h = f16_bits_rne(red_hi[0] * inv_127());
     let gidx = g.row * q.groups_per_row + g.c0 / q.group_len;
     if lid == 0u {
         scales[gidx] = h;
@@ -220,7 +226,7 @@ fn quantize_q4(
     workgroupBarrier();
     reduce_min_max(lid);
     let glo = red_lo[0];
-    let h = f16_bits_rne((red_hi[0] - glo) * INV_15);
+    let h = f16_bits_rne((red_hi[0] - glo) * inv_15());
     var inv = 0.0;
     var zero = 0.0;
     if h != 0u {

@@ -69,10 +69,7 @@ fn cases() -> Vec<Case> {
     let gemm = (64, 512, 512);
     let odd_gemv = (2, 77, 45);
     let odd_gemm = (9, 77, 45);
-    let mut v = vec![
-        case(Q4, None, g(128), big),
-        case(Q8, None, row, big),
-    ];
+    let mut v = vec![case(Q4, None, g(128), big), case(Q8, None, row, big)];
     for kind in [F32, F16, Bf16, Q8, Q4, Lut4] {
         for (group, shape) in [
             (g(32), mid),
@@ -132,7 +129,8 @@ fn build(c: &Case, rng: &mut Xoshiro256PlusPlus) -> QuantizedMatrix {
                     .collect()
             })
             .collect();
-        m.with_outliers(Outliers::from_rows(&rows)).expect("outliers")
+        m.with_outliers(Outliers::from_rows(&rows))
+            .expect("outliers")
     } else {
         m
     };
@@ -198,7 +196,9 @@ fn every_backend_matches_the_cpu() {
             .collect();
         let hc = cpu.upload(&m).expect("cpu upload");
         let want = cpu.matmul(&hc, &x, c.batch).expect("cpu matmul");
-        let want_dq = c.dequantize.then(|| cpu.dequantize(&hc).expect("cpu dequantize"));
+        let want_dq = c
+            .dequantize
+            .then(|| cpu.dequantize(&hc).expect("cpu dequantize"));
         for (name, dev) in &devices {
             let label = format!(
                 "{name}: {} {}x{}·{}x{}",
@@ -208,7 +208,9 @@ fn every_backend_matches_the_cpu() {
                 c.cols,
                 c.rows
             );
-            let h = dev.upload(&m).unwrap_or_else(|e| panic!("{label}: upload: {e}"));
+            let h = dev
+                .upload(&m)
+                .unwrap_or_else(|e| panic!("{label}: upload: {e}"));
             let got = dev
                 .matmul(&h, &x, c.batch)
                 .unwrap_or_else(|e| panic!("{label}: matmul: {e}"));
@@ -245,7 +247,12 @@ fn device_quantize_is_bit_identical() {
             *v = (i % 19) as f32 * 0.5 - 4.0;
         }
         let w = Matrix::from_vec(rows, cols, w).expect("shape");
-        for group in [GroupSize::Row, GroupSize::Cols(32), GroupSize::Cols(64), GroupSize::Cols(128)] {
+        for group in [
+            GroupSize::Row,
+            GroupSize::Cols(32),
+            GroupSize::Cols(64),
+            GroupSize::Cols(128),
+        ] {
             for kind in [FormatKind::Q8, FormatKind::Q4] {
                 let want = match kind {
                     FormatKind::Q8 => pack_q8(&w, group),
@@ -255,10 +262,10 @@ fn device_quantize_is_bit_identical() {
                 for (name, dev) in &devices {
                     let got = dev
                         .quantize(&w, RtnSpec { kind, group })
-                        .unwrap_or_else(|e| panic!("{name}: quantize {kind} g{group}: {e}"));
+                        .unwrap_or_else(|e| panic!("{name}: quantize {kind} group {group}: {e}"));
                     assert!(
                         got == want,
-                        "{name}: quantize {kind} g{group} {rows}x{cols} differs from the CPU packer"
+                        "{name}: quantize {kind} group {group} {rows}x{cols} differs from the CPU packer"
                     );
                 }
             }
@@ -294,13 +301,19 @@ fn level_assignment_matches_the_cpu() {
                     .assign_levels(&h, &levels, want_codes)
                     .unwrap_or_else(|e| panic!("{name}: assign_levels: {e}"));
                 if want_codes {
-                    assert!(got.codes == want.codes, "{name}: codes differ ({rows}x{cols}, {k} levels)");
+                    assert!(
+                        got.codes == want.codes,
+                        "{name}: codes differ ({rows}x{cols}, {k} levels)"
+                    );
                 } else {
                     assert!(got.codes.is_empty(), "{name}: codes returned unasked");
                 }
                 assert_eq!(got.counts, want.counts, "{name}: counts differ");
                 for (a, b) in got.sums.iter().zip(&want.sums) {
-                    assert!((a - b).abs() <= 1e-5 * scale, "{name}: level sum {a} vs cpu {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale,
+                        "{name}: level sum {a} vs cpu {b}"
+                    );
                 }
             }
             dev.free(h).expect("free");

@@ -70,20 +70,38 @@ pub struct WgpuOptions {
     /// Use only core WGSL (no `shader-f16`, subgroups or packed 4x8 integers),
     /// the fallback path of adapters that lack them.
     pub portable: bool,
+    /// Turn off single optional features by name (`f16`, `subgroups`, `packed`).
+    pub disable: Vec<String>,
 }
 
 impl WgpuOptions {
     /// Reads `QUANTSCOPE_WGPU_ADAPTER`, `QUANTSCOPE_WGPU_BACKEND` and
-    /// `QUANTSCOPE_WGPU_PORTABLE` (`1` or `true`).
+    /// `QUANTSCOPE_WGPU_PORTABLE` (`1`/`true`/`all`, or a comma list of
+    /// `f16`, `subgroups`, `packed` to turn off only those).
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let portable = var("QUANTSCOPE_WGPU_PORTABLE").unwrap_or_default();
+        let all = ["1", "true", "all"]
+            .iter()
+            .any(|v| portable.eq_ignore_ascii_case(v));
         WgpuOptions {
             adapter: var("QUANTSCOPE_WGPU_ADAPTER"),
             backend: var("QUANTSCOPE_WGPU_BACKEND"),
-            portable: var("QUANTSCOPE_WGPU_PORTABLE")
-                .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
-                .unwrap_or(false),
+            portable: all,
+            disable: if all {
+                Vec::new()
+            } else {
+                portable
+                    .split(',')
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            },
         }
+    }
+
+    fn allows(&self, feature: &str) -> bool {
+        !self.portable && !self.disable.iter().any(|d| d == feature)
     }
 }
 
@@ -245,9 +263,9 @@ impl WgpuBackend {
         let have = adapter.features();
         let lang = instance.wgsl_language_features();
         let caps = Caps {
-            f16: !opts.portable && have.contains(wgpu::Features::SHADER_F16),
-            subgroups: !opts.portable && have.contains(wgpu::Features::SUBGROUP),
-            packed: !opts.portable
+            f16: opts.allows("f16") && have.contains(wgpu::Features::SHADER_F16),
+            subgroups: opts.allows("subgroups") && have.contains(wgpu::Features::SUBGROUP),
+            packed: opts.allows("packed")
                 && lang.contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
             timestamps: have.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamps_in_encoders: have.contains(
@@ -300,7 +318,10 @@ impl WgpuBackend {
             (caps.subgroups, "subgroups"),
             (caps.packed, "packed-4x8-integer"),
             (caps.timestamps, "timestamp-query"),
-            (caps.timestamps_in_encoders, "timestamp-query-inside-encoders"),
+            (
+                caps.timestamps_in_encoders,
+                "timestamp-query-inside-encoders",
+            ),
         ] {
             if on {
                 feature_names.push(name.to_string());
@@ -313,9 +334,12 @@ impl WgpuBackend {
             backend: BACKEND,
             name: ainfo.name.clone(),
             device_type: type_name(ainfo.device_type).into(),
-            driver: format!("{:?}, {} {}", ainfo.backend, ainfo.driver, ainfo.driver_info)
-                .trim()
-                .to_string(),
+            driver: format!(
+                "{:?}, {} {}",
+                ainfo.backend, ainfo.driver, ainfo.driver_info
+            )
+            .trim()
+            .to_string(),
             memory_total_bytes: None,
             compute_capability: None,
             features: feature_names,
@@ -415,7 +439,12 @@ impl WgpuBackend {
     }
 
     /// A storage buffer holding `bytes` (zero padded to 16 bytes).
-    fn storage_with(&self, what: &str, bytes: &[u8], extra: wgpu::BufferUsages) -> Result<Tracked, BackendError> {
+    fn storage_with(
+        &self,
+        what: &str,
+        bytes: &[u8],
+        extra: wgpu::BufferUsages,
+    ) -> Result<Tracked, BackendError> {
         let b = self.buffer(
             what,
             bytes.len() as u64,
@@ -725,14 +754,22 @@ impl WgpuBackend {
         for (dst, src) in padded.chunks_mut(xs).zip(x.chunks(cols)) {
             dst[..cols].copy_from_slice(src);
         }
-        self.storage_with("input", bytemuck::cast_slice(&padded), wgpu::BufferUsages::empty())
+        self.storage_with(
+            "input",
+            bytemuck::cast_slice(&padded),
+            wgpu::BufferUsages::empty(),
+        )
     }
 
     // ---- timing -------------------------------------------------------------
 
     /// Times `runs` executions of `dispatches` (one compute pass each) after a
     /// warm-up, with device timestamps when the device has them.
-    fn time_dispatches(&self, dispatches: &[Dispatch], runs: usize) -> Result<KernelTiming, BackendError> {
+    fn time_dispatches(
+        &self,
+        dispatches: &[Dispatch],
+        runs: usize,
+    ) -> Result<KernelTiming, BackendError> {
         let runs = runs.clamp(1, 1024);
         // Warm-up: first use compiles, caches fill.
         for _ in 0..2 {
@@ -756,7 +793,8 @@ impl WgpuBackend {
             }
             enc.resolve_query_set(&qs, 0..(2 * runs) as u32, &resolve.buf, 0);
             self.submit(enc)?;
-            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_back(&resolve, (16 * runs) as u64)?);
+            let ticks: Vec<u64> =
+                bytemuck::pod_collect_to_vec(&self.read_back(&resolve, (16 * runs) as u64)?);
             let period = f64::from(self.queue.get_timestamp_period()) * 1e-9;
             let samples = ticks
                 .chunks(2)
@@ -894,7 +932,10 @@ impl Backend for WgpuBackend {
         let mut params = MatmulParams::new(m, 0);
         // The shader reads whole 16-byte chunks: keep the stride as stored.
         params.row_stride_words = (m.row_stride_bytes() / 4) as u32;
-        let bytes = w.size + aux.size + csr.as_ref().map_or(0, |b| b.size) + act.as_ref().map_or(0, |b| b.size);
+        let bytes = w.size
+            + aux.size
+            + csr.as_ref().map_or(0, |b| b.size)
+            + act.as_ref().map_or(0, |b| b.size);
         let dm = DeviceMatrix {
             params,
             kind: m.kind(),
@@ -917,7 +958,9 @@ impl Backend for WgpuBackend {
         let y = self.buffer(
             "dequantized",
             (n * 4) as u64,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
         )?;
         self.poison(&y);
         let uniform = self.uniform("dequantize params", &m.params)?;
@@ -940,7 +983,9 @@ impl Backend for WgpuBackend {
         let y = self.buffer(
             "output",
             (n * 4) as u64,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
         )?;
         self.poison(&y);
         let (dispatches, _keep) = self.matmul_plan(&m, &xb, &y, batch)?;
@@ -1001,7 +1046,11 @@ impl Backend for WgpuBackend {
                 "{rows}x{cols} is too large for 32-bit indexing"
             )));
         }
-        let src = self.storage_with("quantize input", bytemuck::cast_slice(w.data()), wgpu::BufferUsages::empty())?;
+        let src = self.storage_with(
+            "quantize input",
+            bytemuck::cast_slice(w.data()),
+            wgpu::BufferUsages::empty(),
+        )?;
         let rw = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let codes = self.buffer("quantized codes", (rows * stride) as u64, rw)?;
         let scales = self.buffer("quantized scales", (groups * 4) as u64, rw)?;
@@ -1027,14 +1076,21 @@ impl Backend for WgpuBackend {
         self.run(&[d])?;
         let code_bytes = self.read_back(&codes, (rows * stride) as u64)?;
         let scale_bits = self.read_u32(&scales, groups)?;
-        let scales: Vec<f16> = scale_bits.iter().map(|&b| f16::from_bits(b as u16)).collect();
+        let scales: Vec<f16> = scale_bits
+            .iter()
+            .map(|&b| f16::from_bits(b as u16))
+            .collect();
         let packed = if spec.kind == FormatKind::Q8 {
             Packed::Q8(Q8 {
                 scales,
                 codes: bytemuck::cast_slice(&code_bytes).to_vec(),
             })
         } else {
-            let zeros: Vec<u8> = self.read_u32(&zeros, groups)?.iter().map(|&z| z as u8).collect();
+            let zeros: Vec<u8> = self
+                .read_u32(&zeros, groups)?
+                .iter()
+                .map(|&z| z as u8)
+                .collect();
             Packed::Q4(Q4 {
                 scales,
                 zeros,
@@ -1078,7 +1134,11 @@ impl Backend for WgpuBackend {
         )?;
         // 2. Assign, 3. per-chunk per-level partials.
         let blocks = n.div_ceil(1024);
-        let lv = self.storage_with("levels", bytemuck::cast_slice(levels), wgpu::BufferUsages::empty())?;
+        let lv = self.storage_with(
+            "levels",
+            bytemuck::cast_slice(levels),
+            wgpu::BufferUsages::empty(),
+        )?;
         let rw = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let codes = self.buffer("codes", (n.div_ceil(4) * 4) as u64, rw)?;
         let sums = self.buffer("level sums", (blocks * k * 4) as u64, rw)?;
@@ -1155,7 +1215,11 @@ impl Backend for WgpuBackend {
     fn measure_bandwidth(&self, bytes: usize) -> Result<Bandwidth, BackendError> {
         let cap = self.limits.max_buffer_size.min(1 << 31);
         let size = (bytes as u64).clamp(1 << 20, cap) / 16 * 16;
-        let src = self.buffer("bandwidth source", size, wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE)?;
+        let src = self.buffer(
+            "bandwidth source",
+            size,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE,
+        )?;
         let dst = self.buffer("bandwidth destination", size, wgpu::BufferUsages::COPY_DST)?;
         let runs = 7usize;
         let copy = |enc: &mut wgpu::CommandEncoder| {
@@ -1184,7 +1248,8 @@ impl Backend for WgpuBackend {
             }
             enc.resolve_query_set(&qs, 0..(2 * runs) as u32, &resolve.buf, 0);
             self.submit(enc)?;
-            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read_back(&resolve, (16 * runs) as u64)?);
+            let ticks: Vec<u64> =
+                bytemuck::pod_collect_to_vec(&self.read_back(&resolve, (16 * runs) as u64)?);
             let period = f64::from(self.queue.get_timestamp_period()) * 1e-9;
             (
                 ticks
@@ -1231,7 +1296,13 @@ impl Backend for WgpuBackend {
         let mut iters = 16u32;
         loop {
             let u = self.uniform("fma iterations", &[iters, 0u32, 0, 0])?;
-            let d = self.dispatch(Family::Flops, "fma_peak", &u, &[&sink.buf], self.groups_1d(groups))?;
+            let d = self.dispatch(
+                Family::Flops,
+                "fma_peak",
+                &u,
+                &[&sink.buf],
+                self.groups_1d(groups),
+            )?;
             let t = self.time_dispatches(&[d], 3)?.median_s();
             // Long enough to trust (10 ms), or as long as we are willing to wait.
             if t >= 0.01 || iters >= 1 << 16 {

@@ -180,7 +180,10 @@ impl Pipelines {
         }
     }
 
-    pub(crate) fn bind_group_layout(&self, family: Family) -> Result<&wgpu::BindGroupLayout, BackendError> {
+    pub(crate) fn bind_group_layout(
+        &self,
+        family: Family,
+    ) -> Result<&wgpu::BindGroupLayout, BackendError> {
         self.layouts
             .get(&family)
             .map(|(b, _)| b)
