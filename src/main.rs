@@ -17,12 +17,16 @@ struct Cli {
 enum Command {
     /// List the compiled-in backends, whether each can run here, and its device.
     Devices(cli::devices::Args),
+    /// Time one format's matmul kernel on a backend against the device's
+    /// measured bandwidth and FMA rate.
+    Profile(cli::profile::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(a) => cli::devices::run(a),
+        Command::Profile(a) => cli::profile::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1215,11 +1215,7 @@ impl Backend for WgpuBackend {
     fn measure_bandwidth(&self, bytes: usize) -> Result<Bandwidth, BackendError> {
         let cap = self.limits.max_buffer_size.min(1 << 31);
         let size = (bytes as u64).clamp(1 << 20, cap) / 16 * 16;
-        let src = self.buffer(
-            "bandwidth source",
-            size,
-            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::STORAGE,
-        )?;
+        let src = self.buffer("bandwidth source", size, wgpu::BufferUsages::COPY_SRC)?;
         let dst = self.buffer("bandwidth destination", size, wgpu::BufferUsages::COPY_DST)?;
         let runs = 7usize;
         let copy = |enc: &mut wgpu::CommandEncoder| {
