@@ -20,6 +20,9 @@ enum Command {
     /// Time one format's matmul kernel on a backend against the device's
     /// measured bandwidth and FMA rate.
     Profile(cli::profile::Args),
+    /// Quantize every 2-D float tensor of a safetensors file (or the built-in
+    /// sample model) and report bits/weight, bytes and error per tensor.
+    Quantize(cli::quantize::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +30,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Devices(a) => cli::devices::run(a),
         Command::Profile(a) => cli::profile::run(a),
+        Command::Quantize(a) => cli::quantize::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,3 +2,5 @@
 
 pub mod devices;
 pub mod profile;
+pub mod progress;
+pub mod quantize;
