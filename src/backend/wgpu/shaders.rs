@@ -209,25 +209,25 @@ impl Pipelines {
             return Ok(p.clone());
         }
         let mut modules = self.modules.lock().map_err(|_| poisoned())?;
-        if !modules.contains_key(&family) {
-            let source = module_source(family, caps);
-            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(family.name()),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-            if let Some(e) = pollster::block_on(scope.pop()) {
-                return Err(device_error(format!(
-                    "WGSL of {} does not compile: {}",
-                    family.name(),
-                    error_text(&e)
-                )));
+        let module = match modules.entry(family) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let source = module_source(family, caps);
+                let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(family.name()),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+                if let Some(e) = pollster::block_on(scope.pop()) {
+                    return Err(device_error(format!(
+                        "WGSL of {} does not compile: {}",
+                        family.name(),
+                        error_text(&e)
+                    )));
+                }
+                v.insert(module)
             }
-            modules.insert(family, module);
-        }
-        let module = modules
-            .get(&family)
-            .ok_or_else(|| device_error("module cache lost an entry".into()))?;
+        };
         let (_, layout) = self
             .layouts
             .get(&family)
