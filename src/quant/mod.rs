@@ -15,3 +15,7 @@ pub enum QuantError {
     #[error(transparent)]
     Format(#[from] FormatError),
 }
+
+pub mod awq;
+pub mod calib;
+pub mod gptq;
