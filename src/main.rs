@@ -17,12 +17,16 @@ struct Cli {
 enum Command {
     /// List the compiled-in backends, whether each can run here, and its device.
     Devices(cli::devices::Args),
+    /// Quantize every 2-D float tensor of a safetensors file (or the built-in
+    /// sample model) and report bits/weight, bytes and error per tensor.
+    Quantize(cli::quantize::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(a) => cli::devices::run(a),
+        Command::Quantize(a) => cli::quantize::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,19 @@
 //! Quantization algorithms. They produce `format` values and never touch devices.
+//!
+//! [`Scheme`] names every strategy the tool offers; [`quantize`] runs the
+//! data-free ones. Calibration-based schemes (GPTQ, AWQ) take activations too.
 
-use crate::format::FormatError;
+pub mod awq;
+pub mod calib;
+pub mod clip;
+pub mod codebook;
+pub mod easyquant;
+pub mod gptq;
+pub mod rtn;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{pack_plain, FormatError, FormatKind, GroupSize, Matrix, QuantizedMatrix};
 
 /// Errors of the quantizers.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +29,158 @@ pub enum QuantError {
     Format(#[from] FormatError),
 }
 
-pub mod awq;
-pub mod calib;
-pub mod gptq;
+/// A quantization strategy, by its command-line name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scheme {
+    /// No quantization: f32 (`none`), or plain f16 / bf16.
+    None(FormatKind),
+    /// int8 symmetric, round to nearest (q8).
+    Int8,
+    /// int4 asymmetric min/max, round to nearest (q4).
+    Int4,
+    /// int4 with a per-group clipping search (q4).
+    Int4Clip,
+    /// NF4 codebook (lut4).
+    Nf4,
+    /// Learned Lloyd-Max 16-level codebook (lut4).
+    KMeans4,
+    /// Outlier-aware int4 (q4 + sparse outliers).
+    EasyQuant4,
+    /// GPTQ int4 (q4), needs calibration activations.
+    GptqInt4,
+    /// AWQ int4 (q4 + activation scale), needs calibration activations.
+    AwqInt4,
+}
+
+impl Scheme {
+    /// Every scheme.
+    pub const ALL: [Scheme; 11] = [
+        Scheme::None(FormatKind::F32),
+        Scheme::None(FormatKind::F16),
+        Scheme::None(FormatKind::Bf16),
+        Scheme::Int8,
+        Scheme::Int4,
+        Scheme::Int4Clip,
+        Scheme::Nf4,
+        Scheme::KMeans4,
+        Scheme::EasyQuant4,
+        Scheme::GptqInt4,
+        Scheme::AwqInt4,
+    ];
+
+    /// Command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::None(FormatKind::F16) => "f16",
+            Scheme::None(FormatKind::Bf16) => "bf16",
+            Scheme::None(_) => "none",
+            Scheme::Int8 => "int8",
+            Scheme::Int4 => "int4",
+            Scheme::Int4Clip => "int4-clip",
+            Scheme::Nf4 => "nf4",
+            Scheme::KMeans4 => "kmeans4",
+            Scheme::EasyQuant4 => "easyquant4",
+            Scheme::GptqInt4 => "gptq-int4",
+            Scheme::AwqInt4 => "awq-int4",
+        }
+    }
+
+    /// Whether the scheme needs calibration activations.
+    pub fn needs_calibration(self) -> bool {
+        matches!(self, Scheme::GptqInt4 | Scheme::AwqInt4)
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Scheme {
+    type Err = QuantError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.to_ascii_lowercase();
+        if s == "f32" {
+            return Ok(Scheme::None(FormatKind::F32));
+        }
+        Scheme::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Scheme::ALL.iter().map(|k| k.name()).collect();
+                QuantError::Invalid(format!(
+                    "unknown scheme '{s}' (expected one of: {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// Settings shared by the data-free schemes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantConfig {
+    /// The strategy.
+    pub scheme: Scheme,
+    /// Scale group size (ignored by plain formats).
+    pub group: GroupSize,
+    /// Seed for randomized steps (k-means++).
+    pub seed: u64,
+    /// Outlier threshold in standard deviations (EasyQuant).
+    pub outlier_threshold: f32,
+}
+
+impl QuantConfig {
+    /// Defaults: group 128, seed 42, outlier threshold 3σ.
+    pub fn new(scheme: Scheme) -> Self {
+        QuantConfig {
+            scheme,
+            group: GroupSize::Cols(128),
+            seed: 42,
+            outlier_threshold: 3.0,
+        }
+    }
+}
+
+/// Checks that every weight is finite, naming the first that is not.
+pub fn check_finite(w: &Matrix) -> Result<(), QuantError> {
+    match w.first_non_finite() {
+        None => Ok(()),
+        Some((r, c, v)) => Err(QuantError::Invalid(format!(
+            "weight at row {r}, column {c} is {v}: weights must be finite"
+        ))),
+    }
+}
+
+/// Runs a data-free scheme. GPTQ and AWQ need activations: use their modules.
+pub fn quantize(w: &Matrix, cfg: &QuantConfig) -> Result<QuantizedMatrix, QuantError> {
+    check_finite(w)?;
+    let group = cfg.group.validate()?;
+    match cfg.scheme {
+        Scheme::None(kind) => Ok(pack_plain(w, kind)?),
+        Scheme::Int8 => rtn::int8(w, group),
+        Scheme::Int4 => rtn::int4(w, group),
+        Scheme::Int4Clip => clip::int4_clip(w, group, &clip::ClipSearch::default()),
+        Scheme::Nf4 => codebook::nf4(w, group),
+        Scheme::KMeans4 => codebook::kmeans4(
+            w,
+            group,
+            &codebook::KMeansConfig {
+                seed: cfg.seed,
+                ..Default::default()
+            },
+        ),
+        Scheme::EasyQuant4 => easyquant::easyquant4(
+            w,
+            group,
+            &easyquant::EasyQuantConfig {
+                threshold: cfg.outlier_threshold,
+                ..Default::default()
+            },
+        ),
+        Scheme::GptqInt4 | Scheme::AwqInt4 => Err(QuantError::Invalid(format!(
+            "{} needs calibration activations",
+            cfg.scheme
+        ))),
+    }
+}
