@@ -33,11 +33,11 @@ pub const KERNEL_FILES: [(&str, &str); 7] = [
     ("gemm", include_str!("../../../kernels/gemm.cu")),
     ("sparse", include_str!("../../../kernels/sparse.cu")),
     ("assign", include_str!("../../../kernels/assign.cu")),
-    ("probe", include_str!("../../../kernels/probe.cu")),
+    ("flops", include_str!("../../../kernels/flops.cu")),
 ];
 
 /// Entry points of each kernel file (the contract shared with `shaders/*.wgsl`,
-/// plus `probe`, which only CUDA has).
+/// same stems and names as `shaders/*.wgsl`).
 pub const KERNEL_ENTRIES: [(&str, &[&str]); 7] = [
     ("quantize", &["quantize_q8", "quantize_q4"]),
     (
@@ -75,7 +75,7 @@ pub const KERNEL_ENTRIES: [(&str, &[&str]); 7] = [
     ),
     ("sparse", &["scale_input", "outliers_add"]),
     ("assign", &["assign_levels", "reduce_levels"]),
-    ("probe", &["fma_rate"]),
+    ("flops", &["fma_peak"]),
 ];
 
 const INCLUDE_LINE: &str = "#include \"common.cuh\"";

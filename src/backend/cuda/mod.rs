@@ -1077,7 +1077,7 @@ impl Backend for CudaBackend {
         let blocks = self.multiprocessors * 8;
         let threads = blocks as u64 * 256;
         let mut out = self.zeros::<f32>(threads as usize)?;
-        let f = self.function("probe", "fma_rate")?;
+        let f = self.function("flops", "fma_peak")?;
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
@@ -1087,11 +1087,11 @@ impl Backend for CudaBackend {
         let samples = self.time_on_stream(1, 7, || {
             let mut b = self.stream.launch_builder(&f);
             b.arg(&mut out.slice).arg(&ITERS).arg(&seed);
-            // SAFETY: matches fma_rate(float* out, u32 iters, float seed); out
+            // SAFETY: matches fma_peak(float* out, u32 iters, float seed); out
             // holds one float per thread.
             unsafe { b.launch(cfg) }
                 .map(|_| ())
-                .map_err(drv("launch fma_rate"))
+                .map_err(drv("launch fma_peak"))
         })?;
         let seconds = KernelTiming {
             samples_s: samples,
