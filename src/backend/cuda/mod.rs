@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
-    DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 use half::f16;
@@ -427,6 +427,31 @@ impl CudaBackend {
             .clone_htod(data)
             .map_err(drv("host-to-device copy"))?;
         Ok(self.track(s))
+    }
+
+    /// An f32 output buffer filled with NaN: any element a kernel forgets to
+    /// write shows up in the cross-backend test instead of passing as 0.
+    fn poisoned_f32(&self, len: usize) -> Result<Buf<f32>, BackendError> {
+        // SAFETY: the memory is uninitialized only until the memset below,
+        // queued on the same stream before any other use.
+        let slice =
+            unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(drv("device allocation"))?;
+        let buf = self.track(slice);
+        let (ptr, sync) = buf.slice.device_ptr(&self.stream);
+        // SAFETY: `ptr` addresses `buf.slice.len()` f32 values of a live
+        // allocation, written on the stream that owns it.
+        unsafe {
+            sys::cuMemsetD32Async(
+                ptr,
+                f32::NAN.to_bits(),
+                buf.slice.len(),
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(drv("memset"))?;
+        drop(sync);
+        Ok(buf)
     }
 
     fn download<T: DeviceRepr + ValidAsZeroBits + Clone>(
@@ -844,7 +869,7 @@ impl Backend for CudaBackend {
     fn dequantize(&self, h: &MatrixHandle) -> Result<Vec<f32>, BackendError> {
         let m = self.get(h)?;
         let n = m.rows() * m.cols();
-        let mut out = self.zeros::<f32>(n)?;
+        let mut out = self.poisoned_f32(n)?;
         let entry = format!("dequantize_{}", m.kind.name());
         let f = self.function("dequantize", &entry)?;
         let mut b = self.stream.launch_builder(&f);
@@ -876,7 +901,7 @@ impl Backend for CudaBackend {
         } else {
             None
         };
-        let mut y = self.zeros::<f32>(batch * m.rows())?;
+        let mut y = self.poisoned_f32(batch * m.rows())?;
         self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y)?;
         self.download(&y, batch * m.rows())
     }
