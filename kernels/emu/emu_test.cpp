@@ -293,18 +293,23 @@ static void test_assign(u32 n, std::vector<float> levels) {
     }
 }
 
-int main() {
-    for (u32 cols : {1u, 31u, 32u, 70u, 129u, 300u})
+int main(int argc, char** argv) {
+    // --quick: fewer shapes (about a quarter of the time), for CI.
+    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+    const std::vector<u32> qcols = quick ? std::vector<u32>{33u, 70u} : std::vector<u32>{1u, 31u, 32u, 70u, 129u, 300u};
+    const std::vector<u32> mcols = quick ? std::vector<u32>{5u, 70u} : std::vector<u32>{1u, 5u, 33u, 70u, 256u, 300u};
+    const std::vector<u32> batches = quick ? std::vector<u32>{1u, 3u, 9u} : std::vector<u32>{1u, 3u, 7u, 8u, 33u};
+    for (u32 cols : qcols)
         for (u32 g : {0u, 32u, 64u}) test_quantize(5, cols, g);
     std::printf("quantize done (%d failures)\n", failures);
     for (int fmt = 0; fmt < 6; ++fmt)
-        for (u32 cols : {1u, 5u, 33u, 70u, 256u, 300u})
+        for (u32 cols : mcols)
             for (u32 g : {0u, 32u, 128u}) {
                 if (fmt < FMT_Q8 && g) continue;
                 for (int extra = 0; extra < 3; ++extra) {
                     const Packed m = random_packed(fmt, 13, cols, g, extra == 1, extra == 2);
                     test_dequantize(m);
-                    for (u32 batch : {1u, 3u, 7u, 8u, 33u}) test_matmul(m, batch);
+                    for (u32 batch : batches) test_matmul(m, batch);
                 }
             }
     std::printf("dequantize / gemv / gemm / sparse done (%d failures)\n", failures);
