@@ -595,11 +595,13 @@ impl CudaBackend {
     }
 
     /// Times `runs` repetitions of `work`, queued back to back between CUDA
-    /// events, after `warmup` untimed ones. Returns seconds per run.
+    /// events, after `warmup` untimed ones; `before` runs before each timed
+    /// run, outside the events (e.g. an L2 flush). Returns seconds per run.
     fn time_on_stream(
         &self,
         warmup: usize,
         runs: usize,
+        mut before: impl FnMut() -> Result<(), BackendError>,
         mut work: impl FnMut() -> Result<(), BackendError>,
     ) -> Result<Vec<f64>, BackendError> {
         for _ in 0..warmup {
@@ -611,6 +613,7 @@ impl CudaBackend {
         for _ in 0..runs.max(1) {
             let start = self.ctx.new_event(timing).map_err(drv("create event"))?;
             let end = self.ctx.new_event(timing).map_err(drv("create event"))?;
+            before()?;
             start.record(&self.stream).map_err(drv("record event"))?;
             work()?;
             end.record(&self.stream).map_err(drv("record event"))?;
@@ -1064,9 +1067,32 @@ impl Backend for CudaBackend {
             None
         };
         let mut y = self.zeros::<f32>(batch * m.rows())?;
-        let samples = self.time_on_stream(3, runs, || {
-            self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y)
-        })?;
+        // Weights smaller than the L2 cache would be timed from L2 after the
+        // first run: overwrite a buffer twice the L2 size before each run
+        // (outside the timed events), so every run reads the weights from
+        // device memory as a real forward pass does.
+        let l2 = self
+            .ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .unwrap_or(0)
+            .max(0) as usize;
+        let mut flush = if l2 > 0 && (m.bytes() as usize) < 4 * l2 {
+            Some(self.zeros::<u8>(2 * l2)?)
+        } else {
+            None
+        };
+        let samples = self.time_on_stream(
+            3,
+            runs,
+            || match flush.as_mut() {
+                Some(f) => self
+                    .stream
+                    .memset_zeros(&mut f.slice)
+                    .map_err(drv("L2 flush")),
+                None => Ok(()),
+            },
+            || self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y),
+        )?;
         Ok(KernelTiming {
             samples_s: samples,
             source: TimingSource::CudaEvent,
@@ -1077,11 +1103,16 @@ impl Backend for CudaBackend {
         let n = (bytes.max(1 << 20) / 256) * 256;
         let src = self.zeros::<u8>(n)?;
         let mut dst = self.zeros::<u8>(n)?;
-        let samples = self.time_on_stream(2, 15, || {
-            self.stream
-                .memcpy_dtod(&src.slice, &mut dst.slice)
-                .map_err(drv("device-to-device copy"))
-        })?;
+        let samples = self.time_on_stream(
+            2,
+            15,
+            || Ok(()),
+            || {
+                self.stream
+                    .memcpy_dtod(&src.slice, &mut dst.slice)
+                    .map_err(drv("device-to-device copy"))
+            },
+        )?;
         let seconds = KernelTiming {
             samples_s: samples,
             source: TimingSource::CudaEvent,
@@ -1109,15 +1140,20 @@ impl Backend for CudaBackend {
             shared_mem_bytes: 0,
         };
         let seed = 0.5f32;
-        let samples = self.time_on_stream(1, 7, || {
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&mut out.slice).arg(&ITERS).arg(&seed);
-            // SAFETY: matches fma_peak(float* out, u32 iters, float seed); out
-            // holds one float per thread.
-            unsafe { b.launch(cfg) }
-                .map(|_| ())
-                .map_err(drv("launch fma_peak"))
-        })?;
+        let samples = self.time_on_stream(
+            1,
+            7,
+            || Ok(()),
+            || {
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&mut out.slice).arg(&ITERS).arg(&seed);
+                // SAFETY: matches fma_peak(float* out, u32 iters, float seed); out
+                // holds one float per thread.
+                unsafe { b.launch(cfg) }
+                    .map(|_| ())
+                    .map_err(drv("launch fma_peak"))
+            },
+        )?;
         let seconds = KernelTiming {
             samples_s: samples,
             source: TimingSource::CudaEvent,
