@@ -25,7 +25,7 @@ pub mod compile;
 pub mod nvml;
 
 use std::collections::HashMap;
-use std::panic::catch_unwind;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -335,6 +335,101 @@ impl CudaBackend {
     /// NVML facts about this device, queried now (memory and clocks change).
     pub fn nvml_facts(&self) -> NvmlFacts {
         self.nvml.facts()
+    }
+
+    /// Times cuBLAS's f16 GEMM (`cublasGemmEx`, f16 inputs and output, f32
+    /// compute, tensor cores) on the shape of `Y = X · Wᵀ` with W of
+    /// `rows x cols` and X of `batch x cols`: the speed a plain f16 layer gets
+    /// from the vendor library, the reference for the quantized kernels. The
+    /// same protocol as [`Backend::time_matmul`] (warm-up, L2 flush, CUDA
+    /// events); libcublas is loaded on first use and its absence reported as
+    /// [`BackendError::Unavailable`].
+    pub fn time_cublas_f16_gemm(
+        &self,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+        runs: usize,
+    ) -> Result<KernelTiming, BackendError> {
+        use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
+        let present = catch_unwind(|| {
+            // SAFETY: only tries to dlopen the library by its usual names.
+            unsafe { blas_sys::is_culib_present() }
+        })
+        .unwrap_or(false);
+        if !present {
+            return Err(unavailable(
+                "libcublas not found (install the CUDA toolkit or the nvidia-cublas-cu12 wheel)",
+            ));
+        }
+        if rows == 0 || cols == 0 || batch == 0 {
+            return Err(BackendError::Invalid(
+                "cuBLAS GEMM needs rows, cols and batch >= 1".into(),
+            ));
+        }
+        let (m, n, k) = (
+            i32::try_from(rows).map_err(|_| BackendError::Invalid("rows too large".into()))?,
+            i32::try_from(batch).map_err(|_| BackendError::Invalid("batch too large".into()))?,
+            i32::try_from(cols).map_err(|_| BackendError::Invalid("cols too large".into()))?,
+        );
+        let blas = catch_unwind(AssertUnwindSafe(|| CudaBlas::new(self.stream.clone())))
+            .map_err(|_| unavailable("cuBLAS panicked while loading"))?
+            .map_err(|e| device_error(format!("cublasCreate: {e}")))?;
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0xb1a5);
+        let mut random = |len: usize| -> Vec<f16> {
+            (0..len)
+                .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+                .collect()
+        };
+        let w = self.upload_slice(&random(rows * cols))?;
+        let x = self.upload_slice(&random(batch * cols))?;
+        let mut y = self.zeros::<f16>(batch * rows)?;
+        // Column-major view: Yᵀ (rows x batch) = op(W) · Xᵀ, where the
+        // row-major W buffer is W (cols x rows, column-major) and op = T.
+        let cfg = GemmConfig {
+            transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            m,
+            n,
+            k,
+            alpha: f16::ONE,
+            lda: k,
+            ldb: k,
+            beta: f16::ZERO,
+            ldc: m,
+        };
+        let l2 = self
+            .ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .unwrap_or(0)
+            .max(0) as usize;
+        let mut flush = if l2 > 0 && w.bytes < 4 * l2 as u64 {
+            Some(self.zeros::<u8>(2 * l2)?)
+        } else {
+            None
+        };
+        let samples = self.time_on_stream(
+            3,
+            runs,
+            || match flush.as_mut() {
+                Some(f) => self
+                    .stream
+                    .memset_zeros(&mut f.slice)
+                    .map_err(drv("L2 flush")),
+                None => Ok(()),
+            },
+            || {
+                // SAFETY: W holds rows * cols, X batch * cols and Y
+                // batch * rows halves, matching m, n, k and the leading
+                // dimensions above.
+                unsafe { blas.gemm(cfg, &w.slice, &x.slice, &mut y.slice) }
+                    .map_err(|e| device_error(format!("cublasGemmEx: {e}")))
+            },
+        )?;
+        Ok(KernelTiming {
+            samples_s: samples,
+            source: TimingSource::CudaEvent,
+        })
     }
 
     /// The architecture the kernels are compiled for (`sm_90`, ...).
