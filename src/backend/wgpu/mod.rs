@@ -703,7 +703,31 @@ impl WgpuBackend {
         let input = scaled.as_ref().map(|b| &b.buf).unwrap_or(&x.buf);
         let bindings = self.matrix_bindings(m, input, &y.buf);
         let kind = m.kind;
-        if batch < GEMM_MIN_BATCH {
+        if batch < GEMM_MIN_BATCH && kind == FormatKind::Q8 && self.caps.packed {
+            // X to int8 blocks, then integer dot products (gemv_dp4.wgsl).
+            let nblk = batch * xs / 16;
+            let xq = self.buffer(
+                "quantized input",
+                (nblk * 5 * 4) as u64,
+                wgpu::BufferUsages::STORAGE,
+            )?;
+            let d = &self.dummy.buf;
+            dispatches.push(self.dispatch(
+                Family::GemvDp4,
+                "quantize_input_q8",
+                &uniform,
+                &[&m.w.buf, &m.aux.buf, d, input, d, &xq.buf],
+                self.groups_1d(nblk.div_ceil(256) as u32),
+            )?);
+            dispatches.push(self.dispatch(
+                Family::GemvDp4,
+                "gemv_q8_dp4",
+                &uniform,
+                &[&m.w.buf, &m.aux.buf, &xq.buf, d, d, &y.buf],
+                self.groups_1d(params.rows),
+            )?);
+            keep.push(xq);
+        } else if batch < GEMM_MIN_BATCH {
             dispatches.push(self.dispatch(
                 Family::Gemv,
                 gemv_entry(kind),

@@ -17,6 +17,7 @@ const FEATURES: &str = include_str!("../../../shaders/features.wgsl");
 const MATRIX: &str = include_str!("../../../shaders/matrix.wgsl");
 const DEQUANTIZE: &str = include_str!("../../../shaders/dequantize.wgsl");
 const GEMV: &str = include_str!("../../../shaders/gemv.wgsl");
+const GEMV_DP4: &str = include_str!("../../../shaders/gemv_dp4.wgsl");
 const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
 const SPARSE: &str = include_str!("../../../shaders/sparse.wgsl");
 const QUANTIZE: &str = include_str!("../../../shaders/quantize.wgsl");
@@ -28,6 +29,7 @@ const FLOPS: &str = include_str!("../../../shaders/flops.wgsl");
 pub(crate) enum Family {
     Dequantize,
     Gemv,
+    GemvDp4,
     Gemm,
     Sparse,
     Quantize,
@@ -40,6 +42,7 @@ impl Family {
         match self {
             Family::Dequantize => DEQUANTIZE,
             Family::Gemv => GEMV,
+            Family::GemvDp4 => GEMV_DP4,
             Family::Gemm => GEMM,
             Family::Sparse => SPARSE,
             Family::Quantize => QUANTIZE,
@@ -52,6 +55,7 @@ impl Family {
         match self {
             Family::Dequantize => "dequantize.wgsl",
             Family::Gemv => "gemv.wgsl",
+            Family::GemvDp4 => "gemv_dp4.wgsl",
             Family::Gemm => "gemm.wgsl",
             Family::Sparse => "sparse.wgsl",
             Family::Quantize => "quantize.wgsl",
@@ -68,11 +72,16 @@ impl Family {
         )
     }
 
+    /// Families that use the `features.wgsl` snippets.
+    fn uses_features(self) -> bool {
+        self.uses_matrix() || self == Family::GemvDp4
+    }
+
     /// Binding types, in binding order: `true` = storage read-only,
     /// `false` = storage read_write; binding 0 is always the uniform block.
     fn storage_bindings(self) -> &'static [bool] {
         match self {
-            Family::Dequantize | Family::Gemv | Family::Gemm | Family::Sparse => {
+            Family::Dequantize | Family::Gemv | Family::GemvDp4 | Family::Gemm | Family::Sparse => {
                 &[true, true, true, true, true, false]
             }
             Family::Quantize => &[true, false, false, false],
@@ -81,9 +90,10 @@ impl Family {
         }
     }
 
-    const ALL: [Family; 7] = [
+    const ALL: [Family; 8] = [
         Family::Dequantize,
         Family::Gemv,
+        Family::GemvDp4,
         Family::Gemm,
         Family::Sparse,
         Family::Quantize,
@@ -106,7 +116,7 @@ fn section(name: &str) -> &'static str {
 /// The complete WGSL of `family` for a device with `caps`.
 pub(crate) fn module_source(family: Family, caps: &Caps) -> String {
     let mut src = String::new();
-    if !family.uses_matrix() {
+    if !family.uses_features() {
         src.push_str(family.file());
         return src;
     }
@@ -122,8 +132,10 @@ pub(crate) fn module_source(family: Family, caps: &Caps) -> String {
         src.push_str(&format!("// features.wgsl: {feature} ({})\n", pick(native)));
         src.push_str(section(&format!("{feature}.{}", pick(native))));
     }
-    src.push_str("// matrix.wgsl\n");
-    src.push_str(MATRIX);
+    if family.uses_matrix() {
+        src.push_str("// matrix.wgsl\n");
+        src.push_str(MATRIX);
+    }
     src.push_str(&format!("// {}\n", family.name()));
     src.push_str(family.file());
     src
