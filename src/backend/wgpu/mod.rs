@@ -38,6 +38,10 @@ use shaders::{Family, Pipelines};
 /// How long one wait for the device may take before it counts as lost.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Bytes copied between timed runs to evict the weights from a GPU's
+/// last-level cache (H100/H200: 50 MiB of L2).
+const FLUSH_BYTES: u64 = 128 << 20;
+
 /// Batches below this use the GEMV kernels, from here the tiled GEMM.
 pub const GEMM_MIN_BATCH: usize = 8;
 
@@ -789,12 +793,35 @@ impl WgpuBackend {
 
     /// Times `runs` executions of `dispatches` (one compute pass each) after a
     /// warm-up, with device timestamps when the device has them.
+    ///
+    /// With `flush`, a copy of a buffer larger than a GPU's last-level cache
+    /// runs (untimed) before every timed run, so the weights come from DRAM
+    /// as they would in a model with many layers, not from the cache.
     fn time_dispatches(
         &self,
         dispatches: &[Dispatch],
         runs: usize,
+        flush: bool,
     ) -> Result<KernelTiming, BackendError> {
         let runs = runs.clamp(1, 1024);
+        let flush = if flush {
+            let size = FLUSH_BYTES.min(self.limits.max_buffer_size) / 16 * 16;
+            Some((
+                self.buffer("cache flush source", size, wgpu::BufferUsages::COPY_SRC)?,
+                self.buffer(
+                    "cache flush destination",
+                    size,
+                    wgpu::BufferUsages::COPY_DST,
+                )?,
+            ))
+        } else {
+            None
+        };
+        let flush_cache = |enc: &mut wgpu::CommandEncoder| {
+            if let Some((a, b)) = &flush {
+                enc.copy_buffer_to_buffer(&a.buf, 0, &b.buf, 0, a.size);
+            }
+        };
         // Warm-up: first use compiles, caches fill.
         for _ in 0..2 {
             self.run(dispatches)?;
@@ -813,6 +840,7 @@ impl WgpuBackend {
             )?;
             let mut enc = self.encoder();
             for i in 0..runs {
+                flush_cache(&mut enc);
                 Self::record(&mut enc, dispatches, Some((&qs, (2 * i) as u32)));
             }
             enc.resolve_query_set(&qs, 0..(2 * runs) as u32, &resolve.buf, 0);
@@ -831,6 +859,10 @@ impl WgpuBackend {
         }
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs {
+            let mut enc = self.encoder();
+            flush_cache(&mut enc);
+            self.submit(enc)?;
+            self.wait()?;
             let t = Instant::now();
             self.run(dispatches)?;
             self.wait()?;
@@ -1233,7 +1265,7 @@ impl Backend for WgpuBackend {
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         )?;
         let (dispatches, _keep) = self.matmul_plan(&m, &xb, &y, batch)?;
-        self.time_dispatches(&dispatches, runs)
+        self.time_dispatches(&dispatches, runs, true)
     }
 
     fn measure_bandwidth(&self, bytes: usize) -> Result<Bandwidth, BackendError> {
@@ -1323,7 +1355,7 @@ impl Backend for WgpuBackend {
                 &[&sink.buf],
                 self.groups_1d(groups),
             )?;
-            let t = self.time_dispatches(&[d], 3)?.median_s();
+            let t = self.time_dispatches(&[d], 3, false)?.median_s();
             // Long enough to trust (10 ms), or as long as we are willing to wait.
             if t >= 0.01 || iters >= 1 << 16 {
                 let flops = threads as f64 * f64::from(iters) * 64.0;
