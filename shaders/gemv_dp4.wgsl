@@ -21,6 +21,10 @@
 
 const WG_SIZE: u32 = 64u;
 
+// Rows of X (1..=7), set per pipeline by the host (an override constant, so
+// the per-batch loops have constant bounds and unroll into registers).
+override GEMV_BATCH: u32 = 1u;
+
 struct MatmulParams {
     rows: u32,
     cols: u32,
@@ -82,7 +86,7 @@ fn gemv_row(lane: Lane) {
     let wrow = r * chunks;
     let bpr = x_stride() / 16u; // X blocks per batch row
     let scales = p.batch * bpr * 4u;
-    let nb = min(p.batch, 8u);
+    let nb = GEMV_BATCH;
     var acc: array<f32, 8>;
     for (var k = lane.lid; k < chunks; k += WG_SIZE) {
         let q = w[wrow + k];

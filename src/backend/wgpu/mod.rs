@@ -586,9 +586,22 @@ impl WgpuBackend {
         storage: &[&wgpu::Buffer],
         groups: (u32, u32, u32),
     ) -> Result<Dispatch, BackendError> {
+        self.dispatch_with(family, entry, None, uniform, storage, groups)
+    }
+
+    /// [`Self::dispatch`] with the `GEMV_BATCH` override constant set.
+    fn dispatch_with(
+        &self,
+        family: Family,
+        entry: &'static str,
+        batch: Option<u32>,
+        uniform: &Tracked,
+        storage: &[&wgpu::Buffer],
+        groups: (u32, u32, u32),
+    ) -> Result<Dispatch, BackendError> {
         let pipeline = self
             .pipelines
-            .get(&self.device, &self.caps, family, entry)?;
+            .get(&self.device, &self.caps, family, entry, batch)?;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.buf.as_entire_binding(),
@@ -723,18 +736,20 @@ impl WgpuBackend {
                 &[&m.w.buf, &m.aux.buf, d, input, d, &xq.buf],
                 self.groups_1d(nblk.div_ceil(256) as u32),
             )?);
-            dispatches.push(self.dispatch(
+            dispatches.push(self.dispatch_with(
                 Family::GemvDp4,
                 "gemv_q8_dp4",
+                Some(batch as u32),
                 &uniform,
                 &[&m.w.buf, &m.aux.buf, &xq.buf, d, d, &y.buf],
                 self.groups_1d(params.rows),
             )?);
             keep.push(xq);
         } else if batch < GEMM_MIN_BATCH {
-            dispatches.push(self.dispatch(
+            dispatches.push(self.dispatch_with(
                 Family::Gemv,
                 gemv_entry(kind),
+                Some(batch as u32),
                 &uniform,
                 &bindings,
                 self.groups_1d(params.rows),

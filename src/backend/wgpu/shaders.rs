@@ -145,7 +145,7 @@ pub(crate) fn module_source(family: Family, caps: &Caps) -> String {
 pub(crate) struct Pipelines {
     layouts: HashMap<Family, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     modules: Mutex<HashMap<Family, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(Family, &'static str), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<(Family, &'static str, u32), Arc<wgpu::ComputePipeline>>>,
 }
 
 impl Pipelines {
@@ -204,20 +204,20 @@ impl Pipelines {
 
     /// The pipeline of `entry` in `family`, compiled on first use. WGSL and
     /// pipeline validation errors come back with their full description.
+    /// `batch` (GEMV entries only) sets the `GEMV_BATCH` override constant, so
+    /// the per-batch-row loops have constant bounds and their accumulators
+    /// stay in registers: one pipeline per batch size actually used.
     pub(crate) fn get(
         &self,
         device: &wgpu::Device,
         caps: &Caps,
         family: Family,
         entry: &'static str,
+        batch: Option<u32>,
     ) -> Result<Arc<wgpu::ComputePipeline>, BackendError> {
+        let key = (family, entry, batch.unwrap_or(0));
         let poisoned = || device_error("pipeline cache lock poisoned".into());
-        if let Some(p) = self
-            .pipelines
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&(family, entry))
-        {
+        if let Some(p) = self.pipelines.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(p.clone());
         }
         let mut modules = self.modules.lock().map_err(|_| poisoned())?;
@@ -244,13 +244,19 @@ impl Pipelines {
             .layouts
             .get(&family)
             .ok_or_else(|| device_error(format!("no layout for {}", family.name())))?;
+        let constants: Vec<(&str, f64)> = batch
+            .map(|b| vec![("GEMV_BATCH", f64::from(b))])
+            .unwrap_or_default();
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: Some(layout),
             module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                ..Default::default()
+            },
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -264,7 +270,7 @@ impl Pipelines {
         self.pipelines
             .lock()
             .map_err(|_| poisoned())?
-            .insert((family, entry), pipeline.clone());
+            .insert(key, pipeline.clone());
         Ok(pipeline)
     }
 }
