@@ -141,11 +141,14 @@ pub(crate) fn module_source(family: Family, caps: &Caps) -> String {
     src
 }
 
+/// A pipeline: family, entry point, `GEMV_BATCH` (0 = not set).
+type PipelineKey = (Family, &'static str, u32);
+
 /// Compiled modules, bind group layouts and pipelines of one device.
 pub(crate) struct Pipelines {
     layouts: HashMap<Family, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     modules: Mutex<HashMap<Family, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(Family, &'static str, u32), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
 }
 
 impl Pipelines {
