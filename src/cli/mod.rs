@@ -4,3 +4,4 @@ pub mod devices;
 pub mod profile;
 pub mod progress;
 pub mod quantize;
+pub mod vector;

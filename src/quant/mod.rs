@@ -3,9 +3,12 @@
 //! [`Scheme`] names every strategy the tool offers; [`quantize`] runs the
 //! data-free ones. Calibration-based schemes (GPTQ, AWQ) take activations too.
 
+pub mod awq;
+pub mod calib;
 pub mod clip;
 pub mod codebook;
 pub mod easyquant;
+pub mod gptq;
 pub mod rtn;
 
 use serde::{Deserialize, Serialize};
