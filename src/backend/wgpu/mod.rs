@@ -1000,9 +1000,7 @@ impl Backend for WgpuBackend {
             Some(a) => Some(self.storage_with("act scale", bytemuck::cast_slice(a), none)?),
             None => None,
         };
-        let mut params = MatmulParams::new(m, 0);
-        // The shader reads whole 16-byte chunks: keep the stride as stored.
-        params.row_stride_words = (m.row_stride_bytes() / 4) as u32;
+        let params = MatmulParams::new(m, 0);
         let bytes = w.size
             + aux.size
             + csr.as_ref().map_or(0, |b| b.size)
