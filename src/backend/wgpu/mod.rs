@@ -1363,7 +1363,7 @@ impl Backend for WgpuBackend {
             let u = self.uniform("fma iterations", &[iters, 0u32, 0, 0])?;
             let d = self.dispatch(
                 Family::Flops,
-                "fma_peak",
+                "fma_rate",
                 &u,
                 &[&sink.buf],
                 self.groups_1d(groups),

@@ -22,7 +22,7 @@ const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
 const SPARSE: &str = include_str!("../../../shaders/sparse.wgsl");
 const QUANTIZE: &str = include_str!("../../../shaders/quantize.wgsl");
 const ASSIGN: &str = include_str!("../../../shaders/assign.wgsl");
-const FLOPS: &str = include_str!("../../../shaders/flops.wgsl");
+const FLOPS: &str = include_str!("../../../shaders/probe.wgsl");
 
 /// A kernel family: one `shaders/*.wgsl` file, one bind group layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,7 +60,7 @@ impl Family {
             Family::Sparse => "sparse.wgsl",
             Family::Quantize => "quantize.wgsl",
             Family::Assign => "assign.wgsl",
-            Family::Flops => "flops.wgsl",
+            Family::Flops => "probe.wgsl",
         }
     }
 
