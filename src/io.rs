@@ -78,6 +78,9 @@ pub enum IoError {
     },
 }
 
+/// A tensor's name and values.
+pub type NamedMatrix = (String, Matrix);
+
 /// A tensor left out by [`read_matrices`] with `skip_incompatible`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
@@ -129,7 +132,7 @@ fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
 pub fn read_matrices(
     path: &Path,
     skip_incompatible: bool,
-) -> Result<(Vec<(String, Matrix)>, Vec<Skipped>), IoError> {
+) -> Result<(Vec<NamedMatrix>, Vec<Skipped>), IoError> {
     let bytes = read_file(path)?;
     let st = parse(path, &bytes)?;
     let mut names = st.names();

@@ -6,7 +6,8 @@
 //! - [`backend`]: the [`backend::Backend`] trait and its CPU, wgpu and CUDA
 //!   implementations, which run the packed formats;
 //! - [`metrics`]: error measures used everywhere;
-//! - [`io`]: safetensors in and out, atomic writes; [`sample`]: the built-in sample model.
+//! - [`io`]: safetensors in and out, atomic writes; [`sample`]: the built-in sample model;
+//! - [`vector`]: the vector quantization study (`quantscope vector`).
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -15,3 +16,4 @@ pub mod io;
 pub mod metrics;
 pub mod quant;
 pub mod sample;
+pub mod vector;

@@ -1,5 +1,6 @@
 //! Layout properties of every packed format (proptest): pack/unpack round trips
 //! on odd shapes, RTN error within half a step, file round trips.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 
