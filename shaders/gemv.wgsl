@@ -13,6 +13,10 @@
 
 const WG_SIZE: u32 = 64u;
 
+// Rows of X (1..=7), set per pipeline by the host (an override constant, so
+// the per-batch loops have constant bounds and unroll into registers).
+override GEMV_BATCH: u32 = 1u;
+
 var<workgroup> codebook: array<f32, 16>;
 
 fn gemv_row(fmt: u32, lane: Lane) {
@@ -29,7 +33,7 @@ fn gemv_row(fmt: u32, lane: Lane) {
     let chunks = p.row_stride_words / 4u;
     let wrow = r * chunks;
     let xs4 = x_stride() / 4u;
-    let nb = min(p.batch, 8u);
+    let nb = GEMV_BATCH;
     var acc: array<f32, 8>;
     for (var k = lane.lid; k < chunks; k += WG_SIZE) {
         let q = w[wrow + k];

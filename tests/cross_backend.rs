@@ -241,10 +241,18 @@ fn device_quantize_is_bit_identical() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(0xBEEF);
     for (rows, cols) in [(37usize, 1000usize), (64, 512), (45, 77), (3, 4096)] {
         let mut w = random_matrix(&mut rng, rows, cols).into_vec();
-        // One all-zero row (scale 0) and one row of exact ties for q8/q4 rounding.
+        // Row 0 all zero (scale 0). Rows 1 and 2: every group's scale is
+        // exactly 1 (q8: absmax 127; q4: range [0, 15]) and the other values
+        // are k + 0.5, so every code is an exact tie (both sides: to even).
         w[..cols].iter_mut().for_each(|v| *v = 0.0);
-        for (i, v) in w[cols..2 * cols].iter_mut().enumerate() {
-            *v = (i % 19) as f32 * 0.5 - 4.0;
+        for c in 0..cols {
+            let tie = (c % 7) as f32 + 0.5;
+            w[cols + c] = if c % 32 == 0 { 127.0 } else { tie };
+            w[2 * cols + c] = match c % 32 {
+                0 => 15.0,
+                1 => 0.0,
+                _ => tie,
+            };
         }
         let w = Matrix::from_vec(rows, cols, w).expect("shape");
         for group in [

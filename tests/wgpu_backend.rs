@@ -182,3 +182,33 @@ fn profile_rejects_bad_flags() {
         assert!(err.contains("error"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn q8_gemv_takes_the_packed_dot_product_path_where_available() {
+    let Some(native) = open() else { return };
+    if !native
+        .info()
+        .features
+        .iter()
+        .any(|f| f == "packed-4x8-integer")
+    {
+        eprintln!("adapter has no packed 4x8 integer dot product; nothing to compare");
+        return;
+    }
+    let portable = WgpuBackend::open(&WgpuOptions {
+        portable: true,
+        ..WgpuOptions::from_env()
+    })
+    .expect("portable instance");
+    let m = quantscope::format::pack_q8(&matrix(96, 320), GroupSize::Cols(32)).expect("pack");
+    let x: Vec<f32> = (0..2 * 320)
+        .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
+        .collect();
+    let hn = native.upload(&m).expect("upload");
+    let hp = portable.upload(&m).expect("upload");
+    let yn = native.matmul(&hn, &x, 2).expect("native");
+    let yp = portable.matmul(&hp, &x, 2).expect("portable");
+    let err = quantscope::metrics::nmse(&yp, &yn);
+    // int8 X blocks: a small, non-zero difference from the f32 path.
+    assert!(err > 0.0 && err < 5e-4, "nmse {err:e}");
+}

@@ -1,6 +1,8 @@
 //! `quantscope profile`: time one format's matmul kernel on one backend and
 //! set it against the device's measured ceilings (copy bandwidth, FMA rate).
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
 use quantscope::backend::{self, Backend, BackendKind, Bandwidth, TimingSource};
 use quantscope::format::{
@@ -33,9 +35,29 @@ pub struct Args {
     /// Bytes of the buffer copied to measure the device bandwidth, in MiB.
     #[arg(long, default_value_t = 256)]
     copy_mib: usize,
+    /// wgpu adapter: index or name substring (overrides QUANTSCOPE_WGPU_ADAPTER).
+    #[arg(long)]
+    adapter: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// Opens the backend, honouring `--adapter` for wgpu.
+fn open_backend(kind: BackendKind, adapter: Option<&str>) -> anyhow::Result<Arc<dyn Backend>> {
+    match (kind, adapter) {
+        (_, None) => Ok(backend::open(kind)?),
+        #[cfg(feature = "wgpu")]
+        (BackendKind::Wgpu, Some(a)) => {
+            use quantscope::backend::wgpu::{WgpuBackend, WgpuOptions};
+            let opts = WgpuOptions {
+                adapter: Some(a.to_string()),
+                ..WgpuOptions::from_env()
+            };
+            Ok(Arc::new(WgpuBackend::open(&opts)?))
+        }
+        (other, Some(_)) => bail!("--adapter applies to the wgpu backend, not {other}"),
+    }
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -76,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let dev = backend::open(kind)?;
+    let dev = open_backend(kind, args.adapter.as_deref())?;
 
     // A random matrix packed in the chosen format, and its exact byte size.
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);

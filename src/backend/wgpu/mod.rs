@@ -38,6 +38,10 @@ use shaders::{Family, Pipelines};
 /// How long one wait for the device may take before it counts as lost.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Bytes copied between timed runs to evict the weights from a GPU's
+/// last-level cache (H100/H200: 50 MiB of L2).
+const FLUSH_BYTES: u64 = 128 << 20;
+
 /// Batches below this use the GEMV kernels, from here the tiled GEMM.
 pub const GEMM_MIN_BATCH: usize = 8;
 
@@ -582,9 +586,22 @@ impl WgpuBackend {
         storage: &[&wgpu::Buffer],
         groups: (u32, u32, u32),
     ) -> Result<Dispatch, BackendError> {
+        self.dispatch_with(family, entry, None, uniform, storage, groups)
+    }
+
+    /// [`Self::dispatch`] with the `GEMV_BATCH` override constant set.
+    fn dispatch_with(
+        &self,
+        family: Family,
+        entry: &'static str,
+        batch: Option<u32>,
+        uniform: &Tracked,
+        storage: &[&wgpu::Buffer],
+        groups: (u32, u32, u32),
+    ) -> Result<Dispatch, BackendError> {
         let pipeline = self
             .pipelines
-            .get(&self.device, &self.caps, family, entry)?;
+            .get(&self.device, &self.caps, family, entry, batch)?;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.buf.as_entire_binding(),
@@ -703,10 +720,36 @@ impl WgpuBackend {
         let input = scaled.as_ref().map(|b| &b.buf).unwrap_or(&x.buf);
         let bindings = self.matrix_bindings(m, input, &y.buf);
         let kind = m.kind;
-        if batch < GEMM_MIN_BATCH {
+        if batch < GEMM_MIN_BATCH && kind == FormatKind::Q8 && self.caps.packed {
+            // X to int8 blocks, then integer dot products (gemv_dp4.wgsl).
+            let nblk = batch * xs / 16;
+            let xq = self.buffer(
+                "quantized input",
+                (nblk * 5 * 4) as u64,
+                wgpu::BufferUsages::STORAGE,
+            )?;
+            let d = &self.dummy.buf;
             dispatches.push(self.dispatch(
+                Family::GemvDp4,
+                "quantize_input_q8",
+                &uniform,
+                &[&m.w.buf, &m.aux.buf, d, input, d, &xq.buf],
+                self.groups_1d(nblk.div_ceil(256) as u32),
+            )?);
+            dispatches.push(self.dispatch_with(
+                Family::GemvDp4,
+                "gemv_q8_dp4",
+                Some(batch as u32),
+                &uniform,
+                &[&m.w.buf, &m.aux.buf, &xq.buf, d, d, &y.buf],
+                self.groups_1d(params.rows),
+            )?);
+            keep.push(xq);
+        } else if batch < GEMM_MIN_BATCH {
+            dispatches.push(self.dispatch_with(
                 Family::Gemv,
                 gemv_entry(kind),
+                Some(batch as u32),
                 &uniform,
                 &bindings,
                 self.groups_1d(params.rows),
@@ -765,12 +808,35 @@ impl WgpuBackend {
 
     /// Times `runs` executions of `dispatches` (one compute pass each) after a
     /// warm-up, with device timestamps when the device has them.
+    ///
+    /// With `flush`, a copy of a buffer larger than a GPU's last-level cache
+    /// runs (untimed) before every timed run, so the weights come from DRAM
+    /// as they would in a model with many layers, not from the cache.
     fn time_dispatches(
         &self,
         dispatches: &[Dispatch],
         runs: usize,
+        flush: bool,
     ) -> Result<KernelTiming, BackendError> {
         let runs = runs.clamp(1, 1024);
+        let flush = if flush {
+            let size = FLUSH_BYTES.min(self.limits.max_buffer_size) / 16 * 16;
+            Some((
+                self.buffer("cache flush source", size, wgpu::BufferUsages::COPY_SRC)?,
+                self.buffer(
+                    "cache flush destination",
+                    size,
+                    wgpu::BufferUsages::COPY_DST,
+                )?,
+            ))
+        } else {
+            None
+        };
+        let flush_cache = |enc: &mut wgpu::CommandEncoder| {
+            if let Some((a, b)) = &flush {
+                enc.copy_buffer_to_buffer(&a.buf, 0, &b.buf, 0, a.size);
+            }
+        };
         // Warm-up: first use compiles, caches fill.
         for _ in 0..2 {
             self.run(dispatches)?;
@@ -789,6 +855,7 @@ impl WgpuBackend {
             )?;
             let mut enc = self.encoder();
             for i in 0..runs {
+                flush_cache(&mut enc);
                 Self::record(&mut enc, dispatches, Some((&qs, (2 * i) as u32)));
             }
             enc.resolve_query_set(&qs, 0..(2 * runs) as u32, &resolve.buf, 0);
@@ -807,6 +874,10 @@ impl WgpuBackend {
         }
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs {
+            let mut enc = self.encoder();
+            flush_cache(&mut enc);
+            self.submit(enc)?;
+            self.wait()?;
             let t = Instant::now();
             self.run(dispatches)?;
             self.wait()?;
@@ -929,9 +1000,7 @@ impl Backend for WgpuBackend {
             Some(a) => Some(self.storage_with("act scale", bytemuck::cast_slice(a), none)?),
             None => None,
         };
-        let mut params = MatmulParams::new(m, 0);
-        // The shader reads whole 16-byte chunks: keep the stride as stored.
-        params.row_stride_words = (m.row_stride_bytes() / 4) as u32;
+        let params = MatmulParams::new(m, 0);
         let bytes = w.size
             + aux.size
             + csr.as_ref().map_or(0, |b| b.size)
@@ -1209,7 +1278,7 @@ impl Backend for WgpuBackend {
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         )?;
         let (dispatches, _keep) = self.matmul_plan(&m, &xb, &y, batch)?;
-        self.time_dispatches(&dispatches, runs)
+        self.time_dispatches(&dispatches, runs, true)
     }
 
     fn measure_bandwidth(&self, bytes: usize) -> Result<Bandwidth, BackendError> {
@@ -1294,12 +1363,12 @@ impl Backend for WgpuBackend {
             let u = self.uniform("fma iterations", &[iters, 0u32, 0, 0])?;
             let d = self.dispatch(
                 Family::Flops,
-                "fma_peak",
+                "fma_rate",
                 &u,
                 &[&sink.buf],
                 self.groups_1d(groups),
             )?;
-            let t = self.time_dispatches(&[d], 3)?.median_s();
+            let t = self.time_dispatches(&[d], 3, false)?.median_s();
             // Long enough to trust (10 ms), or as long as we are willing to wait.
             if t >= 0.01 || iters >= 1 << 16 {
                 let flops = threads as f64 * f64::from(iters) * 64.0;

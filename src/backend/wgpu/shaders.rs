@@ -17,17 +17,19 @@ const FEATURES: &str = include_str!("../../../shaders/features.wgsl");
 const MATRIX: &str = include_str!("../../../shaders/matrix.wgsl");
 const DEQUANTIZE: &str = include_str!("../../../shaders/dequantize.wgsl");
 const GEMV: &str = include_str!("../../../shaders/gemv.wgsl");
+const GEMV_DP4: &str = include_str!("../../../shaders/gemv_dp4.wgsl");
 const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
 const SPARSE: &str = include_str!("../../../shaders/sparse.wgsl");
 const QUANTIZE: &str = include_str!("../../../shaders/quantize.wgsl");
 const ASSIGN: &str = include_str!("../../../shaders/assign.wgsl");
-const FLOPS: &str = include_str!("../../../shaders/flops.wgsl");
+const FLOPS: &str = include_str!("../../../shaders/probe.wgsl");
 
 /// A kernel family: one `shaders/*.wgsl` file, one bind group layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Family {
     Dequantize,
     Gemv,
+    GemvDp4,
     Gemm,
     Sparse,
     Quantize,
@@ -40,6 +42,7 @@ impl Family {
         match self {
             Family::Dequantize => DEQUANTIZE,
             Family::Gemv => GEMV,
+            Family::GemvDp4 => GEMV_DP4,
             Family::Gemm => GEMM,
             Family::Sparse => SPARSE,
             Family::Quantize => QUANTIZE,
@@ -52,11 +55,12 @@ impl Family {
         match self {
             Family::Dequantize => "dequantize.wgsl",
             Family::Gemv => "gemv.wgsl",
+            Family::GemvDp4 => "gemv_dp4.wgsl",
             Family::Gemm => "gemm.wgsl",
             Family::Sparse => "sparse.wgsl",
             Family::Quantize => "quantize.wgsl",
             Family::Assign => "assign.wgsl",
-            Family::Flops => "flops.wgsl",
+            Family::Flops => "probe.wgsl",
         }
     }
 
@@ -68,11 +72,16 @@ impl Family {
         )
     }
 
+    /// Families that use the `features.wgsl` snippets.
+    fn uses_features(self) -> bool {
+        self.uses_matrix() || self == Family::GemvDp4
+    }
+
     /// Binding types, in binding order: `true` = storage read-only,
     /// `false` = storage read_write; binding 0 is always the uniform block.
     fn storage_bindings(self) -> &'static [bool] {
         match self {
-            Family::Dequantize | Family::Gemv | Family::Gemm | Family::Sparse => {
+            Family::Dequantize | Family::Gemv | Family::GemvDp4 | Family::Gemm | Family::Sparse => {
                 &[true, true, true, true, true, false]
             }
             Family::Quantize => &[true, false, false, false],
@@ -81,9 +90,10 @@ impl Family {
         }
     }
 
-    const ALL: [Family; 7] = [
+    const ALL: [Family; 8] = [
         Family::Dequantize,
         Family::Gemv,
+        Family::GemvDp4,
         Family::Gemm,
         Family::Sparse,
         Family::Quantize,
@@ -106,7 +116,7 @@ fn section(name: &str) -> &'static str {
 /// The complete WGSL of `family` for a device with `caps`.
 pub(crate) fn module_source(family: Family, caps: &Caps) -> String {
     let mut src = String::new();
-    if !family.uses_matrix() {
+    if !family.uses_features() {
         src.push_str(family.file());
         return src;
     }
@@ -122,18 +132,23 @@ pub(crate) fn module_source(family: Family, caps: &Caps) -> String {
         src.push_str(&format!("// features.wgsl: {feature} ({})\n", pick(native)));
         src.push_str(section(&format!("{feature}.{}", pick(native))));
     }
-    src.push_str("// matrix.wgsl\n");
-    src.push_str(MATRIX);
+    if family.uses_matrix() {
+        src.push_str("// matrix.wgsl\n");
+        src.push_str(MATRIX);
+    }
     src.push_str(&format!("// {}\n", family.name()));
     src.push_str(family.file());
     src
 }
 
+/// A pipeline: family, entry point, `GEMV_BATCH` (0 = not set).
+type PipelineKey = (Family, &'static str, u32);
+
 /// Compiled modules, bind group layouts and pipelines of one device.
 pub(crate) struct Pipelines {
     layouts: HashMap<Family, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     modules: Mutex<HashMap<Family, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(Family, &'static str), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
 }
 
 impl Pipelines {
@@ -192,20 +207,20 @@ impl Pipelines {
 
     /// The pipeline of `entry` in `family`, compiled on first use. WGSL and
     /// pipeline validation errors come back with their full description.
+    /// `batch` (GEMV entries only) sets the `GEMV_BATCH` override constant, so
+    /// the per-batch-row loops have constant bounds and their accumulators
+    /// stay in registers: one pipeline per batch size actually used.
     pub(crate) fn get(
         &self,
         device: &wgpu::Device,
         caps: &Caps,
         family: Family,
         entry: &'static str,
+        batch: Option<u32>,
     ) -> Result<Arc<wgpu::ComputePipeline>, BackendError> {
+        let key = (family, entry, batch.unwrap_or(0));
         let poisoned = || device_error("pipeline cache lock poisoned".into());
-        if let Some(p) = self
-            .pipelines
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&(family, entry))
-        {
+        if let Some(p) = self.pipelines.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(p.clone());
         }
         let mut modules = self.modules.lock().map_err(|_| poisoned())?;
@@ -232,13 +247,19 @@ impl Pipelines {
             .layouts
             .get(&family)
             .ok_or_else(|| device_error(format!("no layout for {}", family.name())))?;
+        let constants: Vec<(&str, f64)> = batch
+            .map(|b| vec![("GEMV_BATCH", f64::from(b))])
+            .unwrap_or_default();
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: Some(layout),
             module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                ..Default::default()
+            },
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -252,7 +273,7 @@ impl Pipelines {
         self.pipelines
             .lock()
             .map_err(|_| poisoned())?
-            .insert((family, entry), pipeline.clone());
+            .insert(key, pipeline.clone());
         Ok(pipeline)
     }
 }

@@ -1,6 +1,6 @@
-// FMA-rate probe for `measure_flops`: nothing but independent multiply-adds.
+// FMA-rate probe for `measure_flops` (kernels/probe.cu mirrors it): nothing but independent multiply-adds.
 //
-// Entry point: fma_peak.
+// Entry point: fma_rate.
 // Bindings (group 0): 0 uniform `iters` (vec4<u32>, .x = loop count),
 //                     1 storage `sink` (read_write, one f32 per invocation,
 //                     written so the loop is not removed).
@@ -11,7 +11,7 @@
 @group(0) @binding(1) var<storage, read_write> sink: array<f32>;
 
 @compute @workgroup_size(256)
-fn fma_peak(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn fma_rate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 256u;
     let s = f32(i & 7u) * 1e-7;
     let m = vec4<f32>(0.999999, 0.9999991, 0.9999992, 0.9999993);
