@@ -174,7 +174,7 @@ const ABI: [(&str, usize, Option<usize>); 25] = [
     ("outliers_add", 6, Some(32)),
     ("assign_levels", 4, Some(16)),
     ("reduce_levels", 5, Some(16)),
-    ("fma_peak", 3, None),
+    ("fma_rate", 3, None),
 ];
 
 /// The `.param` declarations of entry `name` in `ptx`.

@@ -33,7 +33,7 @@ pub const KERNEL_FILES: [(&str, &str); 7] = [
     ("gemm", include_str!("../../../kernels/gemm.cu")),
     ("sparse", include_str!("../../../kernels/sparse.cu")),
     ("assign", include_str!("../../../kernels/assign.cu")),
-    ("flops", include_str!("../../../kernels/flops.cu")),
+    ("probe", include_str!("../../../kernels/probe.cu")),
 ];
 
 /// Entry points of each kernel file: the same stems and names as
@@ -75,7 +75,7 @@ pub const KERNEL_ENTRIES: [(&str, &[&str]); 7] = [
     ),
     ("sparse", &["scale_input", "outliers_add"]),
     ("assign", &["assign_levels", "reduce_levels"]),
-    ("flops", &["fma_peak"]),
+    ("probe", &["fma_rate"]),
 ];
 
 const INCLUDE_LINE: &str = "#include \"common.cuh\"";

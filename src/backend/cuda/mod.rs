@@ -1228,7 +1228,7 @@ impl Backend for CudaBackend {
         let blocks = self.multiprocessors * 8;
         let threads = blocks as u64 * 256;
         let mut out = self.zeros::<f32>(threads as usize)?;
-        let f = self.function("flops", "fma_peak")?;
+        let f = self.function("probe", "fma_rate")?;
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
@@ -1242,11 +1242,11 @@ impl Backend for CudaBackend {
             || {
                 let mut b = self.stream.launch_builder(&f);
                 b.arg(&mut out.slice).arg(&ITERS).arg(&seed);
-                // SAFETY: matches fma_peak(float* out, u32 iters, float seed); out
+                // SAFETY: matches fma_rate(float* out, u32 iters, float seed); out
                 // holds one float per thread.
                 unsafe { b.launch(cfg) }
                     .map(|_| ())
-                    .map_err(drv("launch fma_peak"))
+                    .map_err(drv("launch fma_rate"))
             },
         )?;
         let seconds = KernelTiming {
