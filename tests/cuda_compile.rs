@@ -1,4 +1,4 @@
-//! Compiles every `kernels/*.cu` to PTX with NVRTC for sm_80 and sm_90: the
+//! Compiles every `kernels/*.cu` to PTX with NVRTC for sm_75, sm_80 and sm_90: the
 //! CUDA kernels are checked on machines without a GPU.
 //!
 //! NVRTC comes from the CUDA toolkit or from the PyPI wheels
@@ -14,7 +14,8 @@ use quantscope::backend::cuda::compile::{
 };
 use quantscope::backend::BackendError;
 
-const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+// sm_75 (T4) also checks the paths below sm_80 (no tensor-core GEMM).
+const ARCHS: [&str; 3] = ["sm_75", "sm_80", "sm_90"];
 
 /// Whether NVRTC is here; panics when it must be (CI) and is not.
 fn nvrtc_or_skip(test: &str) -> bool {
@@ -65,8 +66,8 @@ fn assemble(ptx: &str, stem: &str, arch: &str) {
 }
 
 #[test]
-fn every_kernel_compiles_for_sm80_and_sm90() {
-    if !nvrtc_or_skip("every_kernel_compiles_for_sm80_and_sm90") {
+fn every_kernel_compiles_for_sm75_sm80_and_sm90() {
+    if !nvrtc_or_skip("every_kernel_compiles_for_sm75_sm80_and_sm90") {
         return;
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
