@@ -286,3 +286,81 @@ fn devices_lists_every_backend() {
         }
     }
 }
+
+#[test]
+fn gptq_and_awq_run_from_the_cli_with_built_in_or_file_calibration() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("w.safetensors");
+    write_weights(&input);
+    let out = dir.path().join("g.safetensors");
+    let o = out.to_str().unwrap();
+    let i = input.to_str().unwrap();
+    for scheme in ["gptq-int4", "awq-int4"] {
+        let (ok, stdout, stderr) = run(&[
+            "quantize",
+            "--input",
+            i,
+            "--scheme",
+            scheme,
+            "--group",
+            "64",
+            "--output",
+            o,
+            "--json",
+            "--calib-rows",
+            "256",
+            "--eval-rows",
+            "64",
+        ]);
+        assert!(ok, "{scheme}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert!(v["calibration"].as_str().unwrap().contains("built-in"));
+        for t in v["tensors"].as_array().unwrap() {
+            assert!(t["output_nmse"].as_f64().unwrap() < 0.05, "{t}");
+        }
+        assert_eq!(quantscope::io::read_quantized(&out).unwrap().len(), 2);
+    }
+    // A calibration file: one tensor per weight name; widths must match.
+    let calib = dir.path().join("calib.safetensors");
+    let items = vec![
+        ("layer.a".to_string(), common::gaussian(40, 200, 8)),
+        ("layer.b".to_string(), common::gaussian(40, 128, 9)),
+    ];
+    quantscope::io::write_matrices(&calib, &items).unwrap();
+    let c = calib.to_str().unwrap();
+    let (ok, stdout, stderr) = run(&[
+        "quantize",
+        "--input",
+        i,
+        "--scheme",
+        "gptq-int4",
+        "--calib",
+        c,
+        "--output",
+        o,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("tensor 'layer.a' of"), "{stdout}");
+    let bad = dir.path().join("bad.safetensors");
+    let items = vec![
+        ("layer.a".to_string(), common::gaussian(40, 199, 8)),
+        ("layer.b".to_string(), common::gaussian(40, 128, 9)),
+    ];
+    quantscope::io::write_matrices(&bad, &items).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    assert_fails(
+        &[
+            "quantize",
+            "--input",
+            i,
+            "--scheme",
+            "awq-int4",
+            "--calib",
+            bad.to_str().unwrap(),
+            "--output",
+            o,
+        ],
+        "199",
+        &out,
+    );
+}

@@ -3,9 +3,12 @@
 //! [`Scheme`] names every strategy the tool offers; [`quantize`] runs the
 //! data-free ones. Calibration-based schemes (GPTQ, AWQ) take activations too.
 
+pub mod awq;
+pub mod calib;
 pub mod clip;
 pub mod codebook;
 pub mod easyquant;
+pub mod gptq;
 pub mod rtn;
 
 use serde::{Deserialize, Serialize};
@@ -176,8 +179,93 @@ pub fn quantize(w: &Matrix, cfg: &QuantConfig) -> Result<QuantizedMatrix, QuantE
             },
         ),
         Scheme::GptqInt4 | Scheme::AwqInt4 => Err(QuantError::Invalid(format!(
-            "{} needs calibration activations",
+            "{} needs calibration activations: use quantize_calibrated",
             cfg.scheme
         ))),
     }
+}
+
+/// What a calibrated run reports besides the matrix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CalibratedNotes {
+    /// Human-readable remarks (damping retries, chosen alpha, ...).
+    pub notes: Vec<String>,
+}
+
+/// Runs any scheme; GPTQ and AWQ use `calib` (`n x cols` activations), the
+/// data-free schemes ignore it. `progress(done, total)` reports long work.
+pub fn quantize_calibrated(
+    w: &Matrix,
+    cfg: &QuantConfig,
+    calib: &Matrix,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(QuantizedMatrix, CalibratedNotes), QuantError> {
+    check_finite(w)?;
+    let group = cfg.group.validate()?;
+    match cfg.scheme {
+        Scheme::GptqInt4 => {
+            let g = gptq::GptqConfig {
+                group,
+                ..Default::default()
+            };
+            let r = gptq::gptq(w, calib, &g, progress)?;
+            let mut notes = r.report.notes.clone();
+            notes.push(format!(
+                "GPTQ damping {:.3}% of mean diag, {} dead column(s)",
+                r.report.percdamp_used * 100.0,
+                r.report.dead_columns
+            ));
+            Ok((r.matrix, CalibratedNotes { notes }))
+        }
+        Scheme::AwqInt4 => {
+            let a = awq::AwqConfig {
+                group,
+                ..Default::default()
+            };
+            let r = awq::awq(w, calib, &a, progress)?;
+            let notes = vec![format!(
+                "AWQ alpha {:.2}, mean clip ratio {:.3}",
+                r.report.alpha, r.report.mean_clip_ratio
+            )];
+            Ok((r.matrix, CalibratedNotes { notes }))
+        }
+        _ => Ok((quantize(w, cfg)?, CalibratedNotes::default())),
+    }
+}
+
+/// Output NMSE of a layer on activations `x` (`n x cols`):
+/// `‖X·Wᵀ − X·Ŵᵀ‖² / ‖X·Wᵀ‖²` with `Ŵ` the effective weights of `q`.
+/// Accumulates in f64.
+pub fn output_nmse(w: &Matrix, q: &QuantizedMatrix, x: &Matrix) -> Result<f64, QuantError> {
+    use rayon::prelude::*;
+    if x.cols() != w.cols() || q.cols() != w.cols() || q.rows() != w.rows() {
+        return Err(QuantError::Invalid(format!(
+            "output NMSE: activations are {} wide, the layer is {}x{} and the quantized layer {}x{}",
+            x.cols(),
+            w.rows(),
+            w.cols(),
+            q.rows(),
+            q.cols()
+        )));
+    }
+    let deq = q.dequantize();
+    let (se, ss) = (0..w.rows())
+        .into_par_iter()
+        .map(|r| {
+            let (a, b) = (w.row(r), deq.row(r));
+            let (mut se, mut ss) = (0.0f64, 0.0f64);
+            for n in 0..x.rows() {
+                let xr = x.row(n);
+                let (mut ya, mut yb) = (0.0f64, 0.0f64);
+                for c in 0..xr.len() {
+                    ya += a[c] as f64 * xr[c] as f64;
+                    yb += b[c] as f64 * xr[c] as f64;
+                }
+                se += (ya - yb) * (ya - yb);
+                ss += ya * ya;
+            }
+            (se, ss)
+        })
+        .reduce(|| (0.0, 0.0), |p, q| (p.0 + q.0, p.1 + q.1));
+    Ok(if ss > 0.0 { se / ss } else { 0.0 })
 }

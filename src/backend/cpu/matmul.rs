@@ -1,76 +1,95 @@
 //! Dequantized matmul on the packed data: `Y = X · Wᵀ`.
+//!
+//! Order of work: scale X once by the activation scale (AWQ), run the dense
+//! part (GEMV for batch 1, GEMM otherwise) on the chosen [`KernelPath`], then
+//! add the sparse outliers (cost proportional to their number).
+
+use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use crate::format::QuantizedMatrix;
+use super::kernel::KernelPath;
+use super::{gemm, gemv};
+use crate::backend::BackendError;
+use crate::format::{Outliers, QuantizedMatrix};
 
-/// Rows decoded per rayon task: enough work to amortize scheduling.
-const ROWS_PER_TASK: usize = 16;
-
-/// `Y = X · Wᵀ` (`X`: `batch x cols`, `Y`: `batch x rows`, row-major).
-pub fn matmul(m: &QuantizedMatrix, x: &[f32], batch: usize) -> Vec<f32> {
+/// `Y = X · Wᵀ` (`X`: `batch x cols`, `Y`: `batch x rows`, row-major) on the
+/// process's selected kernel path ([`KernelPath::selected`]).
+pub fn matmul(m: &QuantizedMatrix, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
     let mut y = vec![0.0f32; batch * m.rows()];
-    matmul_into(m, x, batch, &mut y);
-    y
+    matmul_into(m, x, batch, &mut y)?;
+    Ok(y)
 }
 
 /// Like [`matmul`], writing into `y` (`batch * rows` values).
-pub fn matmul_into(m: &QuantizedMatrix, x: &[f32], batch: usize, y: &mut [f32]) {
-    let (rows, cols) = (m.rows(), m.cols());
-    assert_eq!(x.len(), batch * cols, "input length");
-    assert_eq!(y.len(), batch * rows, "output length");
-    if batch == 1 {
-        // GEMV: the output row is contiguous, write it directly.
-        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each_init(
-            || vec![0.0f32; cols],
-            |w, (t, out)| {
-                for (i, o) in out.iter_mut().enumerate() {
-                    m.dequantize_row(t * ROWS_PER_TASK + i, w);
-                    *o = dot(w, x);
-                }
-            },
-        );
-        return;
-    }
-    // GEMM: each task decodes a row once and reuses it for the whole batch,
-    // producing Yᵀ rows; a final transpose puts them in place.
-    let mut yt = vec![0.0f32; rows * batch];
-    yt.par_chunks_mut(ROWS_PER_TASK * batch)
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f32; cols],
-            |w, (t, out)| {
-                for (i, orow) in out.chunks_mut(batch).enumerate() {
-                    m.dequantize_row(t * ROWS_PER_TASK + i, w);
-                    for (b, o) in orow.iter_mut().enumerate() {
-                        *o = dot(w, &x[b * cols..(b + 1) * cols]);
-                    }
-                }
-            },
-        );
-    for r in 0..rows {
-        for b in 0..batch {
-            y[b * rows + r] = yt[r * batch + b];
-        }
-    }
+pub fn matmul_into(
+    m: &QuantizedMatrix,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+) -> Result<(), BackendError> {
+    matmul_with(KernelPath::selected(), m, x, batch, y)
 }
 
-/// Dot product with eight independent accumulators (vectorizes well).
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
-        for j in 0..8 {
-            acc[j] += a[i * 8 + j] * b[i * 8 + j];
-        }
+/// Like [`matmul_into`] on an explicit kernel path (an error when this CPU
+/// cannot run it). q8, q4 and lut4 GEMVs (batch 1) quantize the activation
+/// row to int8 per block of 32 columns (see `docs/PERFORMANCE.md`); every
+/// other case keeps f32 activations.
+pub fn matmul_with(
+    path: KernelPath,
+    m: &QuantizedMatrix,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+) -> Result<(), BackendError> {
+    path.check()?;
+    let (rows, cols) = (m.rows(), m.cols());
+    if batch == 0 {
+        return Err(BackendError::Invalid("batch must be at least 1".into()));
     }
-    let mut s = 0.0f32;
-    for i in chunks * 8..n {
-        s += a[i] * b[i];
+    if x.len() != batch * cols {
+        return Err(BackendError::Invalid(format!(
+            "input has {} values, expected batch {batch} x {cols} columns",
+            x.len()
+        )));
     }
-    let t = (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]);
-    t + s
+    if y.len() != batch * rows {
+        return Err(BackendError::Invalid(format!(
+            "output has {} values, expected batch {batch} x {rows} rows",
+            y.len()
+        )));
+    }
+    let x: Cow<'_, [f32]> = match m.act_scale() {
+        Some(a) => Cow::Owned(
+            x.chunks(cols)
+                .flat_map(|row| row.iter().zip(a).map(|(v, s)| v * s))
+                .collect(),
+        ),
+        None => Cow::Borrowed(x),
+    };
+    if batch == 1 {
+        gemv::gemv(path, m, &x, y);
+    } else {
+        gemm::gemm(path, m, &x, batch, y);
+    }
+    if let Some(o) = m.outliers() {
+        add_outliers(o, &x, cols, rows, y);
+    }
+    Ok(())
+}
+
+/// `Y += X · Oᵀ` for the sparse outliers `O` (CSR by row).
+fn add_outliers(o: &Outliers, x: &[f32], cols: usize, rows: usize, y: &mut [f32]) {
+    y.par_chunks_mut(rows)
+        .zip(x.par_chunks(cols))
+        .for_each(|(yb, xb)| {
+            for (r, yr) in yb.iter_mut().enumerate() {
+                let (a, b) = (o.row_ptr[r] as usize, o.row_ptr[r + 1] as usize);
+                let mut s = 0.0f32;
+                for i in a..b {
+                    s += o.values[i].to_f32() * xb[o.col_idx[i] as usize];
+                }
+                *yr += s;
+            }
+        });
 }

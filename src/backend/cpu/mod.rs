@@ -1,9 +1,19 @@
-//! The CPU backend: rayon over output rows, working on the packed data.
+//! The CPU backend: rayon threads and run-time-selected SIMD kernels working
+//! directly on the packed data.
 //!
-//! Each worker decodes one packed row at a time into a small f32 buffer and
-//! reuses it across the whole batch, so the matrix is never dequantized as a
-//! whole and every weight byte is read once per call.
+//! - [`kernel`]: which code path runs (AVX-512 + VNNI, AVX2 + FMA, scalar),
+//!   chosen at run time, forced with `QUANTSCOPE_CPU_KERNEL`;
+//! - GEMV (batch 1): streams the packed weights once, unpacking in registers;
+//!   q8 / q4 / lut4 use int8 activations and integer dot products;
+//! - GEMM (batch > 1): cache-blocked, a dequantized weight panel reused across
+//!   the batch by a register-tiled f32 FMA micro-kernel;
+//! - [`bandwidth`]: the read-bandwidth and FMA-rate probes (the floors).
 
+mod act;
+pub mod bandwidth;
+mod gemm;
+mod gemv;
+pub mod kernel;
 mod matmul;
 
 use std::collections::HashMap;
@@ -20,7 +30,8 @@ use super::{
 };
 use crate::format::{nearest_level, pack_q4, pack_q8, FormatKind, Matrix, Packed, QuantizedMatrix};
 
-pub use matmul::{matmul, matmul_into};
+pub use kernel::{KernelPath, KERNEL_ENV};
+pub use matmul::{matmul, matmul_into, matmul_with};
 
 /// Host CPU backend.
 pub struct CpuBackend {
@@ -95,6 +106,7 @@ pub fn cpu_features() -> Vec<String> {
     {
         f.push("neon".into());
     }
+    f.push(format!("kernel={}", KernelPath::selected()));
     f.push(format!("threads={}", rayon::current_num_threads()));
     f
 }
@@ -150,7 +162,7 @@ impl Backend for CpuBackend {
     fn matmul(&self, h: &MatrixHandle, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
         h.check_input(x, batch)?;
         let m = self.get(h)?;
-        Ok(matmul(&m, x, batch))
+        matmul(&m, x, batch)
     }
 
     fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
@@ -263,11 +275,11 @@ impl Backend for CpuBackend {
             .collect();
         h.check_input(&x, batch)?;
         let mut y = vec![0.0f32; batch * m.rows()];
-        matmul_into(&m, &x, batch, &mut y);
+        matmul_into(&m, &x, batch, &mut y)?;
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs.max(1) {
             let t = Instant::now();
-            matmul_into(&m, &x, batch, &mut y);
+            matmul_into(&m, &x, batch, &mut y)?;
             samples.push(t.elapsed().as_secs_f64());
         }
         std::hint::black_box(&y);
@@ -278,37 +290,11 @@ impl Backend for CpuBackend {
     }
 
     fn measure_bandwidth(&self, bytes: usize) -> Result<Bandwidth, BackendError> {
-        // Every thread sums its own slice of one buffer: a pure read stream.
-        let n = (bytes / 4).max(1 << 20);
-        let buf: Vec<f32> = (0..n).map(|i| (i & 1023) as f32).collect();
-        let read =
-            |b: &[f32]| -> f32 { b.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum() };
-        std::hint::black_box(read(&buf));
-        let mut samples = Vec::new();
-        for _ in 0..7 {
-            let t = Instant::now();
-            std::hint::black_box(read(&buf));
-            samples.push(t.elapsed().as_secs_f64());
-        }
-        let seconds = KernelTiming {
-            samples_s: samples,
-            source: TimingSource::WallClock,
-        }
-        .median_s();
-        Ok(Bandwidth {
-            bytes_per_s: (n * 4) as f64 / seconds,
-            bytes_moved: (n * 4) as u64,
-            seconds,
-            source: TimingSource::WallClock,
-            method: "multi-threaded read of one buffer",
-        })
+        Ok(bandwidth::measure_read_bandwidth(bytes))
     }
 
     fn measure_flops(&self) -> Result<f64, BackendError> {
-        Err(BackendError::Unsupported {
-            backend: BackendKind::Cpu,
-            what: "FMA rate probe (not yet)".into(),
-        })
+        Ok(bandwidth::measure_fma_rate())
     }
 }
 

@@ -1,0 +1,439 @@
+//! GEMM (batch > 1): cache-blocked, f32 register-tiled micro-kernel.
+//!
+//! Loop nest (Goto-style), per rayon task of [`NC`] weight rows:
+//! - batch blocks of up to [`MC`] rows (X packed once, up front, in 16-row
+//!   chunks `[k][16]` so a micro-kernel reads two contiguous streams);
+//! - K blocks of [`KC`] columns (one X block, `KC x MC` f32, stays in L2);
+//! - panels of [`NR`] weight rows: the panel is dequantized once into an
+//!   f32 `[NR][KC]` buffer (L1) and reused for every batch chunk of the block;
+//! - the micro-kernel keeps an `NR x 32` tile of `Yᵀ` in registers
+//!   (24 zmm accumulators on AVX-512) over the whole K block.
+//!
+//! Results go to a task-local `Yᵀ` (rows x padded batch), transposed into
+//! `Y` at the end. Dequantized values are bit-identical on every path
+//! (`(q - z) · s`, `codebook[q] · s`, exact widening), and activations stay
+//! f32, so paths differ only by the order of f32 additions.
+//!
+//! For 4-bit formats each 32-column unit is decoded in nibble order (the 16
+//! even columns, then the 16 odd ones) and X is packed in the same order.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::kernel::KernelPath;
+use crate::format::{round_up, Packed, QuantizedMatrix};
+
+/// Weight rows per micro-tile.
+pub(crate) const NR: usize = 12;
+/// Columns per K block.
+pub(crate) const KC: usize = 256;
+/// Batch rows per packed X chunk (one zmm of f32).
+const LANES: usize = 16;
+/// Batch rows per batch block.
+const MC: usize = 256;
+/// Weight rows per rayon task (a multiple of [`NR`]).
+const NC: usize = 16 * NR;
+/// Columns per decode unit (a q4 / lut4 unit is 16 bytes of codes).
+const UNIT: usize = 32;
+
+/// `Y = X · Wᵀ` for `batch` rows of `x` (already multiplied by the activation
+/// scale), dense part only; `y` is `batch x rows`.
+pub(crate) fn gemm(path: KernelPath, m: &QuantizedMatrix, x: &[f32], batch: usize, y: &mut [f32]) {
+    let (rows, cols) = (m.rows(), m.cols());
+    assert_eq!(x.len(), batch * cols, "gemm input length");
+    assert_eq!(y.len(), batch * rows, "gemm output length");
+    let nib = matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_));
+    let kp = round_up(cols, UNIT);
+    let nkb = kp.div_ceil(KC);
+    let bp = round_up(batch, LANES);
+    let nchunks = bp / LANES;
+    // Packed X: [kb][chunk][KC][LANES], zero beyond the matrix.
+    let block = KC * LANES;
+    let mut xp = vec![0.0f32; nkb * nchunks * block];
+    xp.par_chunks_mut(nchunks * block)
+        .enumerate()
+        .for_each(|(kb, dst)| {
+            let k0 = kb * KC;
+            let kc = KC.min(kp - k0);
+            for (ch, d) in dst.chunks_mut(block).enumerate() {
+                for kk in 0..kc {
+                    let c = k0 + permuted(kk, nib);
+                    if c >= cols {
+                        continue;
+                    }
+                    for l in 0..LANES {
+                        let b = ch * LANES + l;
+                        if b < batch {
+                            d[kk * LANES + l] = x[b * cols + c];
+                        }
+                    }
+                }
+            }
+        });
+    let mut yt = vec![0.0f32; rows * bp];
+    yt.par_chunks_mut(NC * bp)
+        .enumerate()
+        .for_each(|(t, ytask)| {
+            let r0 = t * NC;
+            let nrows = ytask.len() / bp;
+            let mut wp = vec![0.0f32; NR * KC];
+            for mb in (0..nchunks).step_by(MC / LANES) {
+                let mchunks = (MC / LANES).min(nchunks - mb);
+                for kb in 0..nkb {
+                    let k0 = kb * KC;
+                    let kc = KC.min(kp - k0);
+                    let xblock = &xp[kb * nchunks * block..][..nchunks * block];
+                    for p in (0..nrows).step_by(NR) {
+                        let valid = NR.min(nrows - p);
+                        decode_panel(path, m, r0 + p, valid, k0, kc, nib, &mut wp);
+                        let tile = &mut ytask[p * bp..(p + valid) * bp];
+                        let mut ch = mb;
+                        while ch < mb + mchunks {
+                            let two = ch + 1 < mb + mchunks;
+                            let xa = &xblock[ch * block..][..block];
+                            let xb = if two {
+                                &xblock[(ch + 1) * block..][..block]
+                            } else {
+                                xa
+                            };
+                            micro(path, kc, &wp, xa, xb, two, tile, bp, ch * LANES, valid);
+                            ch += if two { 2 } else { 1 };
+                        }
+                    }
+                }
+            }
+        });
+    // Yᵀ -> Y, 16 batch rows at a time (reads of Yᵀ stay contiguous).
+    y.par_chunks_mut(LANES * rows)
+        .enumerate()
+        .for_each(|(ch, out)| {
+            let nb = out.len() / rows;
+            for r in 0..rows {
+                let src = &yt[r * bp + ch * LANES..][..nb];
+                for (l, &v) in src.iter().enumerate() {
+                    out[l * rows + r] = v;
+                }
+            }
+        });
+}
+
+/// Column (relative to its K block) stored at packed position `kk`.
+#[inline]
+fn permuted(kk: usize, nib: bool) -> usize {
+    if !nib {
+        return kk;
+    }
+    let (u, j) = (kk / UNIT, kk % UNIT);
+    u * UNIT
+        + if j < UNIT / 2 {
+            2 * j
+        } else {
+            2 * (j - UNIT / 2) + 1
+        }
+}
+
+/// The dense value of `(r, c)` (no outliers, no activation scale), 0 past the row.
+#[inline]
+fn dense_value(m: &QuantizedMatrix, r: usize, c: usize) -> f32 {
+    if c >= m.cols() {
+        return 0.0;
+    }
+    let stride = m.row_stride_bytes();
+    let g = r * m.groups_per_row() + c / m.group_len();
+    match m.packed() {
+        Packed::F32(v) => v[r * stride / 4 + c],
+        Packed::F16(v) => v[r * stride / 2 + c].to_f32(),
+        Packed::Bf16(v) => v[r * stride / 2 + c].to_f32(),
+        Packed::Q8(q) => q.codes[r * stride + c] as f32 * q.scales[g].to_f32(),
+        Packed::Q4(q) => {
+            let code = (q.codes[r * stride / 4 + c / 8] >> (4 * (c % 8))) & 0xF;
+            (code as f32 - q.zeros[g] as f32) * q.scales[g].to_f32()
+        }
+        Packed::Lut4(q) => {
+            let code = (q.codes[r * stride / 4 + c / 8] >> (4 * (c % 8))) & 0xF;
+            q.codebook[code as usize] * q.scales[g].to_f32()
+        }
+    }
+}
+
+/// Dequantizes rows `r0 .. r0 + valid`, columns `k0 .. k0 + kc`, into
+/// `wp[i * KC + kk]` (in packed order); rows past `valid` become 0.
+#[allow(clippy::too_many_arguments)]
+fn decode_panel(
+    path: KernelPath,
+    m: &QuantizedMatrix,
+    r0: usize,
+    valid: usize,
+    k0: usize,
+    kc: usize,
+    nib: bool,
+    wp: &mut [f32],
+) {
+    for (i, dst) in wp.chunks_mut(KC).enumerate() {
+        let dst = &mut dst[..kc];
+        if i >= valid {
+            dst.fill(0.0);
+            continue;
+        }
+        let r = r0 + i;
+        for (u, d) in dst.chunks_mut(UNIT).enumerate() {
+            let c0 = k0 + u * UNIT;
+            #[cfg(target_arch = "x86_64")]
+            if path == KernelPath::Avx512 && c0 + UNIT <= m.cols() {
+                // SAFETY: the path was checked against the CPU's features by
+                // the caller; the unit lies inside the row (c0 + 32 <= cols).
+                unsafe { avx512::decode_unit(m, r, c0, d) };
+                continue;
+            }
+            let _ = path;
+            for (kk, o) in d.iter_mut().enumerate() {
+                *o = dense_value(m, r, c0 + permuted(kk, nib));
+            }
+        }
+    }
+}
+
+/// Adds `W_panel · X_chunk(s)` to a tile of `Yᵀ`: rows `0..valid` of `tile`
+/// (row stride `ld`), batch columns `b0 .. b0 + 16` (and `+ 32` when `two`).
+#[allow(clippy::too_many_arguments)]
+fn micro(
+    path: KernelPath,
+    kc: usize,
+    wp: &[f32],
+    xa: &[f32],
+    xb: &[f32],
+    two: bool,
+    tile: &mut [f32],
+    ld: usize,
+    b0: usize,
+    valid: usize,
+) {
+    assert!(wp.len() >= NR * KC && xa.len() >= kc * LANES && xb.len() >= kc * LANES);
+    assert!(tile.len() >= (valid.max(1) - 1) * ld + b0 + if two { 32 } else { 16 });
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: features checked by the caller; bounds asserted above.
+        KernelPath::Avx512 => unsafe { avx512::micro(kc, wp, xa, xb, two, tile, ld, b0, valid) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelPath::Avx2 => unsafe { avx2::micro(kc, wp, xa, xb, two, tile, ld, b0, valid) },
+        _ => micro_scalar(kc, wp, xa, xb, two, tile, ld, b0, valid),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn micro_scalar(
+    kc: usize,
+    wp: &[f32],
+    xa: &[f32],
+    xb: &[f32],
+    two: bool,
+    tile: &mut [f32],
+    ld: usize,
+    b0: usize,
+    valid: usize,
+) {
+    let halves: &[&[f32]] = if two { &[xa, xb] } else { &[xa] };
+    for (h, xs) in halves.iter().enumerate() {
+        let mut acc = [[0.0f32; LANES]; NR];
+        for k in 0..kc {
+            let xv = &xs[k * LANES..][..LANES];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let w = wp[r * KC + k];
+                for (o, &xx) in a.iter_mut().zip(xv) {
+                    *o += w * xx;
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(valid) {
+            let dst = &mut tile[r * ld + b0 + h * LANES..][..LANES];
+            for (d, v) in dst.iter_mut().zip(a) {
+                *d += v;
+            }
+        }
+    }
+}
+
+/// Scale of group `g` of the matrix as f32 (grouped formats only).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn scale_of(scales: &[f16], g: usize) -> f32 {
+    scales[g].to_f32()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{scale_of, KC, LANES, NR, UNIT};
+    use crate::format::{Packed, QuantizedMatrix};
+
+    /// Decodes the 32 columns `c0 ..` of row `r` into `d` (nibble order for 4-bit formats).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW; `c0 + 32 <= cols`; `d.len() == 32`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    pub(super) unsafe fn decode_unit(m: &QuantizedMatrix, r: usize, c0: usize, d: &mut [f32]) {
+        assert!(d.len() == UNIT && c0 + UNIT <= m.cols());
+        let stride = m.row_stride_bytes();
+        let g = r * m.groups_per_row() + c0 / m.group_len();
+        let out = d.as_mut_ptr();
+        match m.packed() {
+            Packed::F32(v) => {
+                let p = v.as_ptr().add(r * stride / 4 + c0);
+                _mm512_storeu_ps(out, _mm512_loadu_ps(p));
+                _mm512_storeu_ps(out.add(16), _mm512_loadu_ps(p.add(16)));
+            }
+            Packed::F16(v) => {
+                let p = v.as_ptr().add(r * stride / 2 + c0) as *const __m256i;
+                _mm512_storeu_ps(out, _mm512_cvtph_ps(_mm256_loadu_si256(p)));
+                _mm512_storeu_ps(out.add(16), _mm512_cvtph_ps(_mm256_loadu_si256(p.add(1))));
+            }
+            Packed::Bf16(v) => {
+                let p = v.as_ptr().add(r * stride / 2 + c0) as *const __m256i;
+                for h in 0..2 {
+                    let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(h)));
+                    _mm512_storeu_ps(
+                        out.add(16 * h),
+                        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w)),
+                    );
+                }
+            }
+            Packed::Q8(q) => {
+                let p = q.codes.as_ptr().add(r * stride + c0) as *const __m128i;
+                let s = _mm512_set1_ps(scale_of(&q.scales, g));
+                for h in 0..2 {
+                    let w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(h))));
+                    _mm512_storeu_ps(out.add(16 * h), _mm512_mul_ps(w, s));
+                }
+            }
+            Packed::Q4(q) => {
+                let p = (q.codes.as_ptr() as *const u8).add(r * stride + c0 / 2);
+                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+                let lo = _mm512_and_si512(v, _mm512_set1_epi32(0xF));
+                let hi = _mm512_srli_epi32::<4>(v);
+                let s = _mm512_set1_ps(scale_of(&q.scales, g));
+                let z = _mm512_set1_ps(q.zeros[g] as f32);
+                let f = |n: __m512i| _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(n), z), s);
+                _mm512_storeu_ps(out, f(lo));
+                _mm512_storeu_ps(out.add(16), f(hi));
+            }
+            Packed::Lut4(q) => {
+                let p = (q.codes.as_ptr() as *const u8).add(r * stride + c0 / 2);
+                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
+                let lo = _mm512_and_si512(v, _mm512_set1_epi32(0xF));
+                let hi = _mm512_srli_epi32::<4>(v);
+                let cb = _mm512_loadu_ps(q.codebook.as_ptr());
+                let s = _mm512_set1_ps(scale_of(&q.scales, g));
+                _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_permutexvar_ps(lo, cb), s));
+                _mm512_storeu_ps(out.add(16), _mm512_mul_ps(_mm512_permutexvar_ps(hi, cb), s));
+            }
+        }
+    }
+
+    /// AVX-512 micro-kernel: `NR x 32` (or `NR x 16`) accumulators.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F; bounds as asserted by `super::micro`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn micro(
+        kc: usize,
+        wp: &[f32],
+        xa: &[f32],
+        xb: &[f32],
+        two: bool,
+        tile: &mut [f32],
+        ld: usize,
+        b0: usize,
+        valid: usize,
+    ) {
+        let (w, pa, pb) = (wp.as_ptr(), xa.as_ptr(), xb.as_ptr());
+        let t = tile.as_mut_ptr();
+        if two {
+            let mut acc = [[_mm512_setzero_ps(); 2]; NR];
+            for k in 0..kc {
+                let x0 = _mm512_loadu_ps(pa.add(k * LANES));
+                let x1 = _mm512_loadu_ps(pb.add(k * LANES));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*w.add(r * KC + k));
+                    a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
+                    a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(valid) {
+                let d = t.add(r * ld + b0);
+                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), a[0]));
+                let d = d.add(LANES);
+                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), a[1]));
+            }
+        } else {
+            let mut acc = [_mm512_setzero_ps(); NR];
+            for k in 0..kc {
+                let x0 = _mm512_loadu_ps(pa.add(k * LANES));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(r * KC + k)), x0, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(valid) {
+                let d = t.add(r * ld + b0);
+                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), *a));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{KC, LANES, NR};
+
+    /// AVX2 micro-kernel: rows in groups of 3, `3 x 32` accumulators (12 ymm).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 + FMA; bounds as asserted by `super::micro`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro(
+        kc: usize,
+        wp: &[f32],
+        xa: &[f32],
+        xb: &[f32],
+        two: bool,
+        tile: &mut [f32],
+        ld: usize,
+        b0: usize,
+        valid: usize,
+    ) {
+        let (w, pa, pb) = (wp.as_ptr(), xa.as_ptr(), xb.as_ptr());
+        let t = tile.as_mut_ptr();
+        let nv = if two { 4 } else { 2 };
+        for r0 in (0..NR).step_by(3) {
+            let mut acc = [[_mm256_setzero_ps(); 4]; 3];
+            for k in 0..kc {
+                let x = [
+                    _mm256_loadu_ps(pa.add(k * LANES)),
+                    _mm256_loadu_ps(pa.add(k * LANES + 8)),
+                    _mm256_loadu_ps(pb.add(k * LANES)),
+                    _mm256_loadu_ps(pb.add(k * LANES + 8)),
+                ];
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_set1_ps(*w.add((r0 + i) * KC + k));
+                    for v in 0..nv {
+                        a[v] = _mm256_fmadd_ps(wv, x[v], a[v]);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                if r0 + i >= valid {
+                    break;
+                }
+                for (v, av) in a.iter().enumerate().take(nv) {
+                    let d = t.add((r0 + i) * ld + b0 + 8 * v);
+                    _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), *av));
+                }
+            }
+        }
+    }
+}

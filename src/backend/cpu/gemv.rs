@@ -1,0 +1,750 @@
+//! GEMV (batch 1): one pass over the packed weights, unpacked in registers.
+//!
+//! Rows are split into contiguous ranges, one rayon task each, and every task
+//! writes its own run of outputs (ranges are multiples of 16 outputs, so two
+//! threads never write the same cache line). The plain formats dot f32
+//! activations directly; q8, q4 and lut4 dot int8 activations (see
+//! [`super::act`]) so the inner loop is an integer dot product.
+//!
+//! Integer formulation shared by every path, per block `b` of 32 columns in
+//! group `g`: `t_b = Σ w_int[c]·xq[c] − z_int(g)·Σ xq[c]` (exact in i32), and
+//! `y += t_b · (s_g · dx_b)` in f32, where
+//! - q4: `w_int` = code (0..=15), `z_int` = zero point, `s_g` = group scale;
+//! - q8: `w_int` = code (−127..=127), `z_int` = 0;
+//! - lut4: `w_int` = the codebook mapped affinely onto 0..=255
+//!   (`codebook[i] ≈ lo + step · u8[i]`), `z_int = −lo / step` (an f32), and
+//!   the sum is finally multiplied by `step`.
+//!
+//! The SIMD paths split `t_b` into lanes exactly (each lane holds an exact
+//! integer), so they differ from the scalar path only by f32 rounding.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::act::{QuantAct, QBLOCK};
+use super::kernel::KernelPath;
+use crate::format::{Packed, QuantizedMatrix};
+
+/// Outputs per rayon task: a multiple of 16 (64 bytes of f32) so tasks never
+/// share a cache line of `y`, and a few tasks per thread for balance.
+fn rows_per_task(rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    rows.div_ceil(threads * 4).max(16).div_ceil(16) * 16
+}
+
+/// Runs `row(r)` for every output row in parallel.
+fn par_rows(y: &mut [f32], row: impl Fn(usize) -> f32 + Sync) {
+    let per = rows_per_task(y.len());
+    y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = row(t * per + i);
+        }
+    });
+}
+
+/// The lut4 codebook on 256 levels: `codebook[i] ≈ step · (u8[i] − zero)`.
+/// Returns `(u8 table, zero, step)`.
+pub(crate) fn lut_u8(codebook: &[f32; 16]) -> ([u8; 16], f32, f32) {
+    let lo = codebook.iter().fold(0.0f32, |m, &v| m.min(v));
+    let hi = codebook.iter().fold(0.0f32, |m, &v| m.max(v));
+    let mut t = [0u8; 16];
+    if hi - lo == 0.0 {
+        return (t, 0.0, 0.0);
+    }
+    let step = (hi - lo) / 255.0;
+    for (q, &v) in t.iter_mut().zip(codebook) {
+        *q = ((v - lo) / step).round_ties_even().clamp(0.0, 255.0) as u8;
+    }
+    (t, -lo / step, step)
+}
+
+/// Which 4-bit format a nibble kernel decodes.
+#[derive(Clone, Copy)]
+enum Nib<'a> {
+    Q4 { zeros: &'a [u8] },
+    Lut { table: &'a [u8; 16], zero: f32 },
+}
+
+/// `y = W · x` for one activation row (`x` already multiplied by the
+/// activation scale), dense part only.
+pub(crate) fn gemv(path: KernelPath, m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
+    let cols = m.cols();
+    let stride = m.row_stride_bytes();
+    let gpr = m.groups_per_row();
+    let glen = m.group_len();
+    assert_eq!(x.len(), cols, "gemv input length");
+    assert_eq!(y.len(), m.rows(), "gemv output length");
+    match m.packed() {
+        Packed::F32(v) => {
+            let s = stride / 4;
+            par_rows(y, |r| dot_f32(path, &v[r * s..][..cols], x));
+        }
+        Packed::F16(v) => {
+            let s = stride / 2;
+            let bits: &[u16] = bytemuck::cast_slice(v);
+            par_rows(y, |r| dot_half(path, &bits[r * s..][..cols], x, false));
+        }
+        Packed::Bf16(v) => {
+            let s = stride / 2;
+            let bits: &[u16] = bytemuck::cast_slice(v);
+            par_rows(y, |r| dot_half(path, &bits[r * s..][..cols], x, true));
+        }
+        Packed::Q8(q) => {
+            let act = QuantAct::new(x, path != KernelPath::Scalar);
+            let codes: &[u8] = bytemuck::cast_slice(&q.codes);
+            par_rows(y, |r| {
+                q8_row(
+                    path,
+                    &codes[r * stride..][..stride],
+                    &q.scales[r * gpr..][..gpr],
+                    glen,
+                    &act,
+                )
+            });
+        }
+        Packed::Q4(q) => {
+            let act = QuantAct::new(x, path != KernelPath::Scalar);
+            let codes: &[u8] = bytemuck::cast_slice(&q.codes);
+            par_rows(y, |r| {
+                let nib = Nib::Q4 {
+                    zeros: &q.zeros[r * gpr..][..gpr],
+                };
+                nib_row(
+                    path,
+                    &codes[r * stride..][..stride],
+                    &q.scales[r * gpr..][..gpr],
+                    nib,
+                    glen,
+                    &act,
+                )
+            });
+        }
+        Packed::Lut4(q) => {
+            let act = QuantAct::new(x, path != KernelPath::Scalar);
+            let codes: &[u8] = bytemuck::cast_slice(&q.codes);
+            let (table, zero, step) = lut_u8(&q.codebook);
+            par_rows(y, |r| {
+                step * nib_row(
+                    path,
+                    &codes[r * stride..][..stride],
+                    &q.scales[r * gpr..][..gpr],
+                    Nib::Lut {
+                        table: &table,
+                        zero,
+                    },
+                    glen,
+                    &act,
+                )
+            });
+        }
+    }
+}
+
+fn dot_f32(path: KernelPath, w: &[f32], x: &[f32]) -> f32 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path was checked against the CPU's features by the caller
+        // (`KernelPath::check`); the slices have equal lengths.
+        KernelPath::Avx512 => unsafe { avx512::dot_f32(w, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelPath::Avx2 => unsafe { avx2::dot_f32(w, x) },
+        _ => scalar_dot(w.iter().copied(), x),
+    }
+}
+
+fn dot_half(path: KernelPath, w: &[u16], x: &[f32], bf16: bool) -> f32 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: features checked by the caller; equal lengths.
+        KernelPath::Avx512 => unsafe { avx512::dot_half(w, x, bf16) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelPath::Avx2 => unsafe { avx2::dot_half(w, x, bf16) },
+        _ if bf16 => scalar_dot(w.iter().map(|&b| half::bf16::from_bits(b).to_f32()), x),
+        _ => scalar_dot(w.iter().map(|&b| f16::from_bits(b).to_f32()), x),
+    }
+}
+
+/// Dot product with eight independent accumulators.
+fn scalar_dot(w: impl Iterator<Item = f32>, x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (i, (a, &b)) in w.zip(x).enumerate() {
+        acc[i % 8] += a * b;
+    }
+    acc.iter().sum()
+}
+
+fn q8_row(path: KernelPath, codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: features checked by the caller; `codes` is a whole padded
+        // row, `scales` the row's groups, `act` has its SIMD tables.
+        KernelPath::Avx512 => unsafe { avx512::q8_row(codes, scales, glen, act) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelPath::Avx2 => unsafe { avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q8) },
+        _ => scalar_int_row(act, glen, |c| codes[c] as i8 as i32, |_| 0.0, |g| scales[g]),
+    }
+}
+
+fn nib_row(
+    path: KernelPath,
+    codes: &[u8],
+    scales: &[f16],
+    nib: Nib<'_>,
+    glen: usize,
+    act: &QuantAct,
+) -> f32 {
+    match (path, nib) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: features checked by the caller; `codes` is a whole padded
+        // row, `scales` / `zeros` the row's groups, `act` has its SIMD tables.
+        (KernelPath::Avx512, Nib::Q4 { zeros }) => unsafe {
+            avx512::nib_row(codes, scales, zeros, None, glen, act)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (KernelPath::Avx512, Nib::Lut { table, zero }) => unsafe {
+            avx512::nib_row(codes, scales, &[], Some((table, zero)), glen, act)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (KernelPath::Avx2, Nib::Q4 { zeros }) => unsafe {
+            avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q4(zeros))
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (KernelPath::Avx2, Nib::Lut { table, zero }) => unsafe {
+            avx2::int_row(codes, scales, glen, act, avx2::Fmt::Lut(table, zero))
+        },
+        (_, Nib::Q4 { zeros }) => scalar_int_row(
+            act,
+            glen,
+            |c| ((codes[c / 2] >> (4 * (c % 2))) & 0xF) as i32,
+            |g| zeros[g] as f32,
+            |g| scales[g],
+        ),
+        (_, Nib::Lut { table, zero }) => scalar_int_row(
+            act,
+            glen,
+            |c| table[((codes[c / 2] >> (4 * (c % 2))) & 0xF) as usize] as i32,
+            |_| zero,
+            |g| scales[g],
+        ),
+    }
+}
+
+/// The portable integer GEMV row: the reference for the SIMD paths.
+fn scalar_int_row(
+    act: &QuantAct,
+    glen: usize,
+    w: impl Fn(usize) -> i32,
+    zero: impl Fn(usize) -> f32,
+    scale: impl Fn(usize) -> f16,
+) -> f32 {
+    let cols = act.cols;
+    let mut acc = 0.0f32;
+    for b in 0..cols.div_ceil(QBLOCK) {
+        let c0 = b * QBLOCK;
+        let c1 = (c0 + QBLOCK).min(cols);
+        let d: i32 = (c0..c1).map(|c| w(c) * act.xq[c] as i32).sum();
+        let g = c0 / glen;
+        let t = d as f32 - zero(g) * act.sumq[b] as f32;
+        acc += t * (scale(g).to_f32() * act.dx[b]);
+    }
+    acc
+}
+
+/// How a 512-bit chunk's lanes map to weight groups: `1` (one group for the
+/// whole chunk), `2` or `4` (consecutive groups, equal lanes each), or `0`
+/// (anything else: filled lane by lane).
+#[cfg(target_arch = "x86_64")]
+fn groups_per_chunk(glen: usize, cols: usize, chunk_cols: usize) -> usize {
+    if glen >= cols || glen.is_multiple_of(chunk_cols) {
+        1
+    } else if chunk_cols.is_multiple_of(glen) && chunk_cols / glen <= 4 {
+        chunk_cols / glen
+    } else {
+        0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::super::act::{QuantAct, BYTE_CHUNK, NIB_CHUNK, QBLOCK};
+    use super::groups_per_chunk;
+
+    /// Sum of `w[i] * x[i]`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL; `w.len() == x.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        let n = x.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let o = i + 16 * j;
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(o)), _mm512_loadu_ps(xp.add(o)), *a);
+            }
+            i += 64;
+        }
+        while i < n {
+            let k = (n - i).min(16);
+            let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+            let wv = _mm512_maskz_loadu_ps(m, wp.add(i));
+            let xv = _mm512_maskz_loadu_ps(m, xp.add(i));
+            acc[0] = _mm512_fmadd_ps(wv, xv, acc[0]);
+            i += k;
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// 16 halves (f16 or bf16 bits) widened to f32.
+    #[inline(always)]
+    unsafe fn widen(v: __m256i, bf16: bool) -> __m512 {
+        if bf16 {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+        } else {
+            _mm512_cvtph_ps(v)
+        }
+    }
+
+    /// Sum of `half(w[i]) * x[i]` for f16 (`bf16 == false`) or bf16 bits.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL; `w.len() == x.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub(super) unsafe fn dot_half(w: &[u16], x: &[f32], bf16: bool) -> f32 {
+        assert_eq!(w.len(), x.len());
+        let n = x.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let o = i + 16 * j;
+                let wv = widen(_mm256_loadu_si256(wp.add(o) as *const __m256i), bf16);
+                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(o)), *a);
+            }
+            i += 64;
+        }
+        while i < n {
+            let k = (n - i).min(16);
+            let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+            let wv = widen(_mm256_maskz_loadu_epi16(m, wp.add(i) as *const i16), bf16);
+            let xv = _mm512_maskz_loadu_ps(m, xp.add(i));
+            acc[0] = _mm512_fmadd_ps(wv, xv, acc[0]);
+            i += k;
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// Lane `i` takes element `i * g / 16` (`g` consecutive groups per chunk).
+    #[inline(always)]
+    unsafe fn group_index(g: usize) -> __m512i {
+        let mut idx = [0i32; 16];
+        for (i, v) in idx.iter_mut().enumerate() {
+            *v = (i * g.max(1) / 16) as i32;
+        }
+        _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
+    }
+
+    /// Scales of groups `g0 .. g0 + g` spread over the 16 lanes (`g` in 1, 2, 4).
+    #[inline(always)]
+    unsafe fn lane_scales(scales: &[f16], g0: usize, g: usize, idx: __m512i) -> __m512 {
+        let p = scales.as_ptr().add(g0) as *const u8;
+        let bits = match g {
+            1 => _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u16) as i32),
+            2 => _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u32) as i32),
+            _ => _mm_cvtsi64_si128(std::ptr::read_unaligned(p as *const u64) as i64),
+        };
+        _mm512_permutexvar_ps(idx, _mm512_cvtph_ps(_mm256_castsi128_si256(bits)))
+    }
+
+    /// Zero points of groups `g0 .. g0 + g` spread over the 16 lanes.
+    #[inline(always)]
+    unsafe fn lane_zeros(zeros: &[u8], g0: usize, g: usize, idx: __m512i) -> __m512 {
+        let p = zeros.as_ptr().add(g0);
+        let bits = match g {
+            1 => _mm_cvtsi32_si128(*p as i32),
+            2 => _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u16) as i32),
+            _ => _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u32) as i32),
+        };
+        _mm512_permutexvar_ps(idx, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bits)))
+    }
+
+    /// Scales and zeros lane by lane: lane `i` of chunk `k` belongs to block
+    /// `blocks_per_chunk * k + i / (16 / blocks_per_chunk)`; blocks past the
+    /// row get 0.
+    #[inline(always)]
+    unsafe fn lane_fill(
+        scales: &[f16],
+        zeros: &[u8],
+        k: usize,
+        blocks_per_chunk: usize,
+        glen: usize,
+        cols: usize,
+    ) -> (__m512, __m512) {
+        let mut s = [0.0f32; 16];
+        let mut z = [0.0f32; 16];
+        for i in 0..16 {
+            let c = (blocks_per_chunk * k + i / (16 / blocks_per_chunk)) * QBLOCK;
+            if c < cols {
+                s[i] = scales[c / glen].to_f32();
+                z[i] = zeros.get(c / glen).map_or(0.0, |&v| v as f32);
+            }
+        }
+        (_mm512_loadu_ps(s.as_ptr()), _mm512_loadu_ps(z.as_ptr()))
+    }
+
+    /// One 4-bit row (q4 when `table` is `None`, lut4 otherwise).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VNNI; `codes` holds the padded row
+    /// (`round_up(cols, 32) / 2` bytes at least); `scales` (and `zeros` for
+    /// q4) hold the row's groups; `act` was built with its SIMD tables.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    pub(super) unsafe fn nib_row(
+        codes: &[u8],
+        scales: &[f16],
+        zeros: &[u8],
+        table: Option<(&[u8; 16], f32)>,
+        glen: usize,
+        act: &QuantAct,
+    ) -> f32 {
+        let cols = act.cols;
+        assert!(codes.len() >= cols.div_ceil(QBLOCK) * QBLOCK / 2);
+        assert!(act.nib_xq.len() >= cols.div_ceil(NIB_CHUNK) * NIB_CHUNK);
+        let g = groups_per_chunk(glen, cols, NIB_CHUNK);
+        let idx = group_index(g);
+        let mask = _mm512_set1_epi8(0x0F);
+        // lut4: the u8 codebook, looked up 64 codes at a time, with its f32 zero.
+        let (lut, zlut) = match table {
+            Some((t, z)) => (*t, z),
+            None => ([0u8; 16], 0.0),
+        };
+        let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
+        let zlut = _mm512_set1_ps(zlut);
+        let (cp, xp) = (codes.as_ptr(), act.nib_xq.as_ptr());
+        let (dxp, xsp) = (act.nib_dx.as_ptr(), act.nib_xs.as_ptr());
+        let step = |k: usize, w: __m512i, s: __m512, z: __m512, acc: __m512| -> __m512 {
+            let mut lo = _mm512_and_si512(w, mask);
+            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask);
+            if table.is_some() {
+                lo = _mm512_shuffle_epi8(lut, lo);
+                hi = _mm512_shuffle_epi8(lut, hi);
+            }
+            let xa = _mm512_loadu_si512(xp.add(NIB_CHUNK * k) as *const __m512i);
+            let xb = _mm512_loadu_si512(xp.add(NIB_CHUNK * k + 64) as *const __m512i);
+            let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa);
+            let d = _mm512_dpbusd_epi32(d, hi, xb);
+            let xs = _mm512_loadu_ps(xsp.add(16 * k));
+            let dx = _mm512_loadu_ps(dxp.add(16 * k));
+            let t = _mm512_fnmadd_ps(z, xs, _mm512_cvtepi32_ps(d));
+            _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
+        };
+        let scale_zero = |k: usize| -> (__m512, __m512) {
+            if g == 0 {
+                let (s, z) = lane_fill(scales, zeros, k, 4, glen, cols);
+                return (s, if table.is_some() { zlut } else { z });
+            }
+            let g0 = k * NIB_CHUNK / glen;
+            let s = lane_scales(scales, g0, g, idx);
+            let z = if table.is_some() {
+                zlut
+            } else {
+                lane_zeros(zeros, g0, g, idx)
+            };
+            (s, z)
+        };
+        let nfull = cols / NIB_CHUNK;
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut k = 0;
+        while k + 2 <= nfull {
+            _mm_prefetch::<_MM_HINT_T0>(cp.add(64 * k + 1024) as *const i8);
+            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
+            let w1 = _mm512_loadu_si512(cp.add(64 * k + 64) as *const __m512i);
+            let (s0, z0) = scale_zero(k);
+            let (s1, z1) = scale_zero(k + 1);
+            acc0 = step(k, w0, s0, z0, acc0);
+            acc1 = step(k + 1, w1, s1, z1, acc1);
+            k += 2;
+        }
+        if k < nfull {
+            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
+            let (s0, z0) = scale_zero(k);
+            acc0 = step(k, w0, s0, z0, acc0);
+            k += 1;
+        }
+        let rem = cols - k * NIB_CHUNK;
+        if rem > 0 {
+            let nbytes = rem.div_ceil(QBLOCK) * QBLOCK / 2;
+            let m: __mmask64 = if nbytes >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << nbytes) - 1
+            };
+            let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
+            let (s, mut z) = lane_fill(scales, zeros, k, 4, glen, cols);
+            if table.is_some() {
+                z = zlut;
+            }
+            acc1 = step(k, w, s, z, acc1);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+
+    /// One q8 row.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VNNI; `codes` holds the padded row
+    /// (`round_up(cols, 16)` bytes); `scales` holds the row's groups; `act`
+    /// was built with its SIMD tables.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    pub(super) unsafe fn q8_row(codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
+        let cols = act.cols;
+        assert!(codes.len() >= cols);
+        assert!(act.xq.len() >= cols.div_ceil(BYTE_CHUNK) * BYTE_CHUNK);
+        let g = groups_per_chunk(glen, cols, BYTE_CHUNK);
+        let idx = group_index(g);
+        let flip = _mm512_set1_epi8(-128);
+        let z128 = _mm512_set1_ps(128.0);
+        let (cp, xp) = (codes.as_ptr(), act.xq.as_ptr());
+        let (dxp, xsp) = (act.byte_dx.as_ptr(), act.byte_xs.as_ptr());
+        // Codes + 128 are unsigned; the 128 · Σ xq they add is taken off per lane.
+        let step = |k: usize, w: __m512i, s: __m512, acc: __m512| -> __m512 {
+            let wu = _mm512_xor_si512(w, flip);
+            let x = _mm512_loadu_si512(xp.add(BYTE_CHUNK * k) as *const __m512i);
+            let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, x);
+            let xs = _mm512_loadu_ps(xsp.add(16 * k));
+            let dx = _mm512_loadu_ps(dxp.add(16 * k));
+            let t = _mm512_fnmadd_ps(z128, xs, _mm512_cvtepi32_ps(d));
+            _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
+        };
+        let scale = |k: usize| -> __m512 {
+            if g == 0 {
+                lane_fill(scales, &[], k, 2, glen, cols).0
+            } else {
+                lane_scales(scales, k * BYTE_CHUNK / glen, g, idx)
+            }
+        };
+        let nfull = cols / BYTE_CHUNK;
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut k = 0;
+        while k + 2 <= nfull {
+            _mm_prefetch::<_MM_HINT_T0>(cp.add(64 * k + 1024) as *const i8);
+            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
+            let w1 = _mm512_loadu_si512(cp.add(64 * k + 64) as *const __m512i);
+            acc0 = step(k, w0, scale(k), acc0);
+            acc1 = step(k + 1, w1, scale(k + 1), acc1);
+            k += 2;
+        }
+        if k < nfull {
+            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
+            acc0 = step(k, w0, scale(k), acc0);
+            k += 1;
+        }
+        let rem = cols - k * BYTE_CHUNK;
+        if rem > 0 {
+            let m: __mmask64 = (1u64 << rem) - 1;
+            let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
+            let s = lane_fill(scales, &[], k, 2, glen, cols).0;
+            acc1 = step(k, w, s, acc1);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::super::act::{QuantAct, QBLOCK};
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Sum of `w[i] * x[i]`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 + FMA; `w.len() == x.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        let n = x.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * j;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(o)), _mm256_loadu_ps(xp.add(o)), *a);
+            }
+            i += 32;
+        }
+        let mut tail = 0.0f32;
+        while i < n {
+            tail += w[i] * x[i];
+            i += 1;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(s) + tail
+    }
+
+    /// Sum of `half(w[i]) * x[i]` for f16 (`bf16 == false`) or bf16 bits.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 + FMA + F16C; `w.len() == x.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_half(w: &[u16], x: &[f32], bf16: bool) -> f32 {
+        assert_eq!(w.len(), x.len());
+        let n = x.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * j;
+                let h = _mm_loadu_si128(wp.add(o) as *const __m128i);
+                let wv = if bf16 {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+                } else {
+                    _mm256_cvtph_ps(h)
+                };
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(o)), *a);
+            }
+            i += 32;
+        }
+        let mut tail = 0.0f32;
+        while i < n {
+            let v = if bf16 {
+                half::bf16::from_bits(w[i]).to_f32()
+            } else {
+                f16::from_bits(w[i]).to_f32()
+            };
+            tail += v * x[i];
+            i += 1;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(s) + tail
+    }
+
+    /// Which integer format [`int_row`] reads.
+    #[derive(Clone, Copy)]
+    pub(super) enum Fmt<'a> {
+        Q8,
+        Q4(&'a [u8]),
+        Lut(&'a [u8; 16], f32),
+    }
+
+    /// One q8 / q4 / lut4 row: per block of 32 columns, 16-bit products
+    /// summed in pairs (`vpmaddwd`, exact), eight i32 lanes per block.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 + FMA; `codes` holds the padded row; `scales`
+    /// (and the q4 zeros) the row's groups.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn int_row(
+        codes: &[u8],
+        scales: &[f16],
+        glen: usize,
+        act: &QuantAct,
+        fmt: Fmt<'_>,
+    ) -> f32 {
+        let cols = act.cols;
+        let full = cols / QBLOCK;
+        let bytes_per_block = if matches!(fmt, Fmt::Q8) { 32 } else { 16 };
+        assert!(codes.len() >= full * bytes_per_block);
+        let mask = _mm_set1_epi8(0x0F);
+        let table = match fmt {
+            Fmt::Lut(t, _) => _mm_loadu_si128(t.as_ptr() as *const __m128i),
+            _ => _mm_setzero_si128(),
+        };
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..full {
+            let c0 = b * QBLOCK;
+            let (w0, w1) = match fmt {
+                Fmt::Q8 => {
+                    let p = codes.as_ptr().add(c0) as *const __m128i;
+                    (
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
+                    )
+                }
+                Fmt::Q4(_) | Fmt::Lut(..) => {
+                    let v = _mm_loadu_si128(codes.as_ptr().add(c0 / 2) as *const __m128i);
+                    let lo = _mm_and_si128(v, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+                    let n0 = _mm_unpacklo_epi8(lo, hi);
+                    let n1 = _mm_unpackhi_epi8(lo, hi);
+                    if matches!(fmt, Fmt::Lut(..)) {
+                        (
+                            _mm256_cvtepu8_epi16(_mm_shuffle_epi8(table, n0)),
+                            _mm256_cvtepu8_epi16(_mm_shuffle_epi8(table, n1)),
+                        )
+                    } else {
+                        (_mm256_cvtepu8_epi16(n0), _mm256_cvtepu8_epi16(n1))
+                    }
+                }
+            };
+            let xp = act.xq.as_ptr().add(c0) as *const __m128i;
+            let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp));
+            let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(1)));
+            let d = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+            let g = c0 / glen;
+            let z = match fmt {
+                Fmt::Q4(zeros) => zeros[g] as f32,
+                Fmt::Lut(_, z) => z,
+                Fmt::Q8 => 0.0,
+            };
+            let xs = _mm256_set1_ps(act.sumq[b] as f32 / 8.0);
+            let t = _mm256_fnmadd_ps(_mm256_set1_ps(z), xs, _mm256_cvtepi32_ps(d));
+            let sc = _mm256_set1_ps(scales[g].to_f32() * act.dx[b]);
+            acc = _mm256_fmadd_ps(t, sc, acc);
+        }
+        let mut tail = 0.0f32;
+        if full * QBLOCK < cols {
+            let b = full;
+            let c0 = b * QBLOCK;
+            let g = c0 / glen;
+            let mut d = 0i32;
+            let z = match fmt {
+                Fmt::Q4(zeros) => zeros[g] as f32,
+                Fmt::Lut(_, z) => z,
+                Fmt::Q8 => 0.0,
+            };
+            for c in c0..cols {
+                let nib = ((codes[c / 2] >> (4 * (c % 2))) & 0xF) as usize;
+                let w = match fmt {
+                    Fmt::Q8 => codes[c] as i8 as i32,
+                    Fmt::Q4(_) => nib as i32,
+                    Fmt::Lut(t, _) => t[nib] as i32,
+                };
+                d += w * act.xq[c] as i32;
+            }
+            let t = d as f32 - z * act.sumq[b] as f32;
+            tail = t * (scales[g].to_f32() * act.dx[b]);
+        }
+        hsum(acc) + tail
+    }
+}

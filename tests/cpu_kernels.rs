@@ -1,0 +1,256 @@
+//! Every CPU kernel path (scalar, AVX2, AVX-512 where the CPU has them)
+//! against the scalar path and an f64 reference computed from `dequantize()`,
+//! on every format, odd shapes, grouped and whole-row scales, outliers and
+//! activation scales.
+
+use half::f16;
+use quantscope::backend::cpu::{bandwidth, matmul_with, KernelPath};
+use quantscope::format::{
+    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers,
+    QuantizedMatrix, NF4_CODEBOOK,
+};
+use quantscope::metrics::{nmse, nmse_f64};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// Paths that keep f32 activations: NMSE against the f64 reference.
+const EXACT_NMSE: f64 = 1e-10;
+/// q8 / q4 / lut4 GEMV with int8 activations: the documented bound
+/// (`docs/PERFORMANCE.md`), well inside the cross-backend 5e-4.
+const INT8_ACT_NMSE: f64 = 2.5e-4;
+/// SIMD path against the scalar path: f32 rounding only.
+const PATH_NMSE: f64 = 1e-9;
+
+fn rng(seed: u64) -> Xoshiro256PlusPlus {
+    Xoshiro256PlusPlus::seed_from_u64(seed)
+}
+
+fn gaussian(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rng(seed);
+    let d = Normal::new(0.0f32, 1.0).unwrap();
+    (0..n).map(|_| d.sample(&mut r)).collect()
+}
+
+fn weights(rows: usize, cols: usize, seed: u64) -> Matrix {
+    Matrix::from_vec(rows, cols, gaussian(rows * cols, seed)).unwrap()
+}
+
+/// Every format and group size worth covering for this shape.
+fn packings(w: &Matrix) -> Vec<QuantizedMatrix> {
+    let mut v = vec![
+        pack_plain(w, FormatKind::F32).unwrap(),
+        pack_plain(w, FormatKind::F16).unwrap(),
+        pack_plain(w, FormatKind::Bf16).unwrap(),
+    ];
+    for g in [
+        GroupSize::Cols(32),
+        GroupSize::Cols(64),
+        GroupSize::Cols(96),
+        GroupSize::Cols(128),
+        GroupSize::Row,
+    ] {
+        v.push(pack_q8(w, g).unwrap());
+        v.push(pack_q4(w, g).unwrap());
+        v.push(pack_lut4(w, g, NF4_CODEBOOK).unwrap());
+    }
+    v
+}
+
+fn with_outliers(m: QuantizedMatrix, seed: u64) -> QuantizedMatrix {
+    let mut r = rng(seed);
+    let (rows, cols) = (m.rows(), m.cols());
+    let per_row: Vec<Vec<(u32, f16)>> = (0..rows)
+        .map(|_| {
+            let mut cs: Vec<u32> = (0..3).map(|_| r.random_range(0..cols as u32)).collect();
+            cs.sort_unstable();
+            cs.dedup();
+            cs.into_iter()
+                .map(|c| (c, f16::from_f32(r.random_range(-8.0..8.0))))
+                .collect()
+        })
+        .collect();
+    m.with_outliers(Outliers::from_rows(&per_row)).unwrap()
+}
+
+fn with_act_scale(m: QuantizedMatrix, seed: u64) -> QuantizedMatrix {
+    let mut r = rng(seed);
+    let s = (0..m.cols()).map(|_| r.random_range(0.25..4.0)).collect();
+    m.with_act_scale(s).unwrap()
+}
+
+/// `Y = X · Wᵀ` in f64 from the effective weights.
+fn reference(m: &QuantizedMatrix, x: &[f32], batch: usize) -> Vec<f64> {
+    let w = m.dequantize();
+    let (rows, cols) = (m.rows(), m.cols());
+    let mut y = vec![0.0f64; batch * rows];
+    for b in 0..batch {
+        for r in 0..rows {
+            let wr = w.row(r);
+            y[b * rows + r] = (0..cols)
+                .map(|c| wr[c] as f64 * x[b * cols + c] as f64)
+                .sum();
+        }
+    }
+    y
+}
+
+fn run(path: KernelPath, m: &QuantizedMatrix, x: &[f32], batch: usize) -> Vec<f32> {
+    // Poison the output: every value must be written.
+    let mut y = vec![f32::NAN; batch * m.rows()];
+    matmul_with(path, m, x, batch, &mut y).unwrap();
+    y
+}
+
+fn check(m: &QuantizedMatrix, batch: usize, seed: u64) {
+    let x = gaussian(batch * m.cols(), seed);
+    let want = reference(m, &x, batch);
+    let scalar = run(KernelPath::Scalar, m, &x, batch);
+    let int8_act = batch == 1 && m.kind().is_grouped();
+    let bound = if int8_act { INT8_ACT_NMSE } else { EXACT_NMSE };
+    for path in KernelPath::available() {
+        let got = if path == KernelPath::Scalar {
+            scalar.clone()
+        } else {
+            run(path, m, &x, batch)
+        };
+        let what = format!(
+            "{} {}x{} batch {batch} on {path}",
+            m.label(),
+            m.rows(),
+            m.cols()
+        );
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "{what}: non-finite output"
+        );
+        let e = nmse_f64(&want, &got);
+        assert!(
+            e < bound,
+            "{what}: NMSE {e:e} vs f64 reference (bound {bound:e})"
+        );
+        let p = nmse(&scalar, &got);
+        assert!(p < PATH_NMSE, "{what}: NMSE {p:e} vs scalar path");
+    }
+}
+
+#[test]
+fn every_path_matches_reference_on_odd_shapes() {
+    let shapes = [(37, 300), (19, 33), (16, 128), (5, 1000), (3, 4099)];
+    for (i, &(rows, cols)) in shapes.iter().enumerate() {
+        let w = weights(rows, cols, 10 + i as u64);
+        for m in packings(&w) {
+            for batch in [1, 3] {
+                check(&m, batch, 100 + i as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_partial_batch_chunks_and_panels() {
+    // 35 = two full 16-row chunks + a partial one; 29 rows = 2 panels + 5.
+    let w = weights(29, 517, 7);
+    for m in packings(&w) {
+        check(&m, 35, 8);
+    }
+}
+
+#[test]
+fn gemm_spans_several_k_blocks_and_tasks() {
+    let w = weights(200, 777, 9);
+    for m in [
+        pack_q4(&w, GroupSize::Cols(32)).unwrap(),
+        pack_q8(&w, GroupSize::Row).unwrap(),
+        pack_plain(&w, FormatKind::F16).unwrap(),
+    ] {
+        check(&m, 18, 10);
+    }
+}
+
+#[test]
+fn outliers_and_act_scale_on_every_path() {
+    let w = weights(23, 301, 11);
+    for (i, m) in packings(&w).into_iter().enumerate() {
+        let seed = 200 + i as u64;
+        let o = with_outliers(m.clone(), seed);
+        check(&o, 1, seed);
+        check(&o, 4, seed);
+        let a = with_act_scale(m.clone(), seed);
+        check(&a, 1, seed);
+        check(&a, 4, seed);
+        let both = with_act_scale(with_outliers(m, seed), seed);
+        check(&both, 1, seed);
+        check(&both, 20, seed);
+    }
+}
+
+#[test]
+fn nan_input_gives_nan_output() {
+    let w = weights(8, 100, 12);
+    for m in packings(&w) {
+        for batch in [1, 2] {
+            let mut x = gaussian(batch * 100, 13);
+            x[40] = f32::NAN;
+            for path in KernelPath::available() {
+                let y = run(path, &m, &x, batch);
+                assert!(
+                    y[..8].iter().all(|v| v.is_nan()),
+                    "{} on {path}: NaN input row must give NaN outputs",
+                    m.label()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_lengths_are_errors() {
+    let m = pack_q4(&weights(4, 64, 14), GroupSize::Cols(32)).unwrap();
+    let mut y = vec![0.0; 4];
+    assert!(matmul_with(KernelPath::Scalar, &m, &[0.0; 63], 1, &mut y).is_err());
+    assert!(matmul_with(KernelPath::Scalar, &m, &[], 0, &mut []).is_err());
+    let mut short = vec![0.0; 3];
+    assert!(matmul_with(KernelPath::Scalar, &m, &[0.0; 64], 1, &mut short).is_err());
+}
+
+#[test]
+fn kernel_path_names_round_trip() {
+    for p in KernelPath::ALL {
+        assert_eq!(p.name().parse::<KernelPath>().unwrap(), p);
+    }
+    assert!("sse9".parse::<KernelPath>().is_err());
+    assert_eq!(KernelPath::available()[0], KernelPath::Scalar);
+    assert!(KernelPath::best().is_supported());
+}
+
+#[test]
+fn probes_report_positive_rates() {
+    let b = bandwidth::measure_read_bandwidth(64 << 20);
+    assert!(b.bytes_per_s > 0.0 && b.bytes_per_s.is_finite());
+    let f = bandwidth::measure_fma_rate();
+    assert!(f > 0.0 && f.is_finite());
+}
+
+/// Prints the int8-activation GEMV error per format on a larger matrix
+/// (`cargo test --test cpu_kernels -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn print_int8_activation_error() {
+    let w = weights(256, 4096, 21);
+    for g in [GroupSize::Cols(32), GroupSize::Cols(128)] {
+        for m in [
+            pack_q8(&w, g).unwrap(),
+            pack_q4(&w, g).unwrap(),
+            pack_lut4(&w, g, NF4_CODEBOOK).unwrap(),
+        ] {
+            let x = gaussian(4096, 22);
+            let got = run(KernelPath::best(), &m, &x, 1);
+            let e = nmse_f64(&reference(&m, &x, 1), &got);
+            println!(
+                "{:<12} GEMV NMSE vs f64 of dequantized weights: {e:.2e}",
+                m.label()
+            );
+        }
+    }
+}
