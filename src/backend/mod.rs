@@ -22,6 +22,7 @@ use crate::format::{FormatError, FormatKind, GroupSize, Matrix, QuantizedMatrix}
 
 /// Which implementation a backend is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// Rust on the host CPU (rayon, SIMD).
     Cpu,
