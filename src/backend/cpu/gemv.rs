@@ -408,7 +408,92 @@ mod avx512 {
         (_mm512_loadu_ps(s.as_ptr()), _mm512_loadu_ps(z.as_ptr()))
     }
 
-    /// One 4-bit row (q4 when `table` is `None`, lut4 otherwise).
+    /// What one integer chunk step needs besides the chunk itself.
+    #[derive(Clone, Copy)]
+    struct IntCtx {
+        /// 0x0F in every byte (4-bit formats).
+        mask: __m512i,
+        /// The lut4 u8 codebook in every 128-bit lane.
+        lut: __m512i,
+        /// lut4 (look the nibbles up) rather than q4.
+        is_lut: bool,
+        /// Activation codes in the layout of the kernel.
+        xq: *const i8,
+        /// Per-lane activation scales.
+        dx: *const f32,
+        /// Per-lane activation code sums (divided by the lanes per block).
+        xs: *const f32,
+    }
+
+    /// `acc + Σ lanes (dot − z·xs) · s · dx` for 4-bit chunk `k` (128 columns).
+    #[inline(always)]
+    unsafe fn nib_chunk(
+        c: &IntCtx,
+        k: usize,
+        w: __m512i,
+        s: __m512,
+        z: __m512,
+        acc: __m512,
+    ) -> __m512 {
+        let mut lo = _mm512_and_si512(w, c.mask);
+        let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), c.mask);
+        if c.is_lut {
+            lo = _mm512_shuffle_epi8(c.lut, lo);
+            hi = _mm512_shuffle_epi8(c.lut, hi);
+        }
+        let xa = _mm512_loadu_si512(c.xq.add(NIB_CHUNK * k) as *const __m512i);
+        let xb = _mm512_loadu_si512(c.xq.add(NIB_CHUNK * k + 64) as *const __m512i);
+        let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa);
+        let d = _mm512_dpbusd_epi32(d, hi, xb);
+        let xs = _mm512_loadu_ps(c.xs.add(16 * k));
+        let dx = _mm512_loadu_ps(c.dx.add(16 * k));
+        let t = _mm512_fnmadd_ps(z, xs, _mm512_cvtepi32_ps(d));
+        _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
+    }
+
+    /// `acc + Σ lanes (dot − 128·xs) · s · dx` for q8 chunk `k` (64 columns);
+    /// codes + 128 are the unsigned operand of `vpdpbusd`.
+    #[inline(always)]
+    unsafe fn byte_chunk(c: &IntCtx, k: usize, w: __m512i, s: __m512, acc: __m512) -> __m512 {
+        let wu = _mm512_xor_si512(w, _mm512_set1_epi8(-128));
+        let x = _mm512_loadu_si512(c.xq.add(BYTE_CHUNK * k) as *const __m512i);
+        let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, x);
+        let xs = _mm512_loadu_ps(c.xs.add(16 * k));
+        let dx = _mm512_loadu_ps(c.dx.add(16 * k));
+        let t = _mm512_fnmadd_ps(_mm512_set1_ps(128.0), xs, _mm512_cvtepi32_ps(d));
+        _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
+    }
+
+    /// Loads 64 code bytes of chunk `k` and prefetches a little ahead.
+    #[inline(always)]
+    unsafe fn load_chunk(codes: *const u8, k: usize) -> __m512i {
+        _mm_prefetch::<_MM_HINT_T0>(codes.add(64 * k + 1024) as *const i8);
+        _mm512_loadu_si512(codes.add(64 * k) as *const __m512i)
+    }
+
+    /// Scales and zero points of groups `g0 .. g0 + n` over the lanes (lut4:
+    /// its constant zero).
+    #[inline(always)]
+    unsafe fn scale_zero(
+        scales: &[f16],
+        zeros: &[u8],
+        is_lut: bool,
+        zlut: __m512,
+        g0: usize,
+        n: usize,
+        idx: __m512i,
+    ) -> (__m512, __m512) {
+        let s = lane_scales(scales, g0, n, idx);
+        let z = if is_lut {
+            zlut
+        } else {
+            lane_zeros(zeros, g0, n, idx)
+        };
+        (s, z)
+    }
+
+    /// One 4-bit row (q4 when `table` is `None`, lut4 with its u8 codebook
+    /// and f32 zero otherwise).
     ///
     /// # Safety
     /// The CPU supports AVX-512 F/BW/VNNI; `codes` holds the padded row
@@ -428,66 +513,71 @@ mod avx512 {
         assert!(act.nib_xq.len() >= cols.div_ceil(NIB_CHUNK) * NIB_CHUNK);
         let g = groups_per_chunk(glen, cols, NIB_CHUNK);
         let idx = group_index(g);
-        let mask = _mm512_set1_epi8(0x0F);
-        // lut4: the u8 codebook, looked up 64 codes at a time, with its f32 zero.
         let (lut, zlut) = match table {
             Some((t, z)) => (*t, z),
             None => ([0u8; 16], 0.0),
         };
-        let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
+        let ctx = IntCtx {
+            mask: _mm512_set1_epi8(0x0F),
+            lut: _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i)),
+            is_lut: table.is_some(),
+            xq: act.nib_xq.as_ptr(),
+            dx: act.nib_dx.as_ptr(),
+            xs: act.nib_xs.as_ptr(),
+        };
         let zlut = _mm512_set1_ps(zlut);
-        let (cp, xp) = (codes.as_ptr(), act.nib_xq.as_ptr());
-        let (dxp, xsp) = (act.nib_dx.as_ptr(), act.nib_xs.as_ptr());
-        let step = |k: usize, w: __m512i, s: __m512, z: __m512, acc: __m512| -> __m512 {
-            let mut lo = _mm512_and_si512(w, mask);
-            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask);
-            if table.is_some() {
-                lo = _mm512_shuffle_epi8(lut, lo);
-                hi = _mm512_shuffle_epi8(lut, hi);
-            }
-            let xa = _mm512_loadu_si512(xp.add(NIB_CHUNK * k) as *const __m512i);
-            let xb = _mm512_loadu_si512(xp.add(NIB_CHUNK * k + 64) as *const __m512i);
-            let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa);
-            let d = _mm512_dpbusd_epi32(d, hi, xb);
-            let xs = _mm512_loadu_ps(xsp.add(16 * k));
-            let dx = _mm512_loadu_ps(dxp.add(16 * k));
-            let t = _mm512_fnmadd_ps(z, xs, _mm512_cvtepi32_ps(d));
-            _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
-        };
-        let scale_zero = |k: usize| -> (__m512, __m512) {
-            if g == 0 {
-                let (s, z) = lane_fill(scales, zeros, k, 4, glen, cols);
-                return (s, if table.is_some() { zlut } else { z });
-            }
-            let g0 = k * NIB_CHUNK / glen;
-            let s = lane_scales(scales, g0, g, idx);
-            let z = if table.is_some() {
-                zlut
-            } else {
-                lane_zeros(zeros, g0, g, idx)
-            };
-            (s, z)
-        };
+        let cp = codes.as_ptr();
         let nfull = cols / NIB_CHUNK;
         let mut acc0 = _mm512_setzero_ps();
         let mut acc1 = _mm512_setzero_ps();
-        let mut k = 0;
-        while k + 2 <= nfull {
-            _mm_prefetch::<_MM_HINT_T0>(cp.add(64 * k + 1024) as *const i8);
-            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
-            let w1 = _mm512_loadu_si512(cp.add(64 * k + 64) as *const __m512i);
-            let (s0, z0) = scale_zero(k);
-            let (s1, z1) = scale_zero(k + 1);
-            acc0 = step(k, w0, s0, z0, acc0);
-            acc1 = step(k + 1, w1, s1, z1, acc1);
-            k += 2;
+        match g {
+            1 => {
+                // One group spans `per` whole chunks: load its scale once.
+                let per = if glen >= cols {
+                    nfull.max(1)
+                } else {
+                    glen / NIB_CHUNK
+                };
+                let (mut k, mut g0) = (0, 0);
+                while k < nfull {
+                    let (s, z) = scale_zero(scales, zeros, table.is_some(), zlut, g0, 1, idx);
+                    let end = (k + per).min(nfull);
+                    while k + 2 <= end {
+                        acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
+                        acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s, z, acc1);
+                        k += 2;
+                    }
+                    if k < end {
+                        acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
+                        k += 1;
+                    }
+                    g0 += 1;
+                }
+            }
+            2 | 4 => {
+                let mut k = 0;
+                while k + 2 <= nfull {
+                    let (s0, z0) = scale_zero(scales, zeros, table.is_some(), zlut, k * g, g, idx);
+                    let (s1, z1) =
+                        scale_zero(scales, zeros, table.is_some(), zlut, (k + 1) * g, g, idx);
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s0, z0, acc0);
+                    acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, z1, acc1);
+                    k += 2;
+                }
+                if k < nfull {
+                    let (s, z) = scale_zero(scales, zeros, table.is_some(), zlut, k * g, g, idx);
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
+                }
+            }
+            _ => {
+                for k in 0..nfull {
+                    let (s, z) = lane_fill(scales, zeros, k, 4, glen, cols);
+                    let z = if ctx.is_lut { zlut } else { z };
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
+                }
+            }
         }
-        if k < nfull {
-            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
-            let (s0, z0) = scale_zero(k);
-            acc0 = step(k, w0, s0, z0, acc0);
-            k += 1;
-        }
+        let k = nfull;
         let rem = cols - k * NIB_CHUNK;
         if rem > 0 {
             let nbytes = rem.div_ceil(QBLOCK) * QBLOCK / 2;
@@ -497,11 +587,9 @@ mod avx512 {
                 (1u64 << nbytes) - 1
             };
             let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
-            let (s, mut z) = lane_fill(scales, zeros, k, 4, glen, cols);
-            if table.is_some() {
-                z = zlut;
-            }
-            acc1 = step(k, w, s, z, acc1);
+            let (s, z) = lane_fill(scales, zeros, k, 4, glen, cols);
+            let z = if ctx.is_lut { zlut } else { z };
+            acc1 = nib_chunk(&ctx, k, w, s, z, acc1);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }
@@ -519,50 +607,69 @@ mod avx512 {
         assert!(act.xq.len() >= cols.div_ceil(BYTE_CHUNK) * BYTE_CHUNK);
         let g = groups_per_chunk(glen, cols, BYTE_CHUNK);
         let idx = group_index(g);
-        let flip = _mm512_set1_epi8(-128);
-        let z128 = _mm512_set1_ps(128.0);
-        let (cp, xp) = (codes.as_ptr(), act.xq.as_ptr());
-        let (dxp, xsp) = (act.byte_dx.as_ptr(), act.byte_xs.as_ptr());
-        // Codes + 128 are unsigned; the 128 · Σ xq they add is taken off per lane.
-        let step = |k: usize, w: __m512i, s: __m512, acc: __m512| -> __m512 {
-            let wu = _mm512_xor_si512(w, flip);
-            let x = _mm512_loadu_si512(xp.add(BYTE_CHUNK * k) as *const __m512i);
-            let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, x);
-            let xs = _mm512_loadu_ps(xsp.add(16 * k));
-            let dx = _mm512_loadu_ps(dxp.add(16 * k));
-            let t = _mm512_fnmadd_ps(z128, xs, _mm512_cvtepi32_ps(d));
-            _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
+        let ctx = IntCtx {
+            mask: _mm512_setzero_si512(),
+            lut: _mm512_setzero_si512(),
+            is_lut: false,
+            xq: act.xq.as_ptr(),
+            dx: act.byte_dx.as_ptr(),
+            xs: act.byte_xs.as_ptr(),
         };
-        let scale = |k: usize| -> __m512 {
-            if g == 0 {
-                lane_fill(scales, &[], k, 2, glen, cols).0
-            } else {
-                lane_scales(scales, k * BYTE_CHUNK / glen, g, idx)
-            }
-        };
+        let cp = codes.as_ptr();
         let nfull = cols / BYTE_CHUNK;
         let mut acc0 = _mm512_setzero_ps();
         let mut acc1 = _mm512_setzero_ps();
-        let mut k = 0;
-        while k + 2 <= nfull {
-            _mm_prefetch::<_MM_HINT_T0>(cp.add(64 * k + 1024) as *const i8);
-            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
-            let w1 = _mm512_loadu_si512(cp.add(64 * k + 64) as *const __m512i);
-            acc0 = step(k, w0, scale(k), acc0);
-            acc1 = step(k + 1, w1, scale(k + 1), acc1);
-            k += 2;
+        match g {
+            1 => {
+                let per = if glen >= cols {
+                    nfull.max(1)
+                } else {
+                    glen / BYTE_CHUNK
+                };
+                let (mut k, mut g0) = (0, 0);
+                while k < nfull {
+                    let s = lane_scales(scales, g0, 1, idx);
+                    let end = (k + per).min(nfull);
+                    while k + 2 <= end {
+                        acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                        acc1 = byte_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s, acc1);
+                        k += 2;
+                    }
+                    if k < end {
+                        acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                        k += 1;
+                    }
+                    g0 += 1;
+                }
+            }
+            2 => {
+                let mut k = 0;
+                while k + 2 <= nfull {
+                    let s0 = lane_scales(scales, 2 * k, 2, idx);
+                    let s1 = lane_scales(scales, 2 * k + 2, 2, idx);
+                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s0, acc0);
+                    acc1 = byte_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, acc1);
+                    k += 2;
+                }
+                if k < nfull {
+                    let s = lane_scales(scales, 2 * k, 2, idx);
+                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                }
+            }
+            _ => {
+                for k in 0..nfull {
+                    let s = lane_fill(scales, &[], k, 2, glen, cols).0;
+                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                }
+            }
         }
-        if k < nfull {
-            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
-            acc0 = step(k, w0, scale(k), acc0);
-            k += 1;
-        }
+        let k = nfull;
         let rem = cols - k * BYTE_CHUNK;
         if rem > 0 {
             let m: __mmask64 = (1u64 << rem) - 1;
             let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
             let s = lane_fill(scales, &[], k, 2, glen, cols).0;
-            acc1 = step(k, w, s, acc1);
+            acc1 = byte_chunk(&ctx, k, w, s, acc1);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }
