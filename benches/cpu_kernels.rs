@@ -7,7 +7,9 @@
 //! read (or GFLOP/s) and the fraction of this machine's measured floor, and a
 //! Markdown table is printed at the end (the source of `docs/PERFORMANCE.md`).
 //!
-//! `QUANTSCOPE_BENCH_FULL=0` skips the batch-512 GEMMs (about a minute).
+//! `QUANTSCOPE_BENCH_FULL=0` skips the batch-512 GEMMs (about a minute);
+//! `QUANTSCOPE_BENCH_ONLY=<text>` runs only the cases whose name contains it
+//! (e.g. `gemv q4`).
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -113,6 +115,16 @@ fn bench_case(
     (rows, cols): (usize, usize),
     batch: usize,
 ) {
+    let case = if batch == 1 {
+        format!("gemv {kind} {rows}x{cols}")
+    } else {
+        format!("gemm {kind} {rows}x{cols} b{batch}")
+    };
+    if let Ok(only) = std::env::var("QUANTSCOPE_BENCH_ONLY") {
+        if !case.contains(only.as_str()) {
+            return;
+        }
+    }
     let probe = random_matrix(kind, rows, cols, 1);
     let bytes = probe.storage_bytes().total();
     // Working set >= 4x LLC (GEMM reuses the weights, so two are enough there).
@@ -127,11 +139,6 @@ fn bench_case(
     let mut g = SplitMix(99);
     let x: Vec<f32> = (0..batch * cols).map(|_| g.unit()).collect();
     let mut y = vec![0.0f32; batch * rows];
-    let case = if batch == 1 {
-        format!("gemv {kind} {rows}x{cols}")
-    } else {
-        format!("gemm {kind} {rows}x{cols} b{batch}")
-    };
     let flops = 2.0 * (batch * rows * cols) as f64;
     let times = RefCell::new(Vec::new());
     let mut group = c.benchmark_group(if batch == 1 { "gemv" } else { "gemm" });
@@ -191,6 +198,12 @@ fn bench_case(
 }
 
 fn cpu_kernels(c: &mut Criterion) {
+    if std::env::var("QUANTSCOPE_BENCH_PROBE").is_ok() {
+        for mib in [64usize, 256, 1024] {
+            let b = quantscope::backend::cpu::bandwidth::measure_read_bandwidth(mib << 20);
+            println!("read probe {mib} MiB: {:.1} GB/s", b.bytes_per_s / 1e9);
+        }
+    }
     let floor = Floor::measure();
     println!(
         "kernel path {}, {} threads; floor: read {:.1} GB/s, FMA {:.1} GFLOP/s",
