@@ -61,7 +61,7 @@ pub(crate) fn lut_u8(codebook: &[f32; 16]) -> ([u8; 16], f32, f32) {
 /// Which 4-bit format a nibble kernel decodes.
 #[derive(Clone, Copy)]
 enum Nib<'a> {
-    Q4 { zeros: &'a [u8] },
+    Q4 { zeros: &'a [u8], gsum: &'a [f32] },
     Lut { table: &'a [u8; 16], zero: f32 },
 }
 
@@ -104,10 +104,16 @@ pub(crate) fn gemv(path: KernelPath, m: &QuantizedMatrix, x: &[f32], y: &mut [f3
         }
         Packed::Q4(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
+            let gsum = if path == KernelPath::Avx512 {
+                act.group_sums(glen)
+            } else {
+                Vec::new()
+            };
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             par_rows(y, |r| {
                 let nib = Nib::Q4 {
                     zeros: &q.zeros[r * gpr..][..gpr],
+                    gsum: &gsum,
                 };
                 nib_row(
                     path,
@@ -200,17 +206,17 @@ fn nib_row(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; `codes` is a whole padded
         // row, `scales` / `zeros` the row's groups, `act` has its SIMD tables.
-        (KernelPath::Avx512, Nib::Q4 { zeros }) => unsafe {
-            avx512::nib_row(codes, scales, zeros, None, glen, act)
+        (KernelPath::Avx512, Nib::Q4 { zeros, gsum }) => unsafe {
+            avx512::nib_row(codes, scales, zeros, gsum, None, glen, act)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         (KernelPath::Avx512, Nib::Lut { table, zero }) => unsafe {
-            avx512::nib_row(codes, scales, &[], Some((table, zero)), glen, act)
+            avx512::nib_row(codes, scales, &[], &[], Some((table, zero)), glen, act)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (KernelPath::Avx2, Nib::Q4 { zeros }) => unsafe {
+        (KernelPath::Avx2, Nib::Q4 { zeros, .. }) => unsafe {
             avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q4(zeros))
         },
         #[cfg(target_arch = "x86_64")]
@@ -218,7 +224,7 @@ fn nib_row(
         (KernelPath::Avx2, Nib::Lut { table, zero }) => unsafe {
             avx2::int_row(codes, scales, glen, act, avx2::Fmt::Lut(table, zero))
         },
-        (_, Nib::Q4 { zeros }) => scalar_int_row(
+        (_, Nib::Q4 { zeros, .. }) => scalar_int_row(
             act,
             glen,
             |c| ((codes[c / 2] >> (4 * (c % 2))) & 0xF) as i32,
@@ -372,18 +378,6 @@ mod avx512 {
         _mm512_permutexvar_ps(idx, _mm512_cvtph_ps(_mm256_castsi128_si256(bits)))
     }
 
-    /// Zero points of groups `g0 .. g0 + g` spread over the 16 lanes.
-    #[inline(always)]
-    unsafe fn lane_zeros(zeros: &[u8], g0: usize, g: usize, idx: __m512i) -> __m512 {
-        let p = zeros.as_ptr().add(g0);
-        let bits = match g {
-            1 => _mm_cvtsi32_si128(*p as i32),
-            2 => _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u16) as i32),
-            _ => _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u32) as i32),
-        };
-        _mm512_permutexvar_ps(idx, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bits)))
-    }
-
     /// Scales and zeros lane by lane: lane `i` of chunk `k` belongs to block
     /// `blocks_per_chunk * k + i / (16 / blocks_per_chunk)`; blocks past the
     /// row get 0.
@@ -471,25 +465,27 @@ mod avx512 {
         _mm512_loadu_si512(codes.add(64 * k) as *const __m512i)
     }
 
-    /// Scales and zero points of groups `g0 .. g0 + n` over the lanes (lut4:
-    /// its constant zero).
+    /// `Σ_g s_g · z_g · gsum_g` over the row's groups, 16 groups at a time.
     #[inline(always)]
-    unsafe fn scale_zero(
-        scales: &[f16],
-        zeros: &[u8],
-        is_lut: bool,
-        zlut: __m512,
-        g0: usize,
-        n: usize,
-        idx: __m512i,
-    ) -> (__m512, __m512) {
-        let s = lane_scales(scales, g0, n, idx);
-        let z = if is_lut {
-            zlut
-        } else {
-            lane_zeros(zeros, g0, n, idx)
-        };
-        (s, z)
+    unsafe fn q4_zero_term(scales: &[f16], zeros: &[u8], gsum: &[f32], gpr: usize) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        let mut g = 0;
+        while g < gpr {
+            let n = (gpr - g).min(16);
+            let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                m,
+                scales.as_ptr().add(g) as *const i16,
+            ));
+            let z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                m,
+                zeros.as_ptr().add(g) as *const i8,
+            )));
+            let w = _mm512_maskz_loadu_ps(m, gsum.as_ptr().add(g));
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(s, z), w, acc);
+            g += n;
+        }
+        _mm512_reduce_add_ps(acc)
     }
 
     /// One 4-bit row (q4 when `table` is `None`, lut4 with its u8 codebook
@@ -504,11 +500,14 @@ mod avx512 {
         codes: &[u8],
         scales: &[f16],
         zeros: &[u8],
+        gsum: &[f32],
         table: Option<(&[u8; 16], f32)>,
         glen: usize,
         act: &QuantAct,
     ) -> f32 {
         let cols = act.cols;
+        let gpr = cols.div_ceil(glen);
+        assert!(table.is_some() || (zeros.len() >= gpr && gsum.len() >= gpr));
         assert!(codes.len() >= cols.div_ceil(QBLOCK) * QBLOCK / 2);
         assert!(act.nib_xq.len() >= cols.div_ceil(NIB_CHUNK) * NIB_CHUNK);
         let g = groups_per_chunk(glen, cols, NIB_CHUNK);
@@ -525,6 +524,7 @@ mod avx512 {
             dx: act.nib_dx.as_ptr(),
             xs: act.nib_xs.as_ptr(),
         };
+        // q4 runs with lane zero 0; its zero points come in once per row.
         let zlut = _mm512_set1_ps(zlut);
         let cp = codes.as_ptr();
         let nfull = cols / NIB_CHUNK;
@@ -540,7 +540,7 @@ mod avx512 {
                 };
                 let (mut k, mut g0) = (0, 0);
                 while k < nfull {
-                    let (s, z) = scale_zero(scales, zeros, table.is_some(), zlut, g0, 1, idx);
+                    let (s, z) = (lane_scales(scales, g0, 1, idx), zlut);
                     let end = (k + per).min(nfull);
                     while k + 2 <= end {
                         acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
@@ -557,23 +557,21 @@ mod avx512 {
             2 | 4 => {
                 let mut k = 0;
                 while k + 2 <= nfull {
-                    let (s0, z0) = scale_zero(scales, zeros, table.is_some(), zlut, k * g, g, idx);
-                    let (s1, z1) =
-                        scale_zero(scales, zeros, table.is_some(), zlut, (k + 1) * g, g, idx);
+                    let (s0, z0) = (lane_scales(scales, k * g, g, idx), zlut);
+                    let (s1, z1) = (lane_scales(scales, (k + 1) * g, g, idx), zlut);
                     acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s0, z0, acc0);
                     acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, z1, acc1);
                     k += 2;
                 }
                 if k < nfull {
-                    let (s, z) = scale_zero(scales, zeros, table.is_some(), zlut, k * g, g, idx);
+                    let (s, z) = (lane_scales(scales, k * g, g, idx), zlut);
                     acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
                 }
             }
             _ => {
                 for k in 0..nfull {
-                    let (s, z) = lane_fill(scales, zeros, k, 4, glen, cols);
-                    let z = if ctx.is_lut { zlut } else { z };
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
+                    let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, zlut, acc0);
                 }
             }
         }
@@ -587,11 +585,15 @@ mod avx512 {
                 (1u64 << nbytes) - 1
             };
             let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
-            let (s, z) = lane_fill(scales, zeros, k, 4, glen, cols);
-            let z = if ctx.is_lut { zlut } else { z };
-            acc1 = nib_chunk(&ctx, k, w, s, z, acc1);
+            let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
+            acc1 = nib_chunk(&ctx, k, w, s, zlut, acc1);
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+        let dense = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        if ctx.is_lut {
+            dense
+        } else {
+            dense - q4_zero_term(scales, zeros, gsum, gpr)
+        }
     }
 
     /// One q8 row.
