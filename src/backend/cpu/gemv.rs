@@ -542,13 +542,10 @@ mod avx512 {
                 while k < nfull {
                     let (s, z) = (lane_scales(scales, g0, 1, idx), zlut);
                     let end = (k + per).min(nfull);
-                    while k + 2 <= end {
+                    while k < end {
                         acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
-                        acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s, z, acc1);
-                        k += 2;
-                    }
-                    if k < end {
-                        acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
+                        // Alternate accumulators (two FMA chains in flight).
+                        std::mem::swap(&mut acc0, &mut acc1);
                         k += 1;
                     }
                     g0 += 1;
@@ -556,6 +553,25 @@ mod avx512 {
             }
             2 | 4 => {
                 let mut k = 0;
+                // 16 scales per load, spread over the next 16 / g chunks.
+                let step = 16 / g;
+                while k + step <= nfull {
+                    let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        scales.as_ptr().add(k * g) as *const __m256i
+                    ));
+                    let mut j = 0;
+                    while j < step {
+                        let i0 = _mm512_add_epi32(idx, _mm512_set1_epi32((j * g) as i32));
+                        let i1 = _mm512_add_epi32(idx, _mm512_set1_epi32(((j + 1) * g) as i32));
+                        let s0 = _mm512_permutexvar_ps(i0, s16);
+                        let s1 = _mm512_permutexvar_ps(i1, s16);
+                        acc0 = nib_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, zlut, acc0);
+                        acc1 =
+                            nib_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, zlut, acc1);
+                        j += 2;
+                    }
+                    k += step;
+                }
                 while k + 2 <= nfull {
                     let (s0, z0) = (lane_scales(scales, k * g, g, idx), zlut);
                     let (s1, z1) = (lane_scales(scales, (k + 1) * g, g, idx), zlut);
@@ -632,13 +648,9 @@ mod avx512 {
                 while k < nfull {
                     let s = lane_scales(scales, g0, 1, idx);
                     let end = (k + per).min(nfull);
-                    while k + 2 <= end {
+                    while k < end {
                         acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                        acc1 = byte_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s, acc1);
-                        k += 2;
-                    }
-                    if k < end {
-                        acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                        std::mem::swap(&mut acc0, &mut acc1);
                         k += 1;
                     }
                     g0 += 1;
@@ -646,6 +658,21 @@ mod avx512 {
             }
             2 => {
                 let mut k = 0;
+                // 16 scales per load, spread over the next 8 chunks.
+                while k + 8 <= nfull {
+                    let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        scales.as_ptr().add(2 * k) as *const __m256i
+                    ));
+                    for j in (0..8).step_by(2) {
+                        let i0 = _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j as i32));
+                        let i1 = _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j as i32 + 2));
+                        let s0 = _mm512_permutexvar_ps(i0, s16);
+                        let s1 = _mm512_permutexvar_ps(i1, s16);
+                        acc0 = byte_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, acc0);
+                        acc1 = byte_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, acc1);
+                    }
+                    k += 8;
+                }
                 while k + 2 <= nfull {
                     let s0 = lane_scales(scales, 2 * k, 2, idx);
                     let s1 = lane_scales(scales, 2 * k + 2, 2, idx);
