@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use half::{bf16, f16};
-use quantscope::backend::cpu::bandwidth::{llc_bytes, Floor};
+use quantscope::backend::cpu::bandwidth::{
+    llc_bytes, measure_fma_rate, probe_bytes, Floor, ReadProbe,
+};
 use quantscope::backend::cpu::{matmul_into, KernelPath};
 use quantscope::format::{
     FormatKind, GroupSize, Lut4, Packed, QuantizedMatrix, NF4_CODEBOOK, Q4, Q8,
@@ -96,6 +98,7 @@ struct Row {
     median_s: f64,
     rate: String,
     fraction: f64,
+    floor: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -109,7 +112,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn bench_case(
     c: &mut Criterion,
-    floor: &Floor,
+    probe_buf: &ReadProbe,
     results: &mut Vec<Row>,
     kind: FormatKind,
     (rows, cols): (usize, usize),
@@ -172,12 +175,25 @@ fn bench_case(
     });
     group.finish();
     let med = median(times.into_inner());
+    // The floor right after the case: on a shared machine it moves.
+    let floor = if batch == 1 {
+        Floor {
+            read_bytes_per_s: probe_buf.measure(5).bytes_per_s,
+            flops: f64::NAN,
+        }
+    } else {
+        Floor {
+            read_bytes_per_s: f64::NAN,
+            flops: measure_fma_rate(),
+        }
+    };
     let row = if batch == 1 {
         Row {
             case,
             median_s: med,
             rate: format!("{:.1} GB/s", bytes as f64 / med / 1e9),
             fraction: floor.bandwidth_fraction(bytes as f64, med),
+            floor: format!("read {:.1} GB/s", floor.read_bytes_per_s / 1e9),
         }
     } else {
         Row {
@@ -185,26 +201,26 @@ fn bench_case(
             median_s: med,
             rate: format!("{:.1} GFLOP/s", flops / med / 1e9),
             fraction: floor.compute_fraction(flops, med),
+            floor: format!("FMA {:.0} GFLOP/s", floor.flops / 1e9),
         }
     };
     println!(
-        "{}: median {:.3} ms, {}, {:.2} of floor",
+        "{}: median {:.3} ms, {}, {:.2} of floor ({})",
         row.case,
         row.median_s * 1e3,
         row.rate,
-        row.fraction
+        row.fraction,
+        row.floor
     );
     results.push(row);
 }
 
 fn cpu_kernels(c: &mut Criterion) {
-    if std::env::var("QUANTSCOPE_BENCH_PROBE").is_ok() {
-        for mib in [64usize, 256, 1024] {
-            let b = quantscope::backend::cpu::bandwidth::measure_read_bandwidth(mib << 20);
-            println!("read probe {mib} MiB: {:.1} GB/s", b.bytes_per_s / 1e9);
-        }
-    }
-    let floor = Floor::measure();
+    let probe_buf = ReadProbe::new(probe_bytes());
+    let floor = Floor {
+        read_bytes_per_s: probe_buf.measure(7).bytes_per_s,
+        flops: measure_fma_rate(),
+    };
     println!(
         "kernel path {}, {} threads; floor: read {:.1} GB/s, FMA {:.1} GFLOP/s",
         KernelPath::selected(),
@@ -222,30 +238,27 @@ fn cpu_kernels(c: &mut Criterion) {
     let mut results = Vec::new();
     for shape in [(4096, 4096), (4096, 14336)] {
         for kind in kinds {
-            bench_case(c, &floor, &mut results, kind, shape, 1);
+            bench_case(c, &probe_buf, &mut results, kind, shape, 1);
         }
         for kind in kinds {
-            bench_case(c, &floor, &mut results, kind, shape, 32);
+            bench_case(c, &probe_buf, &mut results, kind, shape, 32);
         }
     }
     if std::env::var("QUANTSCOPE_BENCH_FULL").map_or(true, |v| v != "0") {
         for kind in [FormatKind::F32, FormatKind::Q8, FormatKind::Q4] {
-            bench_case(c, &floor, &mut results, kind, (4096, 14336), 512);
+            bench_case(c, &probe_buf, &mut results, kind, (4096, 14336), 512);
         }
     }
     println!();
-    println!(
-        "| case | median | rate | fraction of floor (read {:.1} GB/s, FMA {:.0} GFLOP/s) |",
-        floor.read_bytes_per_s / 1e9,
-        floor.flops / 1e9
-    );
-    println!("| --- | --- | --- | --- |");
+    println!("| case | median | rate | floor measured right after | fraction of floor |");
+    println!("| --- | --- | --- | --- | --- |");
     for r in &results {
         println!(
-            "| {} | {:.3} ms | {} | {:.2} |",
+            "| {} | {:.3} ms | {} | {} | {:.2} |",
             r.case,
             r.median_s * 1e3,
             r.rate,
+            r.floor,
             r.fraction
         );
     }

@@ -123,37 +123,58 @@ fn sum_read(path: KernelPath, b: &[u64]) -> u64 {
     }
 }
 
-/// Median bandwidth of a read of `bytes` (rounded up to at least 64 MiB)
+/// A buffer kept for repeated read-bandwidth measurements, so a bench can
+/// take the floor right next to each kernel on a noisy machine.
+pub struct ReadProbe {
+    buf: Vec<u64>,
+}
+
+impl ReadProbe {
+    /// Allocates and touches `bytes` (at least 64 MiB) of memory.
+    pub fn new(bytes: usize) -> ReadProbe {
+        let n = bytes.max(64 << 20) / 8;
+        let mut buf = vec![0u64; n];
+        buf.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(i, c)| c.iter_mut().for_each(|v| *v = i as u64));
+        ReadProbe { buf }
+    }
+
+    /// Median bandwidth of `runs` reads of the buffer, split into one
+    /// contiguous part per rayon thread, all threads at once.
+    pub fn measure(&self, runs: usize) -> Bandwidth {
+        let path = KernelPath::best();
+        let n = self.buf.len();
+        let threads = rayon::current_num_threads().max(1);
+        let part = n.div_ceil(threads);
+        let read = || -> u64 {
+            self.buf
+                .par_chunks(part)
+                .map(|c| sum_read(path, c))
+                .reduce(|| 0, u64::wrapping_add)
+        };
+        std::hint::black_box(read());
+        let mut samples = Vec::new();
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            std::hint::black_box(read());
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        let seconds = median(samples);
+        Bandwidth {
+            bytes_per_s: (n * 8) as f64 / seconds,
+            bytes_moved: (n * 8) as u64,
+            seconds,
+            source: TimingSource::WallClock,
+            method: "multi-threaded read of one buffer (median)",
+        }
+    }
+}
+
+/// Median bandwidth of 7 reads of a buffer of `bytes` (at least 64 MiB)
 /// split into one contiguous part per rayon thread, all threads at once.
 pub fn measure_read_bandwidth(bytes: usize) -> Bandwidth {
-    let n = bytes.max(64 << 20) / 8;
-    let mut buf = vec![0u64; n];
-    buf.par_chunks_mut(1 << 16)
-        .enumerate()
-        .for_each(|(i, c)| c.iter_mut().for_each(|v| *v = i as u64));
-    let path = KernelPath::best();
-    let threads = rayon::current_num_threads().max(1);
-    let part = n.div_ceil(threads);
-    let read = || -> u64 {
-        buf.par_chunks(part)
-            .map(|c| sum_read(path, c))
-            .reduce(|| 0, u64::wrapping_add)
-    };
-    std::hint::black_box(read());
-    let mut samples = Vec::new();
-    for _ in 0..7 {
-        let t = Instant::now();
-        std::hint::black_box(read());
-        samples.push(t.elapsed().as_secs_f64());
-    }
-    let seconds = median(samples);
-    Bandwidth {
-        bytes_per_s: (n * 8) as f64 / seconds,
-        bytes_moved: (n * 8) as u64,
-        seconds,
-        source: TimingSource::WallClock,
-        method: "multi-threaded read of one buffer (median of 7)",
-    }
+    ReadProbe::new(bytes).measure(7)
 }
 
 /// FMA iterations per thread per probe run.
