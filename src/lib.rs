@@ -5,10 +5,15 @@
 //! - [`format`]: packed layouts and exact byte sizes, shared by every backend;
 //! - [`backend`]: the [`backend::Backend`] trait and its CPU, wgpu and CUDA
 //!   implementations, which run the packed formats;
-//! - [`metrics`]: error measures used everywhere.
+//! - [`metrics`]: error measures used everywhere;
+//! - [`io`]: safetensors in and out, atomic writes; [`sample`]: the built-in sample model;
+//! - [`vector`]: the vector quantization study (`quantscope vector`).
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod format;
+pub mod io;
 pub mod metrics;
 pub mod quant;
+pub mod sample;
+pub mod vector;

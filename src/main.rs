@@ -17,12 +17,25 @@ struct Cli {
 enum Command {
     /// List the compiled-in backends, whether each can run here, and its device.
     Devices(cli::devices::Args),
+    /// Time one format's matmul kernel on a backend against the device's
+    /// measured bandwidth and FMA rate.
+    Profile(cli::profile::Args),
+    /// Quantize every 2-D float tensor of a safetensors file (or the built-in
+    /// sample model) and report bits/weight, bytes and error per tensor.
+    Quantize(cli::quantize::Args),
+    /// Quantize a vector to 2^bits levels with uniform, non-uniform (Lloyd-Max,
+    /// exact DP) and outlier-aware (EasyQuant) approaches on every backend, and
+    /// report error, latency and plots.
+    Vector(cli::vector::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(a) => cli::devices::run(a),
+        Command::Profile(a) => cli::profile::run(a),
+        Command::Quantize(a) => cli::quantize::run(a),
+        Command::Vector(a) => cli::vector::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,3 +1,7 @@
 //! One module per subcommand.
 
 pub mod devices;
+pub mod profile;
+pub mod progress;
+pub mod quantize;
+pub mod vector;

@@ -82,7 +82,7 @@ pub enum GroupSize {
 impl GroupSize {
     /// Validates and builds a fixed group size.
     pub fn cols(n: usize) -> Result<Self, FormatError> {
-        if n == 0 || n % 32 != 0 {
+        if n == 0 || !n.is_multiple_of(32) {
             return Err(FormatError::BadGroup(n));
         }
         Ok(GroupSize::Cols(n))
@@ -596,12 +596,15 @@ pub fn pack_q4(m: &Matrix, group: GroupSize) -> Result<QuantizedMatrix, FormatEr
     pack_q4_with(m, group, &|_, _, v| q4::min_max(v))
 }
 
+/// Chooses a q4 group's `[lo, hi]` from `(row, group, values)`.
+pub type RangeFn<'a> = dyn Fn(usize, usize, &[f32]) -> (f32, f32) + Sync + 'a;
+
 /// Packs `m` as q4 with each group's `[lo, hi]` chosen by
 /// `range(row, group, values)`; the range is widened to contain 0.
 pub fn pack_q4_with(
     m: &Matrix,
     group: GroupSize,
-    range: &(dyn Fn(usize, usize, &[f32]) -> (f32, f32) + Sync),
+    range: &RangeFn<'_>,
 ) -> Result<QuantizedMatrix, FormatError> {
     use rayon::prelude::*;
     let group = group.validate()?;

@@ -67,6 +67,9 @@ pub fn q4_code(x: f32, inv: f32, zero: u8) -> u32 {
     ((x * inv).round_ties_even() + zero as f32).clamp(0.0, 15.0) as u32
 }
 
+/// Chooses `[lo, hi]` of group `g` from its values.
+pub(crate) type GroupRange<'a> = dyn FnMut(usize, &[f32]) -> (f32, f32) + 'a;
+
 /// Packs one row with per-group ranges given by `range(group, values)`.
 pub(crate) fn pack_row_q4(
     row: &[f32],
@@ -74,7 +77,7 @@ pub(crate) fn pack_row_q4(
     words: &mut [u32],
     scales: &mut [f16],
     zeros: &mut [u8],
-    range: &mut dyn FnMut(usize, &[f32]) -> (f32, f32),
+    range: &mut GroupRange<'_>,
 ) {
     words.fill(0);
     for (g, chunk) in row.chunks(glen).enumerate() {

@@ -1,6 +1,19 @@
 //! Quantization algorithms. They produce `format` values and never touch devices.
+//!
+//! [`Scheme`] names every strategy the tool offers; [`quantize`] runs the
+//! data-free ones. Calibration-based schemes (GPTQ, AWQ) take activations too.
 
-use crate::format::FormatError;
+pub mod awq;
+pub mod calib;
+pub mod clip;
+pub mod codebook;
+pub mod easyquant;
+pub mod gptq;
+pub mod rtn;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{pack_plain, FormatError, FormatKind, GroupSize, Matrix, QuantizedMatrix};
 
 /// Errors of the quantizers.
 #[derive(Debug, thiserror::Error)]
@@ -14,4 +27,245 @@ pub enum QuantError {
     /// The packed result broke its layout (a bug, reported rather than hidden).
     #[error(transparent)]
     Format(#[from] FormatError),
+}
+
+/// A quantization strategy, by its command-line name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scheme {
+    /// No quantization: f32 (`none`), or plain f16 / bf16.
+    None(FormatKind),
+    /// int8 symmetric, round to nearest (q8).
+    Int8,
+    /// int4 asymmetric min/max, round to nearest (q4).
+    Int4,
+    /// int4 with a per-group clipping search (q4).
+    Int4Clip,
+    /// NF4 codebook (lut4).
+    Nf4,
+    /// Learned Lloyd-Max 16-level codebook (lut4).
+    KMeans4,
+    /// Outlier-aware int4 (q4 + sparse outliers).
+    EasyQuant4,
+    /// GPTQ int4 (q4), needs calibration activations.
+    GptqInt4,
+    /// AWQ int4 (q4 + activation scale), needs calibration activations.
+    AwqInt4,
+}
+
+impl Scheme {
+    /// Every scheme.
+    pub const ALL: [Scheme; 11] = [
+        Scheme::None(FormatKind::F32),
+        Scheme::None(FormatKind::F16),
+        Scheme::None(FormatKind::Bf16),
+        Scheme::Int8,
+        Scheme::Int4,
+        Scheme::Int4Clip,
+        Scheme::Nf4,
+        Scheme::KMeans4,
+        Scheme::EasyQuant4,
+        Scheme::GptqInt4,
+        Scheme::AwqInt4,
+    ];
+
+    /// Command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::None(FormatKind::F16) => "f16",
+            Scheme::None(FormatKind::Bf16) => "bf16",
+            Scheme::None(_) => "none",
+            Scheme::Int8 => "int8",
+            Scheme::Int4 => "int4",
+            Scheme::Int4Clip => "int4-clip",
+            Scheme::Nf4 => "nf4",
+            Scheme::KMeans4 => "kmeans4",
+            Scheme::EasyQuant4 => "easyquant4",
+            Scheme::GptqInt4 => "gptq-int4",
+            Scheme::AwqInt4 => "awq-int4",
+        }
+    }
+
+    /// Whether the scheme needs calibration activations.
+    pub fn needs_calibration(self) -> bool {
+        matches!(self, Scheme::GptqInt4 | Scheme::AwqInt4)
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Scheme {
+    type Err = QuantError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.to_ascii_lowercase();
+        if s == "f32" {
+            return Ok(Scheme::None(FormatKind::F32));
+        }
+        Scheme::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Scheme::ALL.iter().map(|k| k.name()).collect();
+                QuantError::Invalid(format!(
+                    "unknown scheme '{s}' (expected one of: {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// Settings shared by the data-free schemes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantConfig {
+    /// The strategy.
+    pub scheme: Scheme,
+    /// Scale group size (ignored by plain formats).
+    pub group: GroupSize,
+    /// Seed for randomized steps (k-means++).
+    pub seed: u64,
+    /// Outlier threshold in standard deviations (EasyQuant).
+    pub outlier_threshold: f32,
+}
+
+impl QuantConfig {
+    /// Defaults: group 128, seed 42, outlier threshold 3σ.
+    pub fn new(scheme: Scheme) -> Self {
+        QuantConfig {
+            scheme,
+            group: GroupSize::Cols(128),
+            seed: 42,
+            outlier_threshold: 3.0,
+        }
+    }
+}
+
+/// Checks that every weight is finite, naming the first that is not.
+pub fn check_finite(w: &Matrix) -> Result<(), QuantError> {
+    match w.first_non_finite() {
+        None => Ok(()),
+        Some((r, c, v)) => Err(QuantError::Invalid(format!(
+            "weight at row {r}, column {c} is {v}: weights must be finite"
+        ))),
+    }
+}
+
+/// Runs a data-free scheme. GPTQ and AWQ need activations: use their modules.
+pub fn quantize(w: &Matrix, cfg: &QuantConfig) -> Result<QuantizedMatrix, QuantError> {
+    check_finite(w)?;
+    let group = cfg.group.validate()?;
+    match cfg.scheme {
+        Scheme::None(kind) => Ok(pack_plain(w, kind)?),
+        Scheme::Int8 => rtn::int8(w, group),
+        Scheme::Int4 => rtn::int4(w, group),
+        Scheme::Int4Clip => clip::int4_clip(w, group, &clip::ClipSearch::default()),
+        Scheme::Nf4 => codebook::nf4(w, group),
+        Scheme::KMeans4 => codebook::kmeans4(
+            w,
+            group,
+            &codebook::KMeansConfig {
+                seed: cfg.seed,
+                ..Default::default()
+            },
+        ),
+        Scheme::EasyQuant4 => easyquant::easyquant4(
+            w,
+            group,
+            &easyquant::EasyQuantConfig {
+                threshold: cfg.outlier_threshold,
+                ..Default::default()
+            },
+        ),
+        Scheme::GptqInt4 | Scheme::AwqInt4 => Err(QuantError::Invalid(format!(
+            "{} needs calibration activations: use quantize_calibrated",
+            cfg.scheme
+        ))),
+    }
+}
+
+/// What a calibrated run reports besides the matrix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CalibratedNotes {
+    /// Human-readable remarks (damping retries, chosen alpha, ...).
+    pub notes: Vec<String>,
+}
+
+/// Runs any scheme; GPTQ and AWQ use `calib` (`n x cols` activations), the
+/// data-free schemes ignore it. `progress(done, total)` reports long work.
+pub fn quantize_calibrated(
+    w: &Matrix,
+    cfg: &QuantConfig,
+    calib: &Matrix,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(QuantizedMatrix, CalibratedNotes), QuantError> {
+    check_finite(w)?;
+    let group = cfg.group.validate()?;
+    match cfg.scheme {
+        Scheme::GptqInt4 => {
+            let g = gptq::GptqConfig {
+                group,
+                ..Default::default()
+            };
+            let r = gptq::gptq(w, calib, &g, progress)?;
+            let mut notes = r.report.notes.clone();
+            notes.push(format!(
+                "GPTQ damping {:.3}% of mean diag, {} dead column(s)",
+                r.report.percdamp_used * 100.0,
+                r.report.dead_columns
+            ));
+            Ok((r.matrix, CalibratedNotes { notes }))
+        }
+        Scheme::AwqInt4 => {
+            let a = awq::AwqConfig {
+                group,
+                ..Default::default()
+            };
+            let r = awq::awq(w, calib, &a, progress)?;
+            let notes = vec![format!(
+                "AWQ alpha {:.2}, mean clip ratio {:.3}",
+                r.report.alpha, r.report.mean_clip_ratio
+            )];
+            Ok((r.matrix, CalibratedNotes { notes }))
+        }
+        _ => Ok((quantize(w, cfg)?, CalibratedNotes::default())),
+    }
+}
+
+/// Output NMSE of a layer on activations `x` (`n x cols`):
+/// `‖X·Wᵀ − X·Ŵᵀ‖² / ‖X·Wᵀ‖²` with `Ŵ` the effective weights of `q`.
+/// Accumulates in f64.
+pub fn output_nmse(w: &Matrix, q: &QuantizedMatrix, x: &Matrix) -> Result<f64, QuantError> {
+    use rayon::prelude::*;
+    if x.cols() != w.cols() || q.cols() != w.cols() || q.rows() != w.rows() {
+        return Err(QuantError::Invalid(format!(
+            "output NMSE: activations are {} wide, the layer is {}x{} and the quantized layer {}x{}",
+            x.cols(),
+            w.rows(),
+            w.cols(),
+            q.rows(),
+            q.cols()
+        )));
+    }
+    let deq = q.dequantize();
+    let (se, ss) = (0..w.rows())
+        .into_par_iter()
+        .map(|r| {
+            let (a, b) = (w.row(r), deq.row(r));
+            let (mut se, mut ss) = (0.0f64, 0.0f64);
+            for n in 0..x.rows() {
+                let xr = x.row(n);
+                let (mut ya, mut yb) = (0.0f64, 0.0f64);
+                for c in 0..xr.len() {
+                    ya += a[c] as f64 * xr[c] as f64;
+                    yb += b[c] as f64 * xr[c] as f64;
+                }
+                se += (ya - yb) * (ya - yb);
+                ss += ya * ya;
+            }
+            (se, ss)
+        })
+        .reduce(|| (0.0, 0.0), |p, q| (p.0 + q.0, p.1 + q.1));
+    Ok(if ss > 0.0 { se / ss } else { 0.0 })
 }

@@ -1,16 +1,1120 @@
-//! The cuda backend (in progress: replaced by the real implementation).
+//! The CUDA backend: `kernels/*.cu` compiled to PTX by NVRTC for the device's
+//! own compute capability, launched through cudarc, device facts from NVML.
+//!
+//! One matmul, in the order the data flows:
+//! 1. [`CudaBackend::from_env`] checks that libcuda and libnvrtc can be
+//!    loaded *before* any driver call (cudarc panics when they cannot), then
+//!    opens device `QUANTSCOPE_CUDA_DEVICE` (default 0) on its default stream.
+//! 2. `upload` copies every part of the packed matrix (codes, scales, zero
+//!    points, codebook, CSR outliers, activation scale) into device buffers,
+//!    laid out byte for byte as on the host (`docs/FORMATS.md`).
+//! 3. `matmul` pads each row of X to a multiple of 32 floats (aligned 16-byte
+//!    loads), runs `scale_input` when the matrix has an activation scale,
+//!    `gemv_<format>` (batch < 8) or `gemm_<format>` (batch >= 8), then
+//!    `outliers_add` when it has outliers, and reads Y back.
+//!
+//! Modules are compiled on first use and cached per architecture for the
+//! process ([`compile::cached_module_ptx`]). Every device allocation goes
+//! through one counter (live and peak bytes); allocations are stream-ordered
+//! (`cuMemAllocAsync`) from the device's memory pool, whose reserved bytes
+//! [`Backend::memory`] reports next to the driver's `cuMemGetInfo`.
+//! Timings use CUDA events recorded on the stream around each run, after
+//! warm-up; the runs are queued back to back so launch gaps are not timed.
 
-use super::{BackendError, BackendKind};
+pub mod compile;
+pub mod nvml;
 
-/// The cuda backend.
-pub struct CudaBackend;
+use std::collections::HashMap;
+use std::panic::catch_unwind;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{
+    sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
+    DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+use half::f16;
+use rand::{Rng, SeedableRng};
+
+use super::cpu::check_levels;
+use super::params::{AssignParams, MatmulParams, QuantizeParams, FLAG_ACT_SCALE, FLAG_OUTLIERS};
+use super::{
+    Backend, BackendError, BackendKind, Bandwidth, DeviceInfo, KernelTiming, LevelAssignment,
+    MatrixHandle, MemoryReport, RtnSpec, TimingSource,
+};
+use crate::format::{FormatKind, Matrix, Packed, QuantizedMatrix, Q4, Q8};
+
+use nvml::{NvmlDevice, NvmlFacts};
+
+/// Environment variable choosing the CUDA device ordinal (default 0).
+pub const DEVICE_ENV: &str = "QUANTSCOPE_CUDA_DEVICE";
+
+/// Batches below this run the GEMV kernels, from it on the GEMM kernels.
+pub const GEMM_MIN_BATCH: usize = 8;
+
+// SAFETY: plain `#[repr(C)]` structs of u32 fields, the same layout as the
+// structs of kernels/common.cuh that the kernels take by value.
+unsafe impl DeviceRepr for MatmulParams {}
+unsafe impl DeviceRepr for QuantizeParams {}
+unsafe impl DeviceRepr for AssignParams {}
+
+/// Whether libcuda (the NVIDIA driver) can be loaded here.
+pub fn driver_available() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        catch_unwind(|| {
+            // SAFETY: only tries to dlopen the library by its usual names.
+            unsafe { sys::is_culib_present() }
+        })
+        .unwrap_or(false)
+    })
+}
+
+fn unavailable(reason: impl Into<String>) -> BackendError {
+    BackendError::Unavailable {
+        backend: BackendKind::Cuda,
+        reason: reason.into(),
+    }
+}
+
+fn device_error(message: String) -> BackendError {
+    BackendError::Device {
+        backend: BackendKind::Cuda,
+        message,
+    }
+}
+
+/// Maps a driver error, saying what was being done.
+fn drv(what: &'static str) -> impl Fn(DriverError) -> BackendError {
+    move |e| device_error(format!("{what}: {e}"))
+}
+
+fn poisoned() -> BackendError {
+    device_error("internal lock poisoned by an earlier panic".into())
+}
+
+fn to_u32(v: usize, what: &str) -> Result<u32, BackendError> {
+    u32::try_from(v).map_err(|_| BackendError::Unsupported {
+        backend: BackendKind::Cuda,
+        what: format!("{what} = {v} (kernels index with 32-bit integers)"),
+    })
+}
+
+/// Live and peak bytes of every device buffer the backend holds.
+#[derive(Default)]
+struct MemCounter {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemCounter {
+    fn add(&self, bytes: u64) {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+    fn sub(&self, bytes: u64) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A device buffer whose bytes are counted while it lives.
+struct Buf<T> {
+    slice: CudaSlice<T>,
+    bytes: u64,
+    mem: Arc<MemCounter>,
+}
+
+impl<T> Drop for Buf<T> {
+    fn drop(&mut self) {
+        self.mem.sub(self.bytes);
+    }
+}
+
+/// A packed matrix on the device: every part in its own buffer (parts a
+/// format lacks are one-element placeholders the kernels never read).
+struct DeviceMatrix {
+    params: MatmulParams,
+    kind: FormatKind,
+    dense: Buf<u8>,
+    scales: Buf<u16>,
+    zeros: Buf<u8>,
+    codebook: Buf<f32>,
+    row_ptr: Buf<u32>,
+    col_idx: Buf<u32>,
+    out_vals: Buf<u16>,
+    act_scale: Buf<f32>,
+}
+
+impl DeviceMatrix {
+    fn bytes(&self) -> u64 {
+        self.dense.bytes
+            + self.scales.bytes
+            + self.zeros.bytes
+            + self.codebook.bytes
+            + self.row_ptr.bytes
+            + self.col_idx.bytes
+            + self.out_vals.bytes
+            + self.act_scale.bytes
+    }
+    fn rows(&self) -> usize {
+        self.params.rows as usize
+    }
+    fn cols(&self) -> usize {
+        self.params.cols as usize
+    }
+}
+
+/// Row stride (floats) of X as the GEMV / GEMM kernels read it.
+fn x_stride(cols: usize) -> usize {
+    cols.div_ceil(32) * 32
+}
+
+/// 1-D launch of `n` work items, 256 threads per block, grid-stride beyond
+/// `max_blocks` blocks.
+fn grid_stride(n: u64, max_blocks: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, max_blocks as u64) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: String,
+    cc: (i32, i32),
+    info: DeviceInfo,
+    multiprocessors: u32,
+    nvml: NvmlDevice,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    matrices: Mutex<HashMap<u64, Arc<DeviceMatrix>>>,
+    next_id: AtomicU64,
+    mem: Arc<MemCounter>,
+}
 
 impl CudaBackend {
-    /// Opens the default device.
-    pub fn from_env() -> Result<super::cpu::CpuBackend, BackendError> {
-        Err(BackendError::Unavailable {
-            backend: BackendKind::Cuda,
-            reason: "not implemented in this build yet".into(),
+    /// Opens device `QUANTSCOPE_CUDA_DEVICE` (default 0). Without libcuda,
+    /// libnvrtc or a device, returns [`BackendError::Unavailable`] with the
+    /// reason; never panics.
+    pub fn from_env() -> Result<CudaBackend, BackendError> {
+        let ordinal = match std::env::var(DEVICE_ENV) {
+            Ok(s) if !s.trim().is_empty() => s.trim().parse::<usize>().map_err(|_| {
+                BackendError::Invalid(format!(
+                    "{DEVICE_ENV}='{s}' is not a device ordinal (0, 1, ...)"
+                ))
+            })?,
+            _ => 0,
+        };
+        Self::new(ordinal)
+    }
+
+    /// Opens CUDA device `ordinal`.
+    pub fn new(ordinal: usize) -> Result<CudaBackend, BackendError> {
+        if !driver_available() {
+            return Err(unavailable(
+                "libcuda not found (no NVIDIA driver on this machine; install the driver, \
+                 or check that libcuda.so is on the loader path)",
+            ));
+        }
+        if !compile::nvrtc_available() {
+            return Err(unavailable(compile::nvrtc_missing_reason()));
+        }
+        catch_unwind(|| Self::open(ordinal)).unwrap_or_else(|_| {
+            Err(unavailable(
+                "the CUDA driver panicked while opening the device",
+            ))
         })
+    }
+
+    fn open(ordinal: usize) -> Result<CudaBackend, BackendError> {
+        let count = CudaContext::device_count()
+            .map_err(|e| unavailable(format!("the CUDA driver cannot list devices: {e}")))?;
+        if count <= 0 {
+            return Err(unavailable("the CUDA driver reports no device"));
+        }
+        if ordinal >= count as usize {
+            return Err(unavailable(format!(
+                "device {ordinal} does not exist ({count} CUDA device(s); set {DEVICE_ENV})"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| unavailable(format!("cannot open CUDA device {ordinal}: {e}")))?;
+        // SAFETY: the backend uses a single stream, so cudarc's cross-stream
+        // event tracking is not needed; it is turned off before any allocation.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let name = ctx.name().map_err(drv("device name"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(drv("compute capability"))?;
+        let total = ctx.total_mem().map_err(drv("device memory"))? as u64;
+        let multiprocessors = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(drv("multiprocessor count"))?
+            .max(1) as u32;
+        let mut version = 0i32;
+        // SAFETY: writes one int; the driver is loaded (context exists).
+        let cuda_version = unsafe { sys::cuDriverGetVersion(&mut version) }
+            .result()
+            .ok()
+            .map(|_| {
+                format!(
+                    "CUDA driver API {}.{}",
+                    version / 1000,
+                    (version % 1000) / 10
+                )
+            })
+            .unwrap_or_else(|| "CUDA driver".into());
+        let uuid = ctx.uuid().ok().map(|u| u.bytes.map(|b| b as u8));
+        let nvml = NvmlDevice::open(uuid, ordinal as u32);
+        let facts = nvml.facts();
+        let arch = format!("sm_{major}{minor}");
+
+        let mut features = vec![
+            arch.clone(),
+            format!("multiprocessors={multiprocessors}"),
+            format!("nvrtc-arch={arch}"),
+        ];
+        if major >= 8 {
+            features.push("tensor-cores (gemm_f16: mma.sync m16n8k16)".into());
+        }
+        if ctx.has_async_alloc() {
+            features.push("stream-ordered memory pool".into());
+        }
+        features.extend(nvml_features(&facts));
+        let driver = match &facts.driver_version {
+            Some(v) => format!("{cuda_version}, driver {v}"),
+            None => cuda_version,
+        };
+        let info = DeviceInfo {
+            backend: BackendKind::Cuda,
+            name,
+            device_type: "discrete-gpu".into(),
+            driver,
+            memory_total_bytes: Some(total),
+            compute_capability: Some((major.max(0) as u32, minor.max(0) as u32)),
+            features,
+        };
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            arch,
+            cc: (major, minor),
+            info,
+            multiprocessors,
+            nvml,
+            modules: Mutex::new(HashMap::new()),
+            matrices: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            mem: Arc::new(MemCounter::default()),
+        })
+    }
+
+    /// NVML facts about this device, queried now (memory and clocks change).
+    pub fn nvml_facts(&self) -> NvmlFacts {
+        self.nvml.facts()
+    }
+
+    /// The architecture the kernels are compiled for (`sm_90`, ...).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    // ---- kernels ----------------------------------------------------------
+
+    /// Kernel `entry` of file `stem`, compiling and loading the module on
+    /// first use.
+    fn function(&self, stem: &'static str, entry: &str) -> Result<CudaFunction, BackendError> {
+        let module = {
+            let mut modules = self.modules.lock().map_err(|_| poisoned())?;
+            match modules.get(stem) {
+                Some(m) => m.clone(),
+                None => {
+                    let ptx = self.module_ptx(stem)?;
+                    let m = self
+                        .ctx
+                        .load_module(Ptx::from_src(ptx.as_str()))
+                        .map_err(|e| {
+                            let hint = if format!("{e:?}").contains("UNSUPPORTED_PTX_VERSION") {
+                                " (libnvrtc is newer than the driver: use the NVRTC of a \
+                                 CUDA release the driver supports, or update the driver)"
+                            } else {
+                                ""
+                            };
+                            device_error(format!("loading {stem}.cu PTX: {e}{hint}"))
+                        })?;
+                    modules.insert(stem, m.clone());
+                    m
+                }
+            }
+        };
+        module
+            .load_function(entry)
+            .map_err(|e| device_error(format!("kernel {entry} in {stem}.cu: {e}")))
+    }
+
+    /// PTX of `stem` for this device; NVRTC releases older than the device
+    /// do not know its `sm_XY`, and then PTX for compute_80 (which the
+    /// driver compiles for any newer GPU) is used instead.
+    fn module_ptx(&self, stem: &'static str) -> Result<Arc<String>, BackendError> {
+        match compile::cached_module_ptx(stem, &self.arch) {
+            Ok(p) => Ok(p),
+            Err(BackendError::Device { message, .. })
+                if message.contains("gpu-architecture") && self.cc >= (8, 0) =>
+            {
+                compile::cached_module_ptx(stem, "compute_80").map_err(|e| {
+                    device_error(format!("{message}\n(and the compute_80 fallback: {e})"))
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- buffers ----------------------------------------------------------
+
+    fn track<T>(&self, slice: CudaSlice<T>) -> Buf<T> {
+        let bytes = slice.num_bytes() as u64;
+        self.mem.add(bytes);
+        Buf {
+            slice,
+            bytes,
+            mem: self.mem.clone(),
+        }
+    }
+
+    /// A zeroed buffer of `len` elements (at least one).
+    fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<Buf<T>, BackendError> {
+        let s = self
+            .stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(drv("device allocation"))?;
+        Ok(self.track(s))
+    }
+
+    /// A copy of `data` on the device (a zeroed one-element placeholder when
+    /// `data` is empty).
+    fn upload_slice<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        data: &[T],
+    ) -> Result<Buf<T>, BackendError> {
+        if data.is_empty() {
+            return self.zeros(1);
+        }
+        let s = self
+            .stream
+            .clone_htod(data)
+            .map_err(drv("host-to-device copy"))?;
+        Ok(self.track(s))
+    }
+
+    fn download<T: DeviceRepr + ValidAsZeroBits + Clone>(
+        &self,
+        buf: &Buf<T>,
+        len: usize,
+    ) -> Result<Vec<T>, BackendError> {
+        let mut out = self
+            .stream
+            .clone_dtoh(&buf.slice)
+            .map_err(drv("device-to-host copy"))?;
+        self.stream.synchronize().map_err(drv("synchronize"))?;
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// Host X (`batch x cols`) padded to rows of [`x_stride`] floats.
+    fn upload_input(&self, x: &[f32], batch: usize, cols: usize) -> Result<Buf<f32>, BackendError> {
+        let xs = x_stride(cols);
+        let mut padded = vec![0.0f32; batch * xs];
+        for (dst, src) in padded.chunks_mut(xs).zip(x.chunks(cols)) {
+            dst[..cols].copy_from_slice(src);
+        }
+        self.upload_slice(&padded)
+    }
+
+    fn get(&self, h: &MatrixHandle) -> Result<Arc<DeviceMatrix>, BackendError> {
+        if h.backend() != BackendKind::Cuda {
+            return Err(BackendError::Invalid(format!(
+                "handle belongs to the {} backend, not cuda",
+                h.backend()
+            )));
+        }
+        self.matrices
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&h.id())
+            .cloned()
+            .ok_or_else(|| BackendError::Invalid(format!("unknown or freed matrix {}", h.id())))
+    }
+
+    // ---- launches ---------------------------------------------------------
+
+    /// Queues one `Y = X · Wᵀ` on the stream: scale_input, gemv / gemm,
+    /// outliers_add. `x` is padded ([`x_stride`]); `scaled` is scratch of the
+    /// same size, used when the matrix has an activation scale.
+    fn enqueue_matmul(
+        &self,
+        m: &DeviceMatrix,
+        batch: usize,
+        x: &Buf<f32>,
+        scaled: Option<&mut Buf<f32>>,
+        y: &mut Buf<f32>,
+    ) -> Result<(), BackendError> {
+        let mut p = m.params;
+        p.batch = to_u32(batch, "batch")?;
+        let xs = x_stride(m.cols()) as u64;
+        let input: &Buf<f32> = if p.flags & FLAG_ACT_SCALE != 0 {
+            let Some(xo) = scaled else {
+                return Err(BackendError::Invalid(
+                    "internal: no scratch buffer for the activation scale".into(),
+                ));
+            };
+            let f = self.function("sparse", "scale_input")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p)
+                .arg(&x.slice)
+                .arg(&m.act_scale.slice)
+                .arg(&mut xo.slice);
+            // SAFETY: matches scale_input(MatmulParams, const float* x,
+            // const float* act_scale, float* xo); x and xo hold
+            // batch * x_stride floats, act_scale holds cols floats.
+            unsafe { b.launch(grid_stride(batch as u64 * xs, 65_535)) }
+                .map_err(drv("launch scale_input"))?;
+            xo
+        } else {
+            x
+        };
+        let (entry, cfg) = if batch < GEMM_MIN_BATCH {
+            (
+                format!("gemv_{}", m.kind.name()),
+                LaunchConfig {
+                    grid_dim: (p.rows.div_ceil(8), 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            )
+        } else {
+            let gy = p.batch.div_ceil(32);
+            if gy > 65_535 {
+                return Err(BackendError::Unsupported {
+                    backend: BackendKind::Cuda,
+                    what: format!("batch {batch} (at most {} rows of X)", 65_535 * 32),
+                });
+            }
+            (
+                format!("gemm_{}", m.kind.name()),
+                LaunchConfig {
+                    grid_dim: (p.rows.div_ceil(64), gy, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            )
+        };
+        let stem = if batch < GEMM_MIN_BATCH {
+            "gemv"
+        } else {
+            "gemm"
+        };
+        let f = self.function(stem, &entry)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p)
+            .arg(&m.dense.slice)
+            .arg(&m.scales.slice)
+            .arg(&m.zeros.slice)
+            .arg(&m.codebook.slice)
+            .arg(&input.slice)
+            .arg(&mut y.slice);
+        // SAFETY: matches gemv_* / gemm_*(MatmulParams, const u8* w,
+        // const u16* scales, const u8* zeros, const float* codebook,
+        // const float* x, float* y); the buffers have the sizes of
+        // kernels/common.cuh for these params (checked at upload), y holds
+        // batch * rows floats.
+        unsafe { b.launch(cfg) }.map_err(|e| device_error(format!("launch {entry}: {e}")))?;
+        if p.flags & FLAG_OUTLIERS != 0 {
+            let f = self.function("sparse", "outliers_add")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p)
+                .arg(&m.row_ptr.slice)
+                .arg(&m.col_idx.slice)
+                .arg(&m.out_vals.slice)
+                .arg(&input.slice)
+                .arg(&mut y.slice);
+            // SAFETY: matches outliers_add(MatmulParams, const u32* row_ptr,
+            // const u32* col_idx, const u16* values, const float* x, float* y);
+            // the CSR arrays were validated on the host at upload.
+            unsafe { b.launch(grid_stride(batch as u64 * p.rows as u64, 65_535)) }
+                .map_err(drv("launch outliers_add"))?;
+        }
+        Ok(())
+    }
+
+    /// Times `runs` repetitions of `work`, queued back to back between CUDA
+    /// events, after `warmup` untimed ones. Returns seconds per run.
+    fn time_on_stream(
+        &self,
+        warmup: usize,
+        runs: usize,
+        mut work: impl FnMut() -> Result<(), BackendError>,
+    ) -> Result<Vec<f64>, BackendError> {
+        for _ in 0..warmup {
+            work()?;
+        }
+        self.stream.synchronize().map_err(drv("synchronize"))?;
+        let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut events: Vec<(CudaEvent, CudaEvent)> = Vec::with_capacity(runs);
+        for _ in 0..runs.max(1) {
+            let start = self.ctx.new_event(timing).map_err(drv("create event"))?;
+            let end = self.ctx.new_event(timing).map_err(drv("create event"))?;
+            start.record(&self.stream).map_err(drv("record event"))?;
+            work()?;
+            end.record(&self.stream).map_err(drv("record event"))?;
+            events.push((start, end));
+        }
+        events
+            .iter()
+            .map(|(s, e)| {
+                s.elapsed_ms(e)
+                    .map(|ms| ms as f64 / 1e3)
+                    .map_err(drv("event timing"))
+            })
+            .collect()
+    }
+
+    fn pool_reserved_bytes(&self) -> Option<u64> {
+        if !self.ctx.has_async_alloc() {
+            return None;
+        }
+        let mut reserved: u64 = 0;
+        // SAFETY: the device handle comes from the live context; the
+        // attribute is a cuuint64_t written through the pointer.
+        unsafe {
+            let pool = cudarc::driver::result::device::get_mem_pool(self.ctx.cu_device()).ok()?;
+            cudarc::driver::result::mem_pool::get_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+                (&mut reserved as *mut u64).cast(),
+            )
+            .ok()?;
+        }
+        Some(reserved)
+    }
+
+    /// Values of an f32 matrix as one contiguous run of `rows * cols` floats:
+    /// the dense buffer itself when rows are unpadded, else a compacted copy.
+    fn compact_values(&self, m: &DeviceMatrix) -> Result<Option<Buf<f32>>, BackendError> {
+        if m.cols().is_multiple_of(4) {
+            return Ok(None);
+        }
+        let n = m.rows() * m.cols();
+        let mut out = self.zeros::<f32>(n)?;
+        let mut p = m.params;
+        p.flags = 0; // the raw dense values, as the CPU backend uses
+        let f = self.function("dequantize", "dequantize_f32")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p)
+            .arg(&m.dense.slice)
+            .arg(&m.scales.slice)
+            .arg(&m.zeros.slice)
+            .arg(&m.codebook.slice)
+            .arg(&m.row_ptr.slice)
+            .arg(&m.col_idx.slice)
+            .arg(&m.out_vals.slice)
+            .arg(&m.act_scale.slice)
+            .arg(&mut out.slice);
+        // SAFETY: matches dequantize_*(MatmulParams, w, scales, zeros,
+        // codebook, row_ptr, col_idx, values, act_scale, out); out holds
+        // rows * cols floats.
+        unsafe { b.launch(grid_stride(n as u64, 65_535)) }.map_err(drv("launch dequantize_f32"))?;
+        Ok(Some(out))
+    }
+
+    fn run_assign<T>(
+        &self,
+        values: &CudaSlice<T>,
+        n: usize,
+        levels: &[f32],
+        want_codes: bool,
+    ) -> Result<LevelAssignment, BackendError> {
+        let k = levels.len();
+        let p = AssignParams {
+            n: to_u32(n, "number of values")?,
+            levels: k as u32,
+            want_codes: want_codes as u32,
+            _pad0: 0,
+        };
+        let levels_d = self.upload_slice(levels)?;
+        let mut codes = self.zeros::<u8>(n)?;
+        let cfg = grid_stride(n as u64, 1024);
+        let blocks = cfg.grid_dim.0 as usize;
+        let mut sums = self.zeros::<f64>(blocks * k)?;
+        let mut counts = self.zeros::<u64>(blocks * k)?;
+        let f = self.function("assign", "assign_levels")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p)
+            .arg(values)
+            .arg(&levels_d.slice)
+            .arg(&mut codes.slice);
+        // SAFETY: matches assign_levels(AssignParams, const float* values,
+        // const float* levels, u8* codes); values holds n floats, codes n bytes.
+        unsafe { b.launch(cfg) }.map_err(drv("launch assign_levels"))?;
+        let f = self.function("assign", "reduce_levels")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p)
+            .arg(values)
+            .arg(&codes.slice)
+            .arg(&mut sums.slice)
+            .arg(&mut counts.slice);
+        // SAFETY: matches reduce_levels(AssignParams, const float* values,
+        // const u8* codes, double* sums, u64* counts); the partial buffers
+        // hold gridDim.x * levels entries.
+        unsafe { b.launch(cfg) }.map_err(drv("launch reduce_levels"))?;
+        let part_sums = self.download(&sums, blocks * k)?;
+        let part_counts = self.download(&counts, blocks * k)?;
+        let mut out = LevelAssignment {
+            codes: Vec::new(),
+            sums: vec![0.0; k],
+            counts: vec![0; k],
+        };
+        for (s, c) in part_sums.chunks(k).zip(part_counts.chunks(k)) {
+            for j in 0..k {
+                out.sums[j] += s[j];
+                out.counts[j] += c[j];
+            }
+        }
+        if want_codes {
+            out.codes = self.download(&codes, n)?;
+        }
+        Ok(out)
+    }
+}
+
+/// NVML facts worth a line in `devices`.
+fn nvml_features(f: &NvmlFacts) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(why) = &f.unavailable {
+        v.push(format!("nvml: {why}"));
+        return v;
+    }
+    if let (Some(cur), Some(max)) = (f.sm_clock_mhz, f.sm_clock_max_mhz) {
+        v.push(format!("sm-clock={cur}/{max} MHz"));
+    }
+    if let Some(m) = f.memory_clock_max_mhz {
+        v.push(format!("mem-clock-max={m} MHz"));
+    }
+    if let Some(b) = f.memory_bus_width_bits {
+        v.push(format!("mem-bus={b} bit"));
+    }
+    if let (Some(used), Some(total)) = (f.memory_used_bytes, f.memory_total_bytes) {
+        v.push(format!(
+            "nvml-memory-used={:.2}/{:.1} GiB",
+            used as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64
+        ));
+    }
+    if let Some(p) = f.process_memory_bytes {
+        v.push(format!(
+            "this-process={:.1} MiB",
+            p as f64 / (1u64 << 20) as f64
+        ));
+    }
+    v
+}
+
+impl Backend for CudaBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
+
+    fn info(&self) -> DeviceInfo {
+        let mut info = self.info.clone();
+        // Memory and clocks move: refresh the NVML part.
+        info.features.retain(|f| {
+            !(f.starts_with("sm-clock")
+                || f.starts_with("mem-clock")
+                || f.starts_with("mem-bus")
+                || f.starts_with("nvml")
+                || f.starts_with("this-process"))
+        });
+        info.features.extend(nvml_features(&self.nvml.facts()));
+        info
+    }
+
+    fn upload(&self, m: &QuantizedMatrix) -> Result<MatrixHandle, BackendError> {
+        to_u32(m.rows(), "rows")?;
+        to_u32(m.cols(), "cols")?;
+        to_u32(m.rows() * m.groups_per_row(), "groups")?;
+        let mut params = MatmulParams::new(m, 1);
+        params.batch = 0;
+        let none_u16: &[u16] = &[];
+        let none_u8: &[u8] = &[];
+        let none_f32: &[f32] = &[];
+        let (dense, scales, zeros, codebook) = match m.packed() {
+            Packed::F32(v) => (
+                self.upload_slice::<u8>(bytemuck::cast_slice(v))?,
+                self.upload_slice(none_u16)?,
+                self.upload_slice(none_u8)?,
+                self.upload_slice(none_f32)?,
+            ),
+            Packed::F16(v) => (
+                self.upload_slice::<u8>(bytemuck::cast_slice(v))?,
+                self.upload_slice(none_u16)?,
+                self.upload_slice(none_u8)?,
+                self.upload_slice(none_f32)?,
+            ),
+            Packed::Bf16(v) => (
+                self.upload_slice::<u8>(bytemuck::cast_slice(v))?,
+                self.upload_slice(none_u16)?,
+                self.upload_slice(none_u8)?,
+                self.upload_slice(none_f32)?,
+            ),
+            Packed::Q8(q) => (
+                self.upload_slice::<u8>(bytemuck::cast_slice(&q.codes))?,
+                self.upload_slice::<u16>(bytemuck::cast_slice(&q.scales))?,
+                self.upload_slice(none_u8)?,
+                self.upload_slice(none_f32)?,
+            ),
+            Packed::Q4(q) => (
+                self.upload_slice::<u8>(bytemuck::cast_slice(&q.codes))?,
+                self.upload_slice::<u16>(bytemuck::cast_slice(&q.scales))?,
+                self.upload_slice(&q.zeros)?,
+                self.upload_slice(none_f32)?,
+            ),
+            Packed::Lut4(q) => (
+                self.upload_slice::<u8>(bytemuck::cast_slice(&q.codes))?,
+                self.upload_slice::<u16>(bytemuck::cast_slice(&q.scales))?,
+                self.upload_slice(none_u8)?,
+                self.upload_slice(&q.codebook)?,
+            ),
+        };
+        let (row_ptr, col_idx, out_vals) = match m.outliers() {
+            Some(o) => (
+                self.upload_slice(&o.row_ptr)?,
+                self.upload_slice(&o.col_idx)?,
+                self.upload_slice::<u16>(bytemuck::cast_slice(&o.values))?,
+            ),
+            None => (
+                self.upload_slice::<u32>(&[])?,
+                self.upload_slice::<u32>(&[])?,
+                self.upload_slice(none_u16)?,
+            ),
+        };
+        let act_scale = self.upload_slice(m.act_scale().unwrap_or(none_f32))?;
+        let dm = DeviceMatrix {
+            params,
+            kind: m.kind(),
+            dense,
+            scales,
+            zeros,
+            codebook,
+            row_ptr,
+            col_idx,
+            out_vals,
+            act_scale,
+        };
+        let bytes = dm.bytes();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.matrices
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(id, Arc::new(dm));
+        Ok(MatrixHandle::new(id, BackendKind::Cuda, m, bytes))
+    }
+
+    fn dequantize(&self, h: &MatrixHandle) -> Result<Vec<f32>, BackendError> {
+        let m = self.get(h)?;
+        let n = m.rows() * m.cols();
+        let mut out = self.zeros::<f32>(n)?;
+        let entry = format!("dequantize_{}", m.kind.name());
+        let f = self.function("dequantize", &entry)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&m.params)
+            .arg(&m.dense.slice)
+            .arg(&m.scales.slice)
+            .arg(&m.zeros.slice)
+            .arg(&m.codebook.slice)
+            .arg(&m.row_ptr.slice)
+            .arg(&m.col_idx.slice)
+            .arg(&m.out_vals.slice)
+            .arg(&m.act_scale.slice)
+            .arg(&mut out.slice);
+        // SAFETY: matches dequantize_*(MatmulParams, const u8* w,
+        // const u16* scales, const u8* zeros, const float* codebook,
+        // const u32* row_ptr, const u32* col_idx, const u16* values,
+        // const float* act_scale, float* out); out holds rows * cols floats.
+        unsafe { b.launch(grid_stride(n as u64, 65_535)) }
+            .map_err(|e| device_error(format!("launch {entry}: {e}")))?;
+        self.download(&out, n)
+    }
+
+    fn matmul(&self, h: &MatrixHandle, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
+        h.check_input(x, batch)?;
+        let m = self.get(h)?;
+        let xd = self.upload_input(x, batch, m.cols())?;
+        let mut scaled = if m.params.flags & FLAG_ACT_SCALE != 0 {
+            Some(self.zeros::<f32>(batch * x_stride(m.cols()))?)
+        } else {
+            None
+        };
+        let mut y = self.zeros::<f32>(batch * m.rows())?;
+        self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y)?;
+        self.download(&y, batch * m.rows())
+    }
+
+    fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
+        if h.backend() != BackendKind::Cuda {
+            return Err(BackendError::Invalid(format!(
+                "handle belongs to the {} backend, not cuda",
+                h.backend()
+            )));
+        }
+        let removed = self
+            .matrices
+            .lock()
+            .map_err(|_| poisoned())?
+            .remove(&h.id());
+        match removed {
+            // Dropping the buffers frees them (stream-ordered) and uncounts them.
+            Some(_) => Ok(()),
+            None => Err(BackendError::Invalid(format!(
+                "unknown or freed matrix {}",
+                h.id()
+            ))),
+        }
+    }
+
+    fn memory(&self) -> MemoryReport {
+        let (free, total) = match self.ctx.mem_get_info() {
+            Ok((f, t)) => (Some(f as u64), Some(t as u64)),
+            Err(_) => (None, None),
+        };
+        MemoryReport {
+            live_bytes: self.mem.live.load(Ordering::Relaxed),
+            peak_bytes: self.mem.peak.load(Ordering::Relaxed),
+            reserved_bytes: self.pool_reserved_bytes(),
+            device_used_bytes: free.zip(total).map(|(f, t)| t.saturating_sub(f)),
+            device_total_bytes: total,
+        }
+    }
+
+    fn quantize(&self, w: &Matrix, spec: RtnSpec) -> Result<QuantizedMatrix, BackendError> {
+        let (entry, kind) = match spec.kind {
+            FormatKind::Q8 => ("quantize_q8", FormatKind::Q8),
+            FormatKind::Q4 => ("quantize_q4", FormatKind::Q4),
+            other => {
+                return Err(BackendError::Unsupported {
+                    backend: BackendKind::Cuda,
+                    what: format!("round-to-nearest quantization to {other}"),
+                })
+            }
+        };
+        let group = spec.group.validate()?;
+        let (rows, cols) = (w.rows(), w.cols());
+        let stride = kind.row_stride_bytes(cols);
+        let (glen, gpr) = (group.len(cols), group.groups_per_row(cols));
+        let groups = rows * gpr;
+        let p = QuantizeParams {
+            rows: to_u32(rows, "rows")?,
+            cols: to_u32(cols, "cols")?,
+            format: kind as u32,
+            row_stride_words: to_u32(stride / 4, "row stride")?,
+            group_len: to_u32(glen, "group length")?,
+            groups_per_row: to_u32(gpr, "groups per row")?,
+            _pad0: 0,
+            _pad1: 0,
+        };
+        let blocks = to_u32(groups.div_ceil(8), "quantize blocks")?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let wd = self.upload_slice(w.data())?;
+        // Codes start zeroed: the kernels never write the row padding.
+        let mut codes = self.zeros::<u32>(rows * stride / 4)?;
+        let mut scales = self.zeros::<u16>(groups)?;
+        let f = self.function("quantize", entry)?;
+        let packed = if kind == FormatKind::Q8 {
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p)
+                .arg(&wd.slice)
+                .arg(&mut codes.slice)
+                .arg(&mut scales.slice);
+            // SAFETY: matches quantize_q8(QuantizeParams, const float* w,
+            // u32* codes, u16* scales): w holds rows * cols floats, codes
+            // rows * stride bytes, scales one per group.
+            unsafe { b.launch(cfg) }.map_err(drv("launch quantize_q8"))?;
+            let words = self.download(&codes, rows * stride / 4)?;
+            let codes: Vec<i8> = words
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .map(|b| b as i8)
+                .collect();
+            let scales = self.download(&scales, groups)?;
+            Packed::Q8(Q8 {
+                scales: scales.into_iter().map(f16::from_bits).collect(),
+                codes,
+            })
+        } else {
+            let mut zeros = self.zeros::<u8>(groups)?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p)
+                .arg(&wd.slice)
+                .arg(&mut codes.slice)
+                .arg(&mut scales.slice)
+                .arg(&mut zeros.slice);
+            // SAFETY: matches quantize_q4(QuantizeParams, const float* w,
+            // u32* codes, u16* scales, u8* zeros), sizes as above.
+            unsafe { b.launch(cfg) }.map_err(drv("launch quantize_q4"))?;
+            let codes = self.download(&codes, rows * stride / 4)?;
+            let scales = self.download(&scales, groups)?;
+            let zeros = self.download(&zeros, groups)?;
+            Packed::Q4(Q4 {
+                scales: scales.into_iter().map(f16::from_bits).collect(),
+                zeros,
+                codes,
+            })
+        };
+        Ok(QuantizedMatrix::new(rows, cols, group, packed)?)
+    }
+
+    fn assign_levels(
+        &self,
+        values: &MatrixHandle,
+        levels: &[f32],
+        want_codes: bool,
+    ) -> Result<LevelAssignment, BackendError> {
+        let m = self.get(values)?;
+        if m.kind != FormatKind::F32 {
+            return Err(BackendError::Invalid(
+                "assign_levels needs an f32 matrix of values".into(),
+            ));
+        }
+        check_levels(levels)?;
+        let n = m.rows() * m.cols();
+        match self.compact_values(&m)? {
+            Some(c) => self.run_assign(&c.slice, n, levels, want_codes),
+            None => self.run_assign(&m.dense.slice, n, levels, want_codes),
+        }
+    }
+
+    fn time_matmul(
+        &self,
+        h: &MatrixHandle,
+        batch: usize,
+        runs: usize,
+    ) -> Result<KernelTiming, BackendError> {
+        let m = self.get(h)?;
+        if batch == 0 {
+            return Err(BackendError::Invalid("batch must be at least 1".into()));
+        }
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0x5eed);
+        let x: Vec<f32> = (0..batch * m.cols())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let xd = self.upload_input(&x, batch, m.cols())?;
+        let mut scaled = if m.params.flags & FLAG_ACT_SCALE != 0 {
+            Some(self.zeros::<f32>(batch * x_stride(m.cols()))?)
+        } else {
+            None
+        };
+        let mut y = self.zeros::<f32>(batch * m.rows())?;
+        let samples = self.time_on_stream(3, runs, || {
+            self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y)
+        })?;
+        Ok(KernelTiming {
+            samples_s: samples,
+            source: TimingSource::CudaEvent,
+        })
+    }
+
+    fn measure_bandwidth(&self, bytes: usize) -> Result<Bandwidth, BackendError> {
+        let n = (bytes.max(1 << 20) / 256) * 256;
+        let src = self.zeros::<u8>(n)?;
+        let mut dst = self.zeros::<u8>(n)?;
+        let samples = self.time_on_stream(2, 15, || {
+            self.stream
+                .memcpy_dtod(&src.slice, &mut dst.slice)
+                .map_err(drv("device-to-device copy"))
+        })?;
+        let seconds = KernelTiming {
+            samples_s: samples,
+            source: TimingSource::CudaEvent,
+        }
+        .median_s();
+        let moved = 2 * n as u64;
+        Ok(Bandwidth {
+            bytes_per_s: moved as f64 / seconds,
+            bytes_moved: moved,
+            seconds,
+            source: TimingSource::CudaEvent,
+            method: "cuMemcpyDtoDAsync device-to-device copy (bytes read + written)",
+        })
+    }
+
+    fn measure_flops(&self) -> Result<f64, BackendError> {
+        const ITERS: u32 = 8192;
+        let blocks = self.multiprocessors * 8;
+        let threads = blocks as u64 * 256;
+        let mut out = self.zeros::<f32>(threads as usize)?;
+        let f = self.function("probe", "fma_rate")?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let seed = 0.5f32;
+        let samples = self.time_on_stream(1, 7, || {
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&mut out.slice).arg(&ITERS).arg(&seed);
+            // SAFETY: matches fma_rate(float* out, u32 iters, float seed); out
+            // holds one float per thread.
+            unsafe { b.launch(cfg) }
+                .map(|_| ())
+                .map_err(drv("launch fma_rate"))
+        })?;
+        let seconds = KernelTiming {
+            samples_s: samples,
+            source: TimingSource::CudaEvent,
+        }
+        .median_s();
+        // 8 chains x ITERS FMAs x 2 FLOPs per thread.
+        Ok((threads * 8 * ITERS as u64 * 2) as f64 / seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_rows_are_padded_to_32_floats() {
+        assert_eq!(x_stride(1), 32);
+        assert_eq!(x_stride(32), 32);
+        assert_eq!(x_stride(33), 64);
+    }
+
+    #[test]
+    fn grid_stride_caps_blocks() {
+        assert_eq!(grid_stride(0, 10).grid_dim.0, 1);
+        assert_eq!(grid_stride(257, 10).grid_dim.0, 2);
+        assert_eq!(grid_stride(1 << 30, 10).grid_dim.0, 10);
+    }
+
+    #[test]
+    fn opening_without_a_driver_is_unavailable_not_a_panic() {
+        match CudaBackend::from_env() {
+            Ok(b) => assert_eq!(b.kind(), BackendKind::Cuda),
+            Err(BackendError::Unavailable { backend, reason }) => {
+                assert_eq!(backend, BackendKind::Cuda);
+                assert!(!reason.is_empty());
+                if !driver_available() {
+                    assert!(reason.contains("libcuda not found"), "{reason}");
+                }
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
     }
 }

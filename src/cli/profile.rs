@@ -1,0 +1,236 @@
+//! `quantscope profile`: time one format's matmul kernel on one backend and
+//! set it against the device's measured ceilings (copy bandwidth, FMA rate).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use quantscope::backend::{self, Backend, BackendKind, Bandwidth, TimingSource};
+use quantscope::format::{
+    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, NF4_CODEBOOK,
+};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+/// Flags of `profile`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Backend to profile: cpu, wgpu or cuda.
+    #[arg(long, default_value = "wgpu")]
+    backend: String,
+    /// Weight format: f32, f16, bf16, q8, q4 or lut4.
+    #[arg(long, default_value = "q4")]
+    format: String,
+    /// Weight matrix shape ROWSxCOLS (output x input features), e.g. 4096x4096.
+    #[arg(long, default_value = "4096x4096")]
+    shape: String,
+    /// Rows of X (1..=7 runs the GEMV kernel, 8 and more the GEMM kernel).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Group size of q8/q4/lut4: a multiple of 32, or `row`.
+    #[arg(long, default_value = "128")]
+    group: String,
+    /// Timed runs after warm-up (the median is reported).
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Bytes of the buffer copied to measure the device bandwidth, in MiB.
+    #[arg(long, default_value_t = 256)]
+    copy_mib: usize,
+    /// wgpu adapter: index or name substring (overrides QUANTSCOPE_WGPU_ADAPTER).
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Opens the backend, honouring `--adapter` for wgpu.
+fn open_backend(kind: BackendKind, adapter: Option<&str>) -> anyhow::Result<Arc<dyn Backend>> {
+    match (kind, adapter) {
+        (_, None) => Ok(backend::open(kind)?),
+        #[cfg(feature = "wgpu")]
+        (BackendKind::Wgpu, Some(a)) => {
+            use quantscope::backend::wgpu::{WgpuBackend, WgpuOptions};
+            let opts = WgpuOptions {
+                adapter: Some(a.to_string()),
+                ..WgpuOptions::from_env()
+            };
+            Ok(Arc::new(WgpuBackend::open(&opts)?))
+        }
+        (other, Some(_)) => bail!("--adapter applies to the wgpu backend, not {other}"),
+    }
+}
+
+fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (r, c) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("--shape '{s}' is not ROWSxCOLS (e.g. 4096x4096)"))?;
+    let r: usize = r
+        .trim()
+        .parse()
+        .with_context(|| format!("--shape '{s}': rows '{r}' is not a number"))?;
+    let c: usize = c
+        .trim()
+        .parse()
+        .with_context(|| format!("--shape '{s}': columns '{c}' is not a number"))?;
+    if r == 0 || c == 0 {
+        bail!("--shape '{s}': rows and columns must be at least 1");
+    }
+    Ok((r, c))
+}
+
+fn source_name(s: TimingSource) -> &'static str {
+    match s {
+        TimingSource::DeviceTimestamp => "device timestamps",
+        TimingSource::CudaEvent => "CUDA events",
+        TimingSource::WallClock => "wall clock",
+    }
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let kind: BackendKind = args.backend.parse()?;
+    let format: FormatKind = args.format.parse()?;
+    let group: GroupSize = args.group.parse()?;
+    let (rows, cols) = parse_shape(&args.shape)?;
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let dev = open_backend(kind, args.adapter.as_deref())?;
+
+    // A random matrix packed in the chosen format, and its exact byte size.
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
+    let w = Matrix::from_vec(
+        rows,
+        cols,
+        (0..rows * cols)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect(),
+    )?;
+    let m = match format {
+        FormatKind::Q8 => pack_q8(&w, group)?,
+        FormatKind::Q4 => pack_q4(&w, group)?,
+        FormatKind::Lut4 => pack_lut4(&w, group, NF4_CODEBOOK)?,
+        plain => pack_plain(&w, plain)?,
+    };
+    drop(w);
+    let h = dev.upload(&m)?;
+    let timing = dev.time_matmul(&h, args.batch, args.runs)?;
+    let seconds = timing.median_s();
+    let bytes = m.storage_bytes().total() + 4 * args.batch * (rows + cols);
+    let flops = 2.0 * (args.batch * rows * cols) as f64;
+    let bw: Option<Bandwidth> = match dev.measure_bandwidth(args.copy_mib << 20) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("note: bandwidth not measured: {e}");
+            None
+        }
+    };
+    let peak_flops = match dev.measure_flops() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("note: FMA rate not measured: {e}");
+            None
+        }
+    };
+    dev.free(h)?;
+    report(
+        &args,
+        dev.as_ref(),
+        &m.label(),
+        seconds,
+        timing.source,
+        bytes,
+        flops,
+        bw,
+        peak_flops,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    args: &Args,
+    dev: &dyn Backend,
+    label: &str,
+    seconds: f64,
+    source: TimingSource,
+    bytes: usize,
+    flops: f64,
+    bw: Option<Bandwidth>,
+    peak_flops: Option<f64>,
+) -> anyhow::Result<()> {
+    let kernel = format!(
+        "{}_{}",
+        if args.batch < 8 { "gemv" } else { "gemm" },
+        args.format.to_ascii_lowercase()
+    );
+    let gbps = bytes as f64 / seconds / 1e9;
+    let gflops = flops / seconds / 1e9;
+    let bw_frac = bw.map(|b| bytes as f64 / seconds / b.bytes_per_s);
+    let flops_frac = peak_flops.map(|p| flops / seconds / p);
+    let info = dev.info();
+    if args.json {
+        let out = json!({
+            "backend": dev.kind().name(),
+            "device": info.name,
+            "kernels": [{
+                "kernel": kernel,
+                "matrix": label,
+                "shape": [args.batch, args.shape],
+                "median_s": seconds,
+                "runs": args.runs,
+                "timing": source_name(source),
+                "bytes": bytes,
+                "gb_per_s": gbps,
+                "gflop_per_s": gflops,
+                "fraction_of_bandwidth": bw_frac,
+                "fraction_of_flops": flops_frac,
+            }],
+            "bandwidth": bw.map(|b| json!({
+                "gb_per_s": b.bytes_per_s / 1e9,
+                "bytes_moved": b.bytes_moved,
+                "method": b.method,
+                "timing": source_name(b.source),
+            })),
+            "fma_gflop_per_s": peak_flops.map(|p| p / 1e9),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{} on {} ({})", label, info.name, dev.kind());
+    println!(
+        "{:<10} {:>12} {:>10} {:>11} {:>8} {:>8}  timing",
+        "kernel", "median", "GB/s", "GFLOP/s", "%bw", "%flops"
+    );
+    let pct = |f: Option<f64>| f.map_or("-".to_string(), |f| format!("{:.1}", 100.0 * f));
+    println!(
+        "{:<10} {:>9.3} ms {:>10.2} {:>11.2} {:>8} {:>8}  {}",
+        kernel,
+        seconds * 1e3,
+        gbps,
+        gflops,
+        pct(bw_frac),
+        pct(flops_frac),
+        source_name(source)
+    );
+    println!(
+        "batch {} x {}, {} bytes moved per run (packed matrix + X + Y), median of {} runs",
+        args.batch, args.shape, bytes, args.runs
+    );
+    match bw {
+        Some(b) => println!(
+            "device bandwidth: {:.2} GB/s ({}, {} bytes read + written)",
+            b.bytes_per_s / 1e9,
+            b.method,
+            b.bytes_moved
+        ),
+        None => println!("device bandwidth: not measured"),
+    }
+    match peak_flops {
+        Some(p) => println!("device FMA rate: {:.2} GFLOP/s (fma-only kernel)", p / 1e9),
+        None => println!("device FMA rate: not measured on this backend"),
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The CPU backend through the `Backend` trait: every format against an f64
+//! reference computed from the dequantized weights.
+
+mod common;
+
+use quantscope::backend::cpu::CpuBackend;
+use quantscope::backend::{Backend, RtnSpec};
+use quantscope::format::{FormatKind, GroupSize, Matrix, QuantizedMatrix};
+use quantscope::metrics::nmse_f64;
+use quantscope::quant::{quantize, QuantConfig, Scheme};
+
+fn all_formats(w: &Matrix, group: GroupSize) -> Vec<QuantizedMatrix> {
+    let mut out = Vec::new();
+    for s in [
+        Scheme::None(FormatKind::F32),
+        Scheme::None(FormatKind::F16),
+        Scheme::None(FormatKind::Bf16),
+        Scheme::Int8,
+        Scheme::Int4,
+        Scheme::Nf4,
+        Scheme::EasyQuant4,
+    ] {
+        let mut cfg = QuantConfig::new(s);
+        cfg.group = group;
+        out.push(quantize(w, &cfg).unwrap());
+    }
+    let scale: Vec<f32> = (0..w.cols()).map(|c| 0.5 + (c % 7) as f32 * 0.25).collect();
+    let q8 = out[3].clone().with_act_scale(scale).unwrap();
+    out.push(q8);
+    out
+}
+
+#[test]
+fn matmul_matches_f64_reference_for_every_format() {
+    let cpu = CpuBackend::new();
+    for &(batch, cols, rows, group) in &[
+        (1usize, 4096usize, 4096usize, GroupSize::Cols(128)),
+        (7, 1000, 333, GroupSize::Cols(64)),
+        (64, 512, 512, GroupSize::Cols(32)),
+        (3, 45, 17, GroupSize::Row),
+    ] {
+        let w = common::gaussian_with_outliers(rows, cols, 0.002, 9.0, (rows * cols) as u64);
+        let x = common::uniform(batch * cols, batch as u64 + 99);
+        for q in all_formats(&w, group) {
+            let reference = common::reference_matmul(q.dequantize().data(), rows, cols, &x, batch);
+            let h = cpu.upload(&q).unwrap();
+            let y = cpu.matmul(&h, &x, batch).unwrap();
+            let e = nmse_f64(&reference, &y);
+            assert!(
+                e < 1e-10,
+                "{} {batch}x{cols}·{cols}x{rows}: NMSE {e:e}",
+                q.label()
+            );
+            let deq = cpu.dequantize(&h).unwrap();
+            assert_eq!(deq, q.dequantize().into_vec(), "{}", q.label());
+            cpu.free(h).unwrap();
+        }
+    }
+    assert_eq!(cpu.memory().live_bytes, 0);
+    assert!(cpu.memory().peak_bytes > 0);
+}
+
+#[test]
+fn device_quantize_is_the_canonical_packer() {
+    let cpu = CpuBackend::new();
+    let w = common::gaussian(33, 200, 3);
+    for kind in [FormatKind::Q8, FormatKind::Q4] {
+        let q = cpu
+            .quantize(
+                &w,
+                RtnSpec {
+                    kind,
+                    group: GroupSize::Cols(64),
+                },
+            )
+            .unwrap();
+        assert_eq!(q.kind(), kind);
+    }
+    assert!(cpu
+        .quantize(
+            &w,
+            RtnSpec {
+                kind: FormatKind::F16,
+                group: GroupSize::Row
+            }
+        )
+        .is_err());
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let cpu = CpuBackend::new();
+    let q = quantize(&common::gaussian(4, 64, 1), &QuantConfig::new(Scheme::Int8)).unwrap();
+    let h = cpu.upload(&q).unwrap();
+    assert!(cpu.matmul(&h, &[0.5; 63], 1).is_err());
+    assert!(cpu.matmul(&h, &[], 0).is_err());
+    let x = vec![0.5f32; 64];
+    assert_eq!(cpu.matmul(&h, &x, 1).unwrap().len(), 4);
+    cpu.free(h).unwrap();
+    assert!(quantscope::backend::open(quantscope::backend::BackendKind::Cpu).is_ok());
+}
+
+#[test]
+fn assign_levels_counts_and_sums() {
+    let cpu = CpuBackend::new();
+    let v = common::uniform(10_007, 5);
+    let m = Matrix::from_vec(1, v.len(), v.clone()).unwrap();
+    let h = cpu
+        .upload(&quantscope::format::pack_plain(&m, FormatKind::F32).unwrap())
+        .unwrap();
+    let levels = [-0.75f32, -0.25, 0.25, 0.75];
+    let a = cpu.assign_levels(&h, &levels, true).unwrap();
+    assert_eq!(a.counts.iter().sum::<u64>(), v.len() as u64);
+    for (i, &x) in v.iter().enumerate() {
+        let best = (0..4)
+            .min_by(|&p, &q| (x - levels[p]).abs().total_cmp(&(x - levels[q]).abs()))
+            .unwrap();
+        assert_eq!(a.codes[i] as usize, best);
+    }
+    let s: f64 = v.iter().filter(|&&x| x <= -0.5).map(|&x| x as f64).sum();
+    assert!((a.sums[0] - s).abs() < 1e-9);
+}

@@ -1,0 +1,330 @@
+//! Every device backend against the CPU backend, ggml test-backend-ops style:
+//! one table of cases (formats x shapes x groups), fresh random inputs,
+//! device outputs poisoned with NaN before each run (the backends do it), and
+//!   matmul NMSE <= 5e-4, dequantize exact, device quantize bit-identical to
+//!   `pack_q8`/`pack_q4`, level assignment exact (sums to f32 rounding),
+//!   any NaN fails.
+//!
+//! The devices are `backend::available()` minus the CPU (so CUDA joins where
+//! present) plus, for wgpu, a second instance on the portable (core WGSL)
+//! path, so both the native-feature and the fallback kernels run.
+//! `QUANTSCOPE_REQUIRE_WGPU=1` turns a missing wgpu adapter into a failure;
+//! otherwise the wgpu part is skipped with one line.
+
+use std::sync::Arc;
+
+use half::f16;
+use quantscope::backend::{self, Backend, BackendKind, RtnSpec};
+use quantscope::format::{
+    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers,
+    QuantizedMatrix, NF4_CODEBOOK,
+};
+use quantscope::metrics::nmse;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+const MATMUL_NMSE: f64 = 5e-4;
+
+/// Extras on top of the dense format.
+#[derive(Clone, Copy, Debug)]
+enum Extra {
+    None,
+    Outliers,
+    ActScale,
+    Both,
+}
+
+struct Case {
+    kind: FormatKind,
+    extra: Extra,
+    group: GroupSize,
+    batch: usize,
+    rows: usize,
+    cols: usize,
+    /// Also check dequantize (skipped on the largest shape to keep CI fast).
+    dequantize: bool,
+}
+
+fn case(kind: FormatKind, extra: Extra, group: GroupSize, shape: (usize, usize, usize)) -> Case {
+    let (batch, cols, rows) = shape;
+    Case {
+        kind,
+        extra,
+        group,
+        batch,
+        rows,
+        cols,
+        dequantize: rows * cols <= 1 << 20,
+    }
+}
+
+/// The table: shapes are `batch x cols · cols x rows`.
+fn cases() -> Vec<Case> {
+    use Extra::*;
+    use FormatKind::*;
+    let g = |n| GroupSize::Cols(n);
+    let row = GroupSize::Row;
+    let big = (1, 4096, 4096);
+    let mid = (3, 1000, 333);
+    let gemm = (64, 512, 512);
+    let odd_gemv = (2, 77, 45);
+    let odd_gemm = (9, 77, 45);
+    let mut v = vec![case(Q4, None, g(128), big), case(Q8, None, row, big)];
+    for kind in [F32, F16, Bf16, Q8, Q4, Lut4] {
+        for (group, shape) in [
+            (g(32), mid),
+            (g(64), gemm),
+            (row, odd_gemv),
+            (g(32), odd_gemm),
+        ] {
+            v.push(case(kind, None, group, shape));
+        }
+    }
+    v.push(case(Q4, Outliers, g(128), mid));
+    v.push(case(Q4, Outliers, g(64), gemm));
+    v.push(case(Q8, ActScale, g(32), mid));
+    v.push(case(Q8, ActScale, row, gemm));
+    v.push(case(Lut4, Both, g(32), odd_gemm));
+    v.push(case(F16, Both, row, odd_gemv));
+    v.push(case(Q4, Both, g(32), gemm));
+    v
+}
+
+fn random_matrix(rng: &mut Xoshiro256PlusPlus, rows: usize, cols: usize) -> Matrix {
+    let data = (0..rows * cols)
+        .map(|_| {
+            // Mostly small weights with a few larger ones, never all zero.
+            let v: f32 = rng.random_range(-1.0..1.0);
+            if rng.random_range(0..50) == 0 {
+                v * 8.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    Matrix::from_vec(rows, cols, data).expect("shape")
+}
+
+fn build(c: &Case, rng: &mut Xoshiro256PlusPlus) -> QuantizedMatrix {
+    let w = random_matrix(rng, c.rows, c.cols);
+    let m = match c.kind {
+        FormatKind::Q8 => pack_q8(&w, c.group),
+        FormatKind::Q4 => pack_q4(&w, c.group),
+        FormatKind::Lut4 => pack_lut4(&w, c.group, NF4_CODEBOOK),
+        k => pack_plain(&w, k),
+    }
+    .expect("pack");
+    let with_outliers = matches!(c.extra, Extra::Outliers | Extra::Both);
+    let with_act = matches!(c.extra, Extra::ActScale | Extra::Both);
+    let m = if with_outliers {
+        let rows: Vec<Vec<(u32, f16)>> = (0..c.rows)
+            .map(|_| {
+                let mut cols: Vec<u32> = (0..rng.random_range(0..6))
+                    .map(|_| rng.random_range(0..c.cols as u32))
+                    .collect();
+                cols.sort_unstable();
+                cols.dedup();
+                cols.into_iter()
+                    .map(|col| (col, f16::from_f32(rng.random_range(-4.0..4.0))))
+                    .collect()
+            })
+            .collect();
+        m.with_outliers(Outliers::from_rows(&rows))
+            .expect("outliers")
+    } else {
+        m
+    };
+    if with_act {
+        let a = (0..c.cols).map(|_| rng.random_range(0.25..2.0)).collect();
+        m.with_act_scale(a).expect("act scale")
+    } else {
+        m
+    }
+}
+
+fn require_wgpu() -> bool {
+    std::env::var("QUANTSCOPE_REQUIRE_WGPU").is_ok_and(|v| v == "1")
+}
+
+/// The devices under test, each with a label.
+fn devices() -> Vec<(String, Arc<dyn Backend>)> {
+    let mut out: Vec<(String, Arc<dyn Backend>)> = Vec::new();
+    for s in backend::backends() {
+        match (s.kind, s.backend) {
+            (BackendKind::Cpu, _) => {}
+            (kind, Ok(b)) => out.push((kind.name().to_string(), b)),
+            (BackendKind::Wgpu, Err(e)) => {
+                if require_wgpu() {
+                    panic!("QUANTSCOPE_REQUIRE_WGPU=1 but wgpu is unavailable: {e}");
+                }
+                eprintln!("skipping wgpu kernels: {e}");
+            }
+            (kind, Err(e)) => eprintln!("skipping {kind}: {e}"),
+        }
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        use quantscope::backend::wgpu::{WgpuBackend, WgpuOptions};
+        let mut opts = WgpuOptions::from_env();
+        opts.portable = true;
+        if let Ok(b) = WgpuBackend::open(&opts) {
+            out.push(("wgpu (portable WGSL)".into(), Arc::new(b)));
+        }
+    }
+    out
+}
+
+fn assert_finite(label: &str, v: &[f32]) {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        panic!("{label}: non-finite value {} at {i}", v[i]);
+    }
+}
+
+#[test]
+fn every_backend_matches_the_cpu() {
+    let devices = devices();
+    if devices.is_empty() {
+        eprintln!("no device backend to compare with the CPU");
+        return;
+    }
+    let cpu = backend::open(BackendKind::Cpu).expect("cpu");
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0xC0FFEE);
+    for c in cases() {
+        let m = build(&c, &mut rng);
+        let x: Vec<f32> = (0..c.batch * c.cols)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let hc = cpu.upload(&m).expect("cpu upload");
+        let want = cpu.matmul(&hc, &x, c.batch).expect("cpu matmul");
+        let want_dq = c
+            .dequantize
+            .then(|| cpu.dequantize(&hc).expect("cpu dequantize"));
+        for (name, dev) in &devices {
+            let label = format!(
+                "{name}: {} {}x{}·{}x{}",
+                m.label(),
+                c.batch,
+                c.cols,
+                c.cols,
+                c.rows
+            );
+            let h = dev
+                .upload(&m)
+                .unwrap_or_else(|e| panic!("{label}: upload: {e}"));
+            let got = dev
+                .matmul(&h, &x, c.batch)
+                .unwrap_or_else(|e| panic!("{label}: matmul: {e}"));
+            assert_finite(&label, &got);
+            let err = nmse(&want, &got);
+            assert!(err <= MATMUL_NMSE, "{label}: matmul NMSE {err:e}");
+            if let Some(want_dq) = &want_dq {
+                let dq = dev
+                    .dequantize(&h)
+                    .unwrap_or_else(|e| panic!("{label}: dequantize: {e}"));
+                assert_finite(&label, &dq);
+                if let Some(i) = (0..dq.len()).find(|&i| dq[i].to_bits() != want_dq[i].to_bits()) {
+                    panic!(
+                        "{label}: dequantize differs at {i}: {} vs cpu {}",
+                        dq[i], want_dq[i]
+                    );
+                }
+            }
+            dev.free(h).expect("free");
+        }
+        cpu.free(hc).expect("free");
+    }
+}
+
+#[test]
+fn device_quantize_is_bit_identical() {
+    let devices = devices();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0xBEEF);
+    for (rows, cols) in [(37usize, 1000usize), (64, 512), (45, 77), (3, 4096)] {
+        let mut w = random_matrix(&mut rng, rows, cols).into_vec();
+        // Row 0 all zero (scale 0). Rows 1 and 2: every group's scale is
+        // exactly 1 (q8: absmax 127; q4: range [0, 15]) and the other values
+        // are k + 0.5, so every code is an exact tie (both sides: to even).
+        w[..cols].iter_mut().for_each(|v| *v = 0.0);
+        for c in 0..cols {
+            let tie = (c % 7) as f32 + 0.5;
+            w[cols + c] = if c % 32 == 0 { 127.0 } else { tie };
+            w[2 * cols + c] = match c % 32 {
+                0 => 15.0,
+                1 => 0.0,
+                _ => tie,
+            };
+        }
+        let w = Matrix::from_vec(rows, cols, w).expect("shape");
+        for group in [
+            GroupSize::Row,
+            GroupSize::Cols(32),
+            GroupSize::Cols(64),
+            GroupSize::Cols(128),
+        ] {
+            for kind in [FormatKind::Q8, FormatKind::Q4] {
+                let want = match kind {
+                    FormatKind::Q8 => pack_q8(&w, group),
+                    _ => pack_q4(&w, group),
+                }
+                .expect("pack");
+                for (name, dev) in &devices {
+                    let got = dev
+                        .quantize(&w, RtnSpec { kind, group })
+                        .unwrap_or_else(|e| panic!("{name}: quantize {kind} group {group}: {e}"));
+                    assert!(
+                        got == want,
+                        "{name}: quantize {kind} group {group} {rows}x{cols} differs from the CPU packer"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn level_assignment_matches_the_cpu() {
+    let devices = devices();
+    let cpu = backend::open(BackendKind::Cpu).expect("cpu");
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0xA55);
+    for (rows, cols, k) in [(50usize, 333usize, 16usize), (7, 1000, 256), (128, 256, 3)] {
+        let w = random_matrix(&mut rng, rows, cols);
+        let mut levels: Vec<f32> = (0..k).map(|_| rng.random_range(-2.0..2.0)).collect();
+        levels.sort_by(f32::total_cmp);
+        let mut data = w.into_vec();
+        // Some values exactly on a midpoint: ties go to the lower level.
+        if k > 1 {
+            for i in 0..10 {
+                data[i * 3] = 0.5 * (levels[i % (k - 1)] + levels[i % (k - 1) + 1]);
+            }
+        }
+        let w = Matrix::from_vec(rows, cols, data).expect("shape");
+        let m = pack_plain(&w, FormatKind::F32).expect("pack");
+        let hc = cpu.upload(&m).expect("upload");
+        let want = cpu.assign_levels(&hc, &levels, true).expect("cpu assign");
+        let scale: f64 = w.data().iter().map(|v| v.abs() as f64).sum();
+        for (name, dev) in &devices {
+            let h = dev.upload(&m).expect("upload");
+            for want_codes in [true, false] {
+                let got = dev
+                    .assign_levels(&h, &levels, want_codes)
+                    .unwrap_or_else(|e| panic!("{name}: assign_levels: {e}"));
+                if want_codes {
+                    assert!(
+                        got.codes == want.codes,
+                        "{name}: codes differ ({rows}x{cols}, {k} levels)"
+                    );
+                } else {
+                    assert!(got.codes.is_empty(), "{name}: codes returned unasked");
+                }
+                assert_eq!(got.counts, want.counts, "{name}: counts differ");
+                for (a, b) in got.sums.iter().zip(&want.sums) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale,
+                        "{name}: level sum {a} vs cpu {b}"
+                    );
+                }
+            }
+            dev.free(h).expect("free");
+        }
+    }
+}
