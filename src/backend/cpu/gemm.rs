@@ -175,24 +175,56 @@ fn decode_panel(
             dst.fill(0.0);
             continue;
         }
-        let r = r0 + i;
-        #[cfg(target_arch = "x86_64")]
-        let done = if path == KernelPath::Avx512 {
-            // SAFETY: the path was checked against the CPU's features by the
-            // caller; the function checks its own bounds.
-            unsafe { avx512::decode_units(m, r, k0, dst) }
-        } else {
-            0
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let done = 0;
-        for (u, d) in dst.chunks_mut(UNIT).enumerate().skip(done) {
-            let c0 = k0 + u * UNIT;
-            for (kk, o) in d.iter_mut().enumerate() {
-                *o = dense_value(m, r, c0 + permuted(kk, nib));
-            }
+        decode_segment(path, m, r0 + i, k0, nib, dst);
+    }
+}
+
+/// Dequantizes row `r`, columns `k0 .. k0 + dst.len()` (a multiple of 32),
+/// into `dst` in packed order (nibble order for 4-bit formats); columns past
+/// the row become 0.
+pub(crate) fn decode_segment(
+    path: KernelPath,
+    m: &QuantizedMatrix,
+    r: usize,
+    k0: usize,
+    nib: bool,
+    dst: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    let done = if path == KernelPath::Avx512 {
+        // SAFETY: the path was checked against the CPU's features by the
+        // caller; the function checks its own bounds.
+        unsafe { avx512::decode_units(m, r, k0, dst) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = path;
+        0
+    };
+    for (u, d) in dst.chunks_mut(UNIT).enumerate().skip(done) {
+        let c0 = k0 + u * UNIT;
+        for (kk, o) in d.iter_mut().enumerate() {
+            *o = dense_value(m, r, c0 + permuted(kk, nib));
         }
     }
+}
+
+/// Puts `x` in the packed column order of [`decode_segment`] (whole row,
+/// zero-padded to a multiple of 32).
+pub(crate) fn permute_row(x: &[f32], nib: bool) -> Vec<f32> {
+    let kp = round_up(x.len(), UNIT);
+    (0..kp)
+        .map(|k| {
+            let c = permuted(k, nib);
+            if c < x.len() {
+                x[c]
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// Adds `W_panel · X_chunk(s)` to a tile of `Yᵀ`: rows `0..valid` of `tile`

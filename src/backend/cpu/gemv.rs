@@ -22,6 +22,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::act::{QuantAct, QBLOCK};
+use super::gemm::{decode_segment, permute_row};
 use super::kernel::KernelPath;
 use crate::format::{Packed, QuantizedMatrix};
 
@@ -66,14 +67,35 @@ enum Nib<'a> {
 }
 
 /// `y = W · x` for one activation row (`x` already multiplied by the
-/// activation scale), dense part only.
-pub(crate) fn gemv(path: KernelPath, m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
+/// activation scale), dense part only. With `int8_act` false, q8 / q4 / lut4
+/// rows are dequantized to f32 (SIMD) and dotted with f32 activations: exact
+/// up to f32 rounding, slower.
+pub(crate) fn gemv(
+    path: KernelPath,
+    m: &QuantizedMatrix,
+    x: &[f32],
+    y: &mut [f32],
+    int8_act: bool,
+) {
     let cols = m.cols();
     let stride = m.row_stride_bytes();
     let gpr = m.groups_per_row();
     let glen = m.group_len();
     assert_eq!(x.len(), cols, "gemv input length");
     assert_eq!(y.len(), m.rows(), "gemv output length");
+    if !int8_act && m.kind().is_grouped() {
+        let nib = matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_));
+        let xp = permute_row(x, nib);
+        let per = rows_per_task(y.len());
+        y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+            let mut w = vec![0.0f32; xp.len()];
+            for (i, o) in out.iter_mut().enumerate() {
+                decode_segment(path, m, t * per + i, 0, nib, &mut w);
+                *o = dot_f32(path, &w, &xp);
+            }
+        });
+        return;
+    }
     match m.packed() {
         Packed::F32(v) => {
             let s = stride / 4;
