@@ -306,8 +306,12 @@ impl Backend for CpuBackend {
         })
     }
 
+    /// Reads at least [`bandwidth::probe_bytes`] (1 GiB or 8x the LLC,
+    /// whichever is larger) so the figure is a DRAM figure whatever `bytes` is.
     fn measure_bandwidth(&self, bytes: usize) -> Result<Bandwidth, BackendError> {
-        Ok(bandwidth::measure_read_bandwidth(bytes))
+        Ok(bandwidth::measure_read_bandwidth(
+            bytes.max(bandwidth::probe_bytes()),
+        ))
     }
 
     fn measure_flops(&self) -> Result<f64, BackendError> {
