@@ -143,7 +143,15 @@ fn check(m: &QuantizedMatrix, batch: usize, seed: u64) {
 
 #[test]
 fn every_path_matches_reference_on_odd_shapes() {
-    let shapes = [(37, 300), (19, 33), (16, 128), (5, 1000), (3, 4099)];
+    let shapes = [
+        (37, 300),
+        (19, 33),
+        (16, 128),
+        (5, 1000),
+        (3, 4099),
+        (32, 4160),
+        (24, 8200),
+    ];
     for (i, &(rows, cols)) in shapes.iter().enumerate() {
         let w = weights(rows, cols, 10 + i as u64);
         for m in packings(&w) {

@@ -21,7 +21,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::act::{QuantAct, QBLOCK};
+use super::act::{QuantAct, BYTE_CHUNK, NIB_CHUNK, QBLOCK};
 use super::gemm::{decode_segment, permute_row};
 use super::kernel::KernelPath;
 use crate::format::{Packed, QuantizedMatrix};
@@ -33,12 +33,21 @@ fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(threads * 4).max(16).div_ceil(16) * 16
 }
 
-/// Runs `row(r)` for every output row in parallel.
-fn par_rows(y: &mut [f32], row: impl Fn(usize) -> f32 + Sync) {
+/// Columns per block of a blocked GEMV: the activations of one block stay
+/// in L1 while a task's rows stream past them.
+const COL_BLOCK: usize = 4096;
+
+/// `y[r] = Σ_b part(r, b)` for every row, in parallel; within a task the
+/// column block `b` is the outer loop so its activations are reused by every
+/// row of the task.
+fn par_rows_blocked(y: &mut [f32], nblocks: usize, part: impl Fn(usize, usize) -> f32 + Sync) {
     let per = rows_per_task(y.len());
     y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = row(t * per + i);
+        out.fill(0.0);
+        for b in 0..nblocks.max(1) {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += part(t * per + i, b);
+            }
         }
     });
 }
@@ -96,31 +105,54 @@ pub(crate) fn gemv(
         });
         return;
     }
+    // Plain formats: blocks of COL_BLOCK columns. Integer formats on AVX-512:
+    // blocks of whole 512-bit chunks (the tail chunk in the last block).
+    let nb_plain = cols.div_ceil(COL_BLOCK);
+    let cb = |b: usize| (b * COL_BLOCK, ((b + 1) * COL_BLOCK).min(cols));
+    let int_blocks = |chunk_cols: usize| -> (usize, usize) {
+        let per = COL_BLOCK / chunk_cols;
+        if path == KernelPath::Avx512 {
+            (cols.div_ceil(chunk_cols).div_ceil(per), per)
+        } else {
+            (1, usize::MAX)
+        }
+    };
     match m.packed() {
         Packed::F32(v) => {
             let s = stride / 4;
-            par_rows(y, |r| dot_f32(path, &v[r * s..][..cols], x));
+            par_rows_blocked(y, nb_plain, |r, b| {
+                let (c0, c1) = cb(b);
+                dot_f32(path, &v[r * s + c0..r * s + c1], &x[c0..c1])
+            });
         }
         Packed::F16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            par_rows(y, |r| dot_half(path, &bits[r * s..][..cols], x, false));
+            par_rows_blocked(y, nb_plain, |r, b| {
+                let (c0, c1) = cb(b);
+                dot_half(path, &bits[r * s + c0..r * s + c1], &x[c0..c1], false)
+            });
         }
         Packed::Bf16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            par_rows(y, |r| dot_half(path, &bits[r * s..][..cols], x, true));
+            par_rows_blocked(y, nb_plain, |r, b| {
+                let (c0, c1) = cb(b);
+                dot_half(path, &bits[r * s + c0..r * s + c1], &x[c0..c1], true)
+            });
         }
         Packed::Q8(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            par_rows(y, |r| {
+            let (nb, per) = int_blocks(BYTE_CHUNK);
+            par_rows_blocked(y, nb, |r, b| {
                 q8_row(
                     path,
                     &codes[r * stride..][..stride],
                     &q.scales[r * gpr..][..gpr],
                     glen,
                     &act,
+                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
@@ -132,7 +164,8 @@ pub(crate) fn gemv(
                 Vec::new()
             };
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            par_rows(y, |r| {
+            let (nb, per) = int_blocks(NIB_CHUNK);
+            par_rows_blocked(y, nb, |r, b| {
                 let nib = Nib::Q4 {
                     zeros: &q.zeros[r * gpr..][..gpr],
                     gsum: &gsum,
@@ -144,6 +177,7 @@ pub(crate) fn gemv(
                     nib,
                     glen,
                     &act,
+                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
@@ -151,7 +185,8 @@ pub(crate) fn gemv(
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             let (table, zero, step) = lut_u8(&q.codebook);
-            par_rows(y, |r| {
+            let (nb, per) = int_blocks(NIB_CHUNK);
+            par_rows_blocked(y, nb, |r, b| {
                 step * nib_row(
                     path,
                     &codes[r * stride..][..stride],
@@ -162,6 +197,7 @@ pub(crate) fn gemv(
                     },
                     glen,
                     &act,
+                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
@@ -203,12 +239,21 @@ fn scalar_dot(w: impl Iterator<Item = f32>, x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-fn q8_row(path: KernelPath, codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
+/// One q8 row, whole chunks `range` on AVX-512 (the other paths always do
+/// the whole row and get `(0, usize::MAX)`).
+fn q8_row(
+    path: KernelPath,
+    codes: &[u8],
+    scales: &[f16],
+    glen: usize,
+    act: &QuantAct,
+    range: (usize, usize),
+) -> f32 {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; `codes` is a whole padded
         // row, `scales` the row's groups, `act` has its SIMD tables.
-        KernelPath::Avx512 => unsafe { avx512::q8_row(codes, scales, glen, act) },
+        KernelPath::Avx512 => unsafe { avx512::q8_row(codes, scales, glen, act, range) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         KernelPath::Avx2 => unsafe { avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q8) },
@@ -223,18 +268,28 @@ fn nib_row(
     nib: Nib<'_>,
     glen: usize,
     act: &QuantAct,
+    range: (usize, usize),
 ) -> f32 {
     match (path, nib) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; `codes` is a whole padded
         // row, `scales` / `zeros` the row's groups, `act` has its SIMD tables.
         (KernelPath::Avx512, Nib::Q4 { zeros, gsum }) => unsafe {
-            avx512::nib_row(codes, scales, zeros, gsum, None, glen, act)
+            avx512::nib_row(codes, scales, zeros, gsum, None, glen, act, range)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         (KernelPath::Avx512, Nib::Lut { table, zero }) => unsafe {
-            avx512::nib_row(codes, scales, &[], &[], Some((table, zero)), glen, act)
+            avx512::nib_row(
+                codes,
+                scales,
+                &[],
+                &[],
+                Some((table, zero)),
+                glen,
+                act,
+                range,
+            )
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
@@ -517,6 +572,7 @@ mod avx512 {
     /// The CPU supports AVX-512 F/BW/VNNI; `codes` holds the padded row
     /// (`round_up(cols, 32) / 2` bytes at least); `scales` (and `zeros` for
     /// q4) hold the row's groups; `act` was built with its SIMD tables.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
     pub(super) unsafe fn nib_row(
         codes: &[u8],
@@ -526,6 +582,7 @@ mod avx512 {
         table: Option<(&[u8; 16], f32)>,
         glen: usize,
         act: &QuantAct,
+        (k0, k1): (usize, usize),
     ) -> f32 {
         let cols = act.cols;
         let gpr = cols.div_ceil(glen);
@@ -550,20 +607,23 @@ mod avx512 {
         let zlut = _mm512_set1_ps(zlut);
         let cp = codes.as_ptr();
         let nfull = cols / NIB_CHUNK;
+        // Whole chunks k0..k1 of this call; the tail belongs to the last range.
+        let tail = k0 <= nfull && nfull < k1;
+        let k1 = k1.min(nfull);
         let mut acc0 = _mm512_setzero_ps();
         let mut acc1 = _mm512_setzero_ps();
         match g {
             1 => {
                 // One group spans `per` whole chunks: load its scale once.
                 let per = if glen >= cols {
-                    nfull.max(1)
+                    usize::MAX
                 } else {
                     glen / NIB_CHUNK
                 };
-                let (mut k, mut g0) = (0, 0);
-                while k < nfull {
+                let (mut k, mut g0) = (k0, k0 / per);
+                while k < k1 {
                     let (s, z) = (lane_scales(scales, g0, 1, idx), zlut);
-                    let end = (k + per).min(nfull);
+                    let end = (g0 + 1).saturating_mul(per).min(k1);
                     while k < end {
                         acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
                         // Alternate accumulators (two FMA chains in flight).
@@ -574,10 +634,10 @@ mod avx512 {
                 }
             }
             2 | 4 => {
-                let mut k = 0;
+                let mut k = k0;
                 // 16 scales per load, spread over the next 16 / g chunks.
                 let step = 16 / g;
-                while k + step <= nfull {
+                while k + step <= k1 {
                     let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
                         scales.as_ptr().add(k * g) as *const __m256i
                     ));
@@ -594,20 +654,20 @@ mod avx512 {
                     }
                     k += step;
                 }
-                while k + 2 <= nfull {
+                while k + 2 <= k1 {
                     let (s0, z0) = (lane_scales(scales, k * g, g, idx), zlut);
                     let (s1, z1) = (lane_scales(scales, (k + 1) * g, g, idx), zlut);
                     acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s0, z0, acc0);
                     acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, z1, acc1);
                     k += 2;
                 }
-                if k < nfull {
+                if k < k1 {
                     let (s, z) = (lane_scales(scales, k * g, g, idx), zlut);
                     acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
                 }
             }
             _ => {
-                for k in 0..nfull {
+                for k in k0..k1 {
                     let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
                     acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, zlut, acc0);
                 }
@@ -615,7 +675,7 @@ mod avx512 {
         }
         let k = nfull;
         let rem = cols - k * NIB_CHUNK;
-        if rem > 0 {
+        if tail && rem > 0 {
             let nbytes = rem.div_ceil(QBLOCK) * QBLOCK / 2;
             let m: __mmask64 = if nbytes >= 64 {
                 u64::MAX
@@ -627,7 +687,7 @@ mod avx512 {
             acc1 = nib_chunk(&ctx, k, w, s, zlut, acc1);
         }
         let dense = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        if ctx.is_lut {
+        if ctx.is_lut || k0 > 0 {
             dense
         } else {
             dense - q4_zero_term(scales, zeros, gsum, gpr)
@@ -641,7 +701,13 @@ mod avx512 {
     /// (`round_up(cols, 16)` bytes); `scales` holds the row's groups; `act`
     /// was built with its SIMD tables.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub(super) unsafe fn q8_row(codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
+    pub(super) unsafe fn q8_row(
+        codes: &[u8],
+        scales: &[f16],
+        glen: usize,
+        act: &QuantAct,
+        (k0, k1): (usize, usize),
+    ) -> f32 {
         let cols = act.cols;
         assert!(codes.len() >= cols);
         assert!(act.xq.len() >= cols.div_ceil(BYTE_CHUNK) * BYTE_CHUNK);
@@ -657,19 +723,21 @@ mod avx512 {
         };
         let cp = codes.as_ptr();
         let nfull = cols / BYTE_CHUNK;
+        let tail = k0 <= nfull && nfull < k1;
+        let k1 = k1.min(nfull);
         let mut acc0 = _mm512_setzero_ps();
         let mut acc1 = _mm512_setzero_ps();
         match g {
             1 => {
                 let per = if glen >= cols {
-                    nfull.max(1)
+                    usize::MAX
                 } else {
                     glen / BYTE_CHUNK
                 };
-                let (mut k, mut g0) = (0, 0);
-                while k < nfull {
+                let (mut k, mut g0) = (k0, k0 / per);
+                while k < k1 {
                     let s = lane_scales(scales, g0, 1, idx);
-                    let end = (k + per).min(nfull);
+                    let end = (g0 + 1).saturating_mul(per).min(k1);
                     while k < end {
                         acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
                         std::mem::swap(&mut acc0, &mut acc1);
@@ -679,9 +747,9 @@ mod avx512 {
                 }
             }
             2 => {
-                let mut k = 0;
+                let mut k = k0;
                 // 16 scales per load, spread over the next 8 chunks.
-                while k + 8 <= nfull {
+                while k + 8 <= k1 {
                     let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
                         scales.as_ptr().add(2 * k) as *const __m256i
                     ));
@@ -695,20 +763,20 @@ mod avx512 {
                     }
                     k += 8;
                 }
-                while k + 2 <= nfull {
+                while k + 2 <= k1 {
                     let s0 = lane_scales(scales, 2 * k, 2, idx);
                     let s1 = lane_scales(scales, 2 * k + 2, 2, idx);
                     acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s0, acc0);
                     acc1 = byte_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, acc1);
                     k += 2;
                 }
-                if k < nfull {
+                if k < k1 {
                     let s = lane_scales(scales, 2 * k, 2, idx);
                     acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
                 }
             }
             _ => {
-                for k in 0..nfull {
+                for k in k0..k1 {
                     let s = lane_fill(scales, &[], k, 2, glen, cols).0;
                     acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
                 }
@@ -716,7 +784,7 @@ mod avx512 {
         }
         let k = nfull;
         let rem = cols - k * BYTE_CHUNK;
-        if rem > 0 {
+        if tail && rem > 0 {
             let m: __mmask64 = (1u64 << rem) - 1;
             let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
             let s = lane_fill(scales, &[], k, 2, glen, cols).0;
