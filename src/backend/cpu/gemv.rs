@@ -34,8 +34,17 @@ fn rows_per_task(rows: usize) -> usize {
 }
 
 /// Columns per block of a blocked GEMV: the activations of one block stay
-/// in L1 while a task's rows stream past them.
-const COL_BLOCK: usize = 4096;
+/// in L1 while a task's rows stream past them. `QUANTSCOPE_GEMV_COL_BLOCK`
+/// overrides it (rounded to a multiple of 128; for tuning experiments).
+fn col_block() -> usize {
+    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        std::env::var("QUANTSCOPE_GEMV_COL_BLOCK")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(4096, |v| v.clamp(128, 1 << 30) / 128 * 128)
+    })
+}
 
 /// `y[r] = Σ_b part(r, b)` for every row, in parallel; within a task the
 /// column block `b` is the outer loop so its activations are reused by every
@@ -105,12 +114,13 @@ pub(crate) fn gemv(
         });
         return;
     }
-    // Plain formats: blocks of COL_BLOCK columns. Integer formats on AVX-512:
+    // Plain formats: blocks of `col_block()` columns. Integer formats on AVX-512:
     // blocks of whole 512-bit chunks (the tail chunk in the last block).
-    let nb_plain = cols.div_ceil(COL_BLOCK);
-    let cb = |b: usize| (b * COL_BLOCK, ((b + 1) * COL_BLOCK).min(cols));
+    let block = col_block();
+    let nb_plain = cols.div_ceil(block);
+    let cb = |b: usize| (b * block, ((b + 1) * block).min(cols));
     let int_blocks = |chunk_cols: usize| -> (usize, usize) {
-        let per = COL_BLOCK / chunk_cols;
+        let per = block / chunk_cols;
         if path == KernelPath::Avx512 {
             (cols.div_ceil(chunk_cols).div_ceil(per), per)
         } else {
