@@ -80,8 +80,15 @@ pub(crate) fn lut_u8(codebook: &[f32; 16]) -> ([u8; 16], f32, f32) {
 /// Which 4-bit format a nibble kernel decodes.
 #[derive(Clone, Copy)]
 enum Nib<'a> {
-    Q4 { zeros: &'a [u8], gsum: &'a [f32] },
-    Lut { table: &'a [u8; 16], zero: f32 },
+    Q4 {
+        zeros: &'a [u8],
+        gsum: &'a [f32],
+    },
+    Lut {
+        table: &'a [u8; 16],
+        zero: f32,
+        gsum: &'a [f32],
+    },
 }
 
 /// `y = W · x` for one activation row (`x` already multiplied by the
@@ -195,6 +202,11 @@ pub(crate) fn gemv(
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             let (table, zero, step) = lut_u8(&q.codebook);
+            let gsum = if path == KernelPath::Avx512 {
+                act.group_sums(glen)
+            } else {
+                Vec::new()
+            };
             let (nb, per) = int_blocks(NIB_CHUNK);
             par_rows_blocked(y, nb, |r, b| {
                 step * nib_row(
@@ -204,6 +216,7 @@ pub(crate) fn gemv(
                     Nib::Lut {
                         table: &table,
                         zero,
+                        gsum: &gsum,
                     },
                     glen,
                     &act,
@@ -289,12 +302,12 @@ fn nib_row(
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (KernelPath::Avx512, Nib::Lut { table, zero }) => unsafe {
+        (KernelPath::Avx512, Nib::Lut { table, zero, gsum }) => unsafe {
             avx512::nib_row(
                 codes,
                 scales,
                 &[],
-                &[],
+                gsum,
                 Some((table, zero)),
                 glen,
                 act,
@@ -308,7 +321,7 @@ fn nib_row(
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (KernelPath::Avx2, Nib::Lut { table, zero }) => unsafe {
+        (KernelPath::Avx2, Nib::Lut { table, zero, .. }) => unsafe {
             avx2::int_row(codes, scales, glen, act, avx2::Fmt::Lut(table, zero))
         },
         (_, Nib::Q4 { zeros, .. }) => scalar_int_row(
@@ -318,7 +331,7 @@ fn nib_row(
             |g| zeros[g] as f32,
             |g| scales[g],
         ),
-        (_, Nib::Lut { table, zero }) => scalar_int_row(
+        (_, Nib::Lut { table, zero, .. }) => scalar_int_row(
             act,
             glen,
             |c| table[((codes[c / 2] >> (4 * (c % 2))) & 0xF) as usize] as i32,
@@ -506,16 +519,10 @@ mod avx512 {
         xs: *const f32,
     }
 
-    /// `acc + Σ lanes (dot − z·xs) · s · dx` for 4-bit chunk `k` (128 columns).
+    /// `acc + Σ lanes dot · s · dx` for 4-bit chunk `k` (128 columns); the
+    /// zero point is taken off once per row ([`zero_term`]).
     #[inline(always)]
-    unsafe fn nib_chunk(
-        c: &IntCtx,
-        k: usize,
-        w: __m512i,
-        s: __m512,
-        z: __m512,
-        acc: __m512,
-    ) -> __m512 {
+    unsafe fn nib_chunk(c: &IntCtx, k: usize, w: __m512i, s: __m512, acc: __m512) -> __m512 {
         let mut lo = _mm512_and_si512(w, c.mask);
         let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), c.mask);
         if c.is_lut {
@@ -526,10 +533,8 @@ mod avx512 {
         let xb = _mm512_loadu_si512(c.xq.add(NIB_CHUNK * k + 64) as *const __m512i);
         let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa);
         let d = _mm512_dpbusd_epi32(d, hi, xb);
-        let xs = _mm512_loadu_ps(c.xs.add(16 * k));
         let dx = _mm512_loadu_ps(c.dx.add(16 * k));
-        let t = _mm512_fnmadd_ps(z, xs, _mm512_cvtepi32_ps(d));
-        _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, dx), acc)
     }
 
     /// `acc + Σ lanes (dot − 128·xs) · s · dx` for q8 chunk `k` (64 columns);
@@ -552,9 +557,16 @@ mod avx512 {
         _mm512_loadu_si512(codes.add(64 * k) as *const __m512i)
     }
 
-    /// `Σ_g s_g · z_g · gsum_g` over the row's groups, 16 groups at a time.
+    /// `Σ_g s_g · z_g · gsum_g` over the row's groups, 16 groups at a time;
+    /// `z_g` is the q4 zero point, or lut4's constant zero when `zconst` is set.
     #[inline(always)]
-    unsafe fn q4_zero_term(scales: &[f16], zeros: &[u8], gsum: &[f32], gpr: usize) -> f32 {
+    unsafe fn zero_term(
+        scales: &[f16],
+        zeros: &[u8],
+        zconst: Option<f32>,
+        gsum: &[f32],
+        gpr: usize,
+    ) -> f32 {
         let mut acc = _mm512_setzero_ps();
         let mut g = 0;
         while g < gpr {
@@ -564,10 +576,13 @@ mod avx512 {
                 m,
                 scales.as_ptr().add(g) as *const i16,
             ));
-            let z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
-                m,
-                zeros.as_ptr().add(g) as *const i8,
-            )));
+            let z = match zconst {
+                Some(z) => _mm512_set1_ps(z),
+                None => _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                    m,
+                    zeros.as_ptr().add(g) as *const i8,
+                ))),
+            };
             let w = _mm512_maskz_loadu_ps(m, gsum.as_ptr().add(g));
             acc = _mm512_fmadd_ps(_mm512_mul_ps(s, z), w, acc);
             g += n;
@@ -596,15 +611,12 @@ mod avx512 {
     ) -> f32 {
         let cols = act.cols;
         let gpr = cols.div_ceil(glen);
-        assert!(table.is_some() || (zeros.len() >= gpr && gsum.len() >= gpr));
+        assert!(gsum.len() >= gpr && (table.is_some() || zeros.len() >= gpr));
         assert!(codes.len() >= cols.div_ceil(QBLOCK) * QBLOCK / 2);
         assert!(act.nib_xq.len() >= cols.div_ceil(NIB_CHUNK) * NIB_CHUNK);
         let g = groups_per_chunk(glen, cols, NIB_CHUNK);
         let idx = group_index(g);
-        let (lut, zlut) = match table {
-            Some((t, z)) => (*t, z),
-            None => ([0u8; 16], 0.0),
-        };
+        let lut = table.map_or([0u8; 16], |(t, _)| *t);
         let ctx = IntCtx {
             mask: _mm512_set1_epi8(0x0F),
             lut: _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i)),
@@ -613,8 +625,7 @@ mod avx512 {
             dx: act.nib_dx.as_ptr(),
             xs: act.nib_xs.as_ptr(),
         };
-        // q4 runs with lane zero 0; its zero points come in once per row.
-        let zlut = _mm512_set1_ps(zlut);
+        // Lanes hold Σ u8 · xq; the zero points come in once per row.
         let cp = codes.as_ptr();
         let nfull = cols / NIB_CHUNK;
         // Whole chunks k0..k1 of this call; the tail belongs to the last range.
@@ -632,10 +643,10 @@ mod avx512 {
                 };
                 let (mut k, mut g0) = (k0, k0 / per);
                 while k < k1 {
-                    let (s, z) = (lane_scales(scales, g0, 1, idx), zlut);
+                    let s = lane_scales(scales, g0, 1, idx);
                     let end = (g0 + 1).saturating_mul(per).min(k1);
                     while k < end {
-                        acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
+                        acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
                         // Alternate accumulators (two FMA chains in flight).
                         std::mem::swap(&mut acc0, &mut acc1);
                         k += 1;
@@ -657,29 +668,28 @@ mod avx512 {
                         let i1 = _mm512_add_epi32(idx, _mm512_set1_epi32(((j + 1) * g) as i32));
                         let s0 = _mm512_permutexvar_ps(i0, s16);
                         let s1 = _mm512_permutexvar_ps(i1, s16);
-                        acc0 = nib_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, zlut, acc0);
-                        acc1 =
-                            nib_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, zlut, acc1);
+                        acc0 = nib_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, acc0);
+                        acc1 = nib_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, acc1);
                         j += 2;
                     }
                     k += step;
                 }
                 while k + 2 <= k1 {
-                    let (s0, z0) = (lane_scales(scales, k * g, g, idx), zlut);
-                    let (s1, z1) = (lane_scales(scales, (k + 1) * g, g, idx), zlut);
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s0, z0, acc0);
-                    acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, z1, acc1);
+                    let s0 = lane_scales(scales, k * g, g, idx);
+                    let s1 = lane_scales(scales, (k + 1) * g, g, idx);
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s0, acc0);
+                    acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, acc1);
                     k += 2;
                 }
                 if k < k1 {
-                    let (s, z) = (lane_scales(scales, k * g, g, idx), zlut);
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, z, acc0);
+                    let s = lane_scales(scales, k * g, g, idx);
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
                 }
             }
             _ => {
                 for k in k0..k1 {
                     let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, zlut, acc0);
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
                 }
             }
         }
@@ -694,13 +704,14 @@ mod avx512 {
             };
             let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
             let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
-            acc1 = nib_chunk(&ctx, k, w, s, zlut, acc1);
+            acc1 = nib_chunk(&ctx, k, w, s, acc1);
         }
         let dense = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        if ctx.is_lut || k0 > 0 {
+        if k0 > 0 {
             dense
         } else {
-            dense - q4_zero_term(scales, zeros, gsum, gpr)
+            let zconst = table.map(|(_, z)| z);
+            dense - zero_term(scales, zeros, zconst, gsum, gpr)
         }
     }
 
