@@ -78,6 +78,7 @@ struct AssignParams {
 #define FLAG_OUTLIERS 1u
 #define FLAG_ACT_SCALE 2u
 
+#ifndef QUANTSCOPE_HOST_EMU
 // f32 value of IEEE half bits (exact).
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
@@ -92,6 +93,11 @@ __device__ __forceinline__ u16 f2h_rn(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#else
+// Host emulation (kernels/emu): the same conversions in software.
+__device__ __forceinline__ float h2f(u16 h) { return emu_h2f(h); }
+__device__ __forceinline__ u16 f2h_rn(float f) { return emu_f2h_rn(f); }
+#endif
 
 // f32 value of bfloat16 bits (exact).
 __device__ __forceinline__ float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
@@ -220,6 +226,23 @@ __device__ __forceinline__ void load_codebook(const float* __restrict__ codebook
         __syncthreads();
     }
 }
+
+// D += A · B for one m16n8k16 tile (f16 inputs, f32 accumulators), with
+// the fragment layout of the PTX ISA: a0..a3 and b0, b1 hold f16 pairs,
+// d[0..3] the lane's four accumulators. sm_80+ only (or the host emulation).
+#if defined(QUANTSCOPE_HOST_EMU)
+__device__ __forceinline__ void mma_16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    emu_mma_16816(d, a0, a1, a2, a3, b0, b1);
+}
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+__device__ __forceinline__ void mma_16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+#endif
 
 // Sum over the 32 lanes of a warp.
 __device__ __forceinline__ float warp_sum(float v) {

@@ -13,9 +13,10 @@
 // f32, so every weight is decoded once per block and reused by the 32 batch
 // rows; each thread then accumulates a 2 x 4 block of outputs.
 //
-// gemm_f16 on sm_80 and newer uses tensor cores instead (mma.sync
-// m16n8k16, f16 inputs, f32 accumulation): X is rounded to f16 on the way
-// into shared memory, the weights are f16 already. Launch shape is the same.
+// On sm_80 and newer, gemm_f16, gemm_q8, gemm_q4 and gemm_lut4 use tensor
+// cores instead (mma.sync m16n8k16, f16 inputs, f32 accumulation): weights
+// are decoded to f16 and X rounded to f16 on the way into shared memory.
+// Launch shape is the same.
 #include "common.cuh"
 
 #define GM_BM 32
@@ -132,28 +133,110 @@ __device__ __forceinline__ void gemm_simt(const MatmulParams p, const u8* __rest
     }
 }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-// Tensor-core path of gemm_f16: a block's 32 x 64 tile of Y is 8 warps, each
-// computing a 16 x 16 sub-tile (two m16n8k16 MMAs per 16 columns of K).
-// Shared tiles hold f16 pairs: X as [m][k] (row-major A), W as [n][k]
-// (column-major B), padded by 8 halves to spread banks.
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(QUANTSCOPE_HOST_EMU)
+#define GEMM_HAS_MMA 1
+// Tensor-core path (sm_80+) of gemm_f16, gemm_q8, gemm_q4 and gemm_lut4: a
+// block's 32 x 64 tile of Y is 8 warps, each computing a 16 x 16 sub-tile
+// (two m16n8k16 MMAs per 16 columns of K), f16 inputs, f32 accumulation.
+// Weights are decoded (q8 / q4 / lut4: scale applied, then rounded to f16;
+// f16: copied) and X rounded to f16 on the way into shared memory, so |X| and
+// |W| must stay below 65504. Shared tiles hold f16 pairs: X as [m][k]
+// (row-major A), W as [n][k] (column-major B), padded by 8 halves.
 #define MMA_PAD 8
 __device__ __forceinline__ u32 pack_h2(float lo, float hi) {
     return (u32)f2h_rn(lo) | ((u32)f2h_rn(hi) << 16);
 }
 
-__device__ __forceinline__ void gemm_f16_mma(const MatmulParams p, const u8* __restrict__ w,
-                                             const float* __restrict__ x, float* __restrict__ y) {
+// What one thread loads from global memory for one K step of gemm_mma: a
+// float4 of X and 8 columns of one weight row (16 bytes of f16, 8 bytes of
+// q8, one word of q4 / lut4) with its group constants. Loaded one step ahead
+// of its use, so the loads are in flight while the tensor cores work.
+struct MmaStage {
+    float4 xv;
+    uint4 wv;
+    GroupConsts g;
+};
+
+template <int FMT>
+__device__ __forceinline__ void mma_load(const MatmulParams& p, const u8* __restrict__ w,
+                                         const u16* __restrict__ scales, const u8* __restrict__ zeros,
+                                         const float* __restrict__ x, u32 xs, u32 m, u32 xcol, u32 r, u32 c0,
+                                         MmaStage& st) {
+    st.xv = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (m < p.batch) st.xv = __ldg((const float4*)(x + (u64)m * xs + xcol));
+    st.wv = make_uint4(0u, 0u, 0u, 0u);
+    st.g.scale = 1.0f;
+    st.g.zero = 0.0f;
+    if (r < p.rows && c0 < p.cols) {
+        const u8* row = w + (u64)r * p.row_stride_words * 4u;
+        if (FMT == FMT_F16) {
+            st.wv = __ldg((const uint4*)(row + 2u * c0));
+        } else if (FMT == FMT_Q8) {
+            const uint2 v = __ldg((const uint2*)(row + c0));
+            st.wv.x = v.x;
+            st.wv.y = v.y;
+        } else {
+            st.wv.x = __ldg((const u32*)row + (c0 >> 3));
+        }
+        st.g = group_consts<FMT>(p, scales, zeros, r, c0);
+    }
+}
+
+// The staged weights as 8 f16 values (4 pairs), zero beyond `cols`.
+template <int FMT>
+__device__ __forceinline__ uint4 mma_weights(const MatmulParams& p, const MmaStage& st, const float* cb, u32 c0) {
+    if (FMT == FMT_F16) {
+        u32 h[4] = {st.wv.x, st.wv.y, st.wv.z, st.wv.w};
+        if (c0 + 8 > p.cols) {
+            // Zero the padding halves of the last chunk (zero in storage
+            // already; this keeps the kernel honest).
+#pragma unroll
+            for (u32 j = 0; j < 8; ++j)
+                if (c0 + j >= p.cols) h[j >> 1] &= (j & 1u) ? 0x0000FFFFu : 0xFFFF0000u;
+        }
+        return make_uint4(h[0], h[1], h[2], h[3]);
+    }
+    float f[8];
+    if (FMT == FMT_Q8) {
+        const u32 a = st.wv.x ^ 0x80808080u, b = st.wv.y ^ 0x80808080u;
+#pragma unroll
+        for (u32 j = 0; j < 4; ++j) {
+            f[j] = st.g.scale * s8_at(a, j);
+            f[4 + j] = st.g.scale * s8_at(b, j);
+        }
+    } else {
+#pragma unroll
+        for (u32 j = 0; j < 8; ++j) {
+            const u32 q = (st.wv.x >> (4u * j)) & 0xFu;
+            f[j] = FMT == FMT_Q4 ? st.g.scale * ((float)q - st.g.zero) : st.g.scale * cb[q];
+        }
+    }
+    // Rows or columns out of range were staged as code 0, which need not
+    // decode to 0 (q4: -zero * scale): zero them here.
+#pragma unroll
+    for (u32 j = 0; j < 8; ++j)
+        if (c0 + j >= p.cols) f[j] = 0.0f;
+    return make_uint4(pack_h2(f[0], f[1]), pack_h2(f[2], f[3]), pack_h2(f[4], f[5]), pack_h2(f[6], f[7]));
+}
+
+template <int FMT>
+__device__ __forceinline__ void gemm_mma(const MatmulParams p, const u8* __restrict__ w,
+                                         const u16* __restrict__ scales, const u8* __restrict__ zeros,
+                                         const float* __restrict__ codebook, const float* __restrict__ x,
+                                         float* __restrict__ y) {
+    __shared__ float cb_s[16];
     __shared__ __align__(16) u16 xa[GM_BM][GM_BK + MMA_PAD];
     __shared__ __align__(16) u16 wb[GM_BN][GM_BK + MMA_PAD];
+    load_codebook<FMT>(codebook, cb_s);
     const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
     const u32 n0 = blockIdx.x * GM_BN, m0 = blockIdx.y * GM_BM;
     const u32 wm = (warp & 1u) * 16u;   // warp's batch offset in the tile
     const u32 wn = (warp >> 1) * 16u;   // warp's row offset in the tile
     const u32 xs = xstride(p.cols);
-    const u32 xm = tid >> 3, xk = (tid & 7u) * 4u;
-    const u32 ln = tid >> 2, lk = (tid & 3u) * 8u;
-    const u32 grp = lane >> 2, qid = lane & 3u;  // mma fragment coordinates
+    const u32 xm = tid >> 3, xk = (tid & 7u) * 4u;   // X loader: row, 4 columns
+    const u32 ln = tid >> 2, lk = (tid & 3u) * 8u;   // W loader: row, 8 columns
+    const u32 grp = lane >> 2, qid = lane & 3u;      // mma fragment coordinates
+    const u32 r = n0 + ln;
 
     float acc[2][4];
 #pragma unroll
@@ -161,26 +244,16 @@ __device__ __forceinline__ void gemm_f16_mma(const MatmulParams p, const u8* __r
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
+    MmaStage st;
+    mma_load<FMT>(p, w, scales, zeros, x, xs, m0 + xm, xk, r, lk, st);
     for (u32 k0 = 0; k0 < xs; k0 += GM_BK) {
-        float4 xv = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (m0 + xm < p.batch) xv = __ldg((const float4*)(x + (u64)(m0 + xm) * xs + k0 + xk));
-        *(uint2*)&xa[xm][xk] = make_uint2(pack_h2(xv.x, xv.y), pack_h2(xv.z, xv.w));
-        uint4 wv = make_uint4(0u, 0u, 0u, 0u);
-        const u32 r = n0 + ln, c0 = k0 + lk;
-        if (r < p.rows && c0 < p.cols) {
-            wv = __ldg((const uint4*)(w + (u64)r * p.row_stride_words * 4u + 2u * c0));
-            if (c0 + 8 > p.cols) {
-                // Zero the padding halves of the last chunk (they are zero in
-                // storage; this keeps the kernel honest if they were not).
-                u32 h[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-                for (u32 j = 0; j < 8; ++j)
-                    if (c0 + j >= p.cols) h[j >> 1] &= (j & 1u) ? 0x0000FFFFu : 0xFFFF0000u;
-                wv = make_uint4(h[0], h[1], h[2], h[3]);
-            }
-        }
+        *(uint2*)&xa[xm][xk] = make_uint2(pack_h2(st.xv.x, st.xv.y), pack_h2(st.xv.z, st.xv.w));
+        const uint4 wv = r < p.rows ? mma_weights<FMT>(p, st, cb_s, k0 + lk) : make_uint4(0u, 0u, 0u, 0u);
         *(uint4*)&wb[ln][lk] = wv;
         __syncthreads();
+        // Next step's loads go out now and land while the MMAs run.
+        if (k0 + GM_BK < xs)
+            mma_load<FMT>(p, w, scales, zeros, x, xs, m0 + xm, k0 + GM_BK + xk, r, k0 + GM_BK + lk, st);
 #pragma unroll
         for (u32 kk = 0; kk < GM_BK; kk += 16) {
             // A fragment (16 x 16, row-major): rows grp and grp + 8, columns
@@ -196,11 +269,7 @@ __device__ __forceinline__ void gemm_f16_mma(const MatmulParams p, const u8* __r
                 const u32 nn = wn + 8 * t + grp;
                 const u32 b0 = *(const u32*)&wb[nn][kk + 2 * qid];
                 const u32 b1 = *(const u32*)&wb[nn][kk + 2 * qid + 8];
-                asm volatile(
-                    "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-                    "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                    : "+f"(acc[t][0]), "+f"(acc[t][1]), "+f"(acc[t][2]), "+f"(acc[t][3])
-                    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+                mma_16816(acc[t], a0, a1, a2, a3, b0, b1);
             }
         }
         __syncthreads();
@@ -222,27 +291,25 @@ __device__ __forceinline__ void gemm_f16_mma(const MatmulParams p, const u8* __r
 }
 #endif
 
-#define GEMM_ENTRY(NAME, FMT)                                                                             \
+#define GEMM_ENTRY(NAME, IMPL, FMT)                                                                       \
     extern "C" __global__ void __launch_bounds__(GM_THREADS) NAME(                                        \
         const MatmulParams p, const u8* __restrict__ w, const u16* __restrict__ scales,                   \
         const u8* __restrict__ zeros, const float* __restrict__ codebook, const float* __restrict__ x,    \
         float* __restrict__ y) {                                                                          \
-        gemm_simt<FMT>(p, w, scales, zeros, codebook, x, y);                                              \
+        IMPL<FMT>(p, w, scales, zeros, codebook, x, y);                                                   \
     }
 
-GEMM_ENTRY(gemm_f32, FMT_F32)
-GEMM_ENTRY(gemm_bf16, FMT_BF16)
-GEMM_ENTRY(gemm_q8, FMT_Q8)
-GEMM_ENTRY(gemm_q4, FMT_Q4)
-GEMM_ENTRY(gemm_lut4, FMT_LUT4)
-
-extern "C" __global__ void __launch_bounds__(GM_THREADS)
-    gemm_f16(const MatmulParams p, const u8* __restrict__ w, const u16* __restrict__ scales,
-             const u8* __restrict__ zeros, const float* __restrict__ codebook, const float* __restrict__ x,
-             float* __restrict__ y) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    gemm_f16_mma(p, w, x, y);
+// f32 and bf16 stay on the SIMT path (f16 would cut their range / precision).
+GEMM_ENTRY(gemm_f32, gemm_simt, FMT_F32)
+GEMM_ENTRY(gemm_bf16, gemm_simt, FMT_BF16)
+#ifdef GEMM_HAS_MMA
+GEMM_ENTRY(gemm_f16, gemm_mma, FMT_F16)
+GEMM_ENTRY(gemm_q8, gemm_mma, FMT_Q8)
+GEMM_ENTRY(gemm_q4, gemm_mma, FMT_Q4)
+GEMM_ENTRY(gemm_lut4, gemm_mma, FMT_LUT4)
 #else
-    gemm_simt<FMT_F16>(p, w, scales, zeros, codebook, x, y);
+GEMM_ENTRY(gemm_f16, gemm_simt, FMT_F16)
+GEMM_ENTRY(gemm_q8, gemm_simt, FMT_Q8)
+GEMM_ENTRY(gemm_q4, gemm_simt, FMT_Q4)
+GEMM_ENTRY(gemm_lut4, gemm_simt, FMT_LUT4)
 #endif
-}

@@ -1,4 +1,4 @@
-// probe.cu: device ceilings (CUDA only; not part of the WGSL mirror).
+// probe.cu: FMA-rate probe for `measure_flops` (mirrors shaders/probe.wgsl).
 //
 // fma_rate: nothing but f32 fused multiply-adds, 8 independent chains per
 // thread so the pipelines stay full: 2 * 8 * iters FLOPs per thread. The

@@ -1,8 +1,8 @@
 //! quantscope: weight quantization engine and analyzer.
 //!
 //! Layers, top to bottom (data flows down, never back up):
-//! - [`quant`]: quantization algorithms producing [`format`] values;
-//! - [`format`]: packed layouts and exact byte sizes, shared by every backend;
+//! - [`quant`]: quantization algorithms producing [`format`](mod@format) values;
+//! - [`format`](mod@format): packed layouts and exact byte sizes, shared by every backend;
 //! - [`backend`]: the [`backend::Backend`] trait and its CPU, wgpu and CUDA
 //!   implementations, which run the packed formats;
 //! - [`metrics`]: error measures used everywhere;

@@ -93,6 +93,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1000, value_parser = parse_positive)]
     max_iterations: usize,
 
+    /// Run each approach this many times and report the median fit and
+    /// quantize latencies (figures do not change: everything is seeded).
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    repeat: usize,
+
     /// Print the results as JSON on stdout (no progress bar).
     #[arg(long)]
     json: bool,
@@ -213,6 +218,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             max_iterations: args.max_iterations,
         },
         threads,
+        repeat: args.repeat,
     };
     // Every configuration to run, validated before anything is computed or written.
     let configs: Vec<StudyConfig> = if args.all_configs {
@@ -375,13 +381,13 @@ fn print_run(r: &StudyRun) {
         );
         for a in &b.results {
             println!(
-                "    {:<16} {:>12.4e} {:>11.4e} {:>9.3} {:>10.4} {:>10.4} {:>8}",
+                "    {:<16} {:>12.4e} {:>11.4e} {:>9.3} {:>10} {:>10} {:>8}",
                 a.approach.name(),
                 a.l2_over_n,
                 a.rmse,
                 a.sqnr_db,
-                a.fit_s,
-                a.quantize_s,
+                seconds(a.fit_s),
+                seconds(a.quantize_s),
                 a.outliers
                     .map(|o| o.to_string())
                     .unwrap_or_else(|| "-".into())
@@ -390,5 +396,14 @@ fn print_run(r: &StudyRun) {
         for (a, why) in &b.skipped {
             println!("    {:<16} skipped: {why}", a.name());
         }
+    }
+}
+
+/// Seconds with 4 decimals, or in scientific notation below 10 ms.
+fn seconds(s: f64) -> String {
+    if s < 0.01 {
+        format!("{s:.2e}")
+    } else {
+        format!("{s:.4}")
     }
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::VectorError;
 use crate::backend::{Backend, MatrixHandle};
-use crate::format::{self, FormatKind, Matrix};
+use crate::format::{self, FormatKind, GroupSize, Matrix, Packed, QuantizedMatrix};
 
 /// Largest vector the exact DP optimum is computed for.
 pub const DP_MAX_N: usize = 10_000;
@@ -240,15 +240,19 @@ impl UploadedVector {
         let first = *values
             .first()
             .ok_or_else(|| VectorError::Invalid("empty vector".into()))?;
-        let cols = UPLOAD_COLS.min(n);
+        // A multiple of 4 columns: the f32 row stride (16 bytes) adds no
+        // padding, so the values go into the packed matrix with one copy.
+        let cols = UPLOAD_COLS.min(n.div_ceil(4) * 4);
         let rows = n.div_ceil(cols);
         let pad = rows * cols - n;
         let mut data = Vec::with_capacity(rows * cols);
         data.extend_from_slice(values);
         data.resize(rows * cols, first);
-        let m = Matrix::from_vec(rows, cols, data)?;
-        let packed = format::pack_plain(&m, FormatKind::F32)?;
-        drop(m);
+        let packed = if FormatKind::F32.row_stride_bytes(cols) == cols * 4 {
+            QuantizedMatrix::new(rows, cols, GroupSize::Row, Packed::F32(data))?
+        } else {
+            format::pack_plain(&Matrix::from_vec(rows, cols, data)?, FormatKind::F32)?
+        };
         let handle = backend.upload(&packed)?;
         Ok(UploadedVector {
             handle,
@@ -413,7 +417,7 @@ fn grid(a: f64, step: f64, k: usize) -> Vec<f32> {
 }
 
 /// The MSE-optimal uniform grid `a + j·Δ`: a search over the clipping range
-/// (centred on the midrange, 48 widths from 1/48 of the range to all of it),
+/// (centred on the midrange, 32 widths from 1/32 of the range to all of it),
 /// then alternating least squares — assign to the nearest level, solve for the
 /// best `(a, Δ)` given the assignment — which never increases the error.
 pub fn uniform_optimal(
@@ -435,8 +439,8 @@ pub fn uniform_optimal(
     }
     let centre = 0.5 * (lo + hi);
     let half = 0.5 * (hi - lo);
-    const WIDTHS: usize = 48;
-    let mut best = (f64::INFINITY, 0.0, 0.0);
+    const WIDTHS: usize = 32;
+    let mut best = (f64::INFINITY, 0.0, 0.0, Vec::new(), Vec::new());
     for i in 1..=WIDTHS {
         let w = half * i as f64 / WIDTHS as f64;
         let step = 2.0 * w / (k - 1) as f64;
@@ -445,17 +449,17 @@ pub fn uniform_optimal(
         let (sums, counts) = stats.cells(&levels)?;
         let mse = s.mse(&levels, &sums, &counts);
         if mse < best.0 {
-            best = (mse, a, step);
+            best = (mse, a, step, sums, counts);
         }
     }
-    let (mut mse, mut a, mut step) = best;
+    // The cells of the current grid are carried from one step to the next:
+    // one pass over the values per iteration.
+    let (mut mse, mut a, mut step, mut sums, mut counts) = best;
     let tol = opts.tolerance * s.std().max(f64::MIN_POSITIVE);
     let mut iterations = 0;
     let mut converged = false;
     while iterations < opts.max_iterations {
         iterations += 1;
-        let levels = grid(a, step, k);
-        let (sums, counts) = stats.cells(&levels)?;
         // Normal equations of min Σ_j Σ_{x in j} (x - a - jΔ)².
         let (mut n0, mut n1, mut n2, mut s0, mut s1) = (0.0, 0.0, 0.0, 0.0, 0.0);
         for j in 0..k {
@@ -491,6 +495,8 @@ pub fn uniform_optimal(
         a = na;
         step = nstep;
         mse = new_mse;
+        sums = ns;
+        counts = nc;
         if moved <= tol {
             converged = true;
             break;

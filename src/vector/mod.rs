@@ -6,7 +6,7 @@
 //! reference's error figure `‖v − q‖₂ / N`, RMSE and SQNR, and the latency
 //! split into fitting the levels and quantizing the whole vector.
 //!
-//! - [`generate`]: the vectors, seeded and deterministic;
+//! - [`generate`](mod@generate): the vectors, seeded and deterministic;
 //! - [`fit`]: level fitters (fixed and MSE-optimal uniform grids, Lloyd-Max,
 //!   the exact DP optimum) over one primitive, per-level sums and counts, that
 //!   runs on the sorted sample (CPU) or through [`crate::backend::Backend::assign_levels`];

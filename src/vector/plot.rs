@@ -140,8 +140,11 @@ pub fn plot_histogram(
         }
         let mut chart = b.build_cartesian_2d(lo..hi, 0.0..ymax)?;
         let mut mesh = chart.configure_mesh();
+        let count = |y: &f64| format!("{y:.0}");
         if text {
-            mesh.x_desc("value").y_desc("count");
+            mesh.x_desc("value")
+                .y_desc("count")
+                .y_label_formatter(&count);
         } else {
             mesh.x_labels(0).y_labels(0);
         }
@@ -462,6 +465,8 @@ pub fn plot_summary(path: &Path, runs: &[StudyRun]) -> Result<Drawn, VectorError
                 if metric == "error" {
                     let mut chart = b.build_cartesian_2d(0.0..g, 0.0..vmax * 1.1)?;
                     let mut mesh = chart.configure_mesh();
+                    let figure = |y: &f64| format!("{y:.2e}");
+                    mesh.y_label_formatter(&figure);
                     mesh.disable_x_mesh()
                         .x_labels(2 * approaches.len() + 1)
                         .x_label_formatter(&name);
@@ -495,6 +500,8 @@ pub fn plot_summary(path: &Path, runs: &[StudyRun]) -> Result<Drawn, VectorError
                     let lo = vmin / 2.0;
                     let mut chart = b.build_cartesian_2d(0.0..g, (lo..vmax * 2.0).log_scale())?;
                     let mut mesh = chart.configure_mesh();
+                    let seconds = |y: &f64| format!("{y:.1e}");
+                    mesh.y_label_formatter(&seconds);
                     mesh.disable_x_mesh()
                         .x_labels(2 * approaches.len() + 1)
                         .x_label_formatter(&name);
@@ -511,4 +518,34 @@ pub fn plot_summary(path: &Path, runs: &[StudyRun]) -> Result<Drawn, VectorError
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_font_falls_back_to_no_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.png");
+        let drawn = draw_png(&p, (64, 48), &|root, text| {
+            if text {
+                return Err("no font".into());
+            }
+            root.draw(&Rectangle::new([(2, 2), (20, 20)], RED.filled()))?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(drawn, Drawn::WithoutText("no font".into()));
+        assert!(std::fs::read(&p).unwrap().starts_with(b"\x89PNG"));
+        // Nothing else left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn histogram_counts_every_value_in_range() {
+        let v: Vec<f32> = (0..1000).map(|i| i as f32 / 999.0).collect();
+        let h = histogram(&v, 0.0, 1.0, 10);
+        assert_eq!(h.iter().sum::<u64>(), 1000);
+    }
 }

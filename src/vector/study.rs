@@ -30,6 +30,7 @@ pub enum Approach {
     LloydMax,
     /// The exact optimum of 1-D k-means by dynamic programming (N <= 10,000).
     DpOptimal,
+    #[serde(rename = "easyquant")]
     /// Values with |v − mean| > threshold·std kept exact, the rest quantized
     /// with optimized levels (DP optimum when the inliers are few enough,
     /// Lloyd-Max otherwise).
@@ -113,6 +114,14 @@ pub struct StudyConfig {
     pub iter: IterOptions,
     /// CPU threads (rayon) used by the run.
     pub threads: usize,
+    /// Runs of each approach; the latencies reported are the medians (the
+    /// figures are the same every run: everything is seeded).
+    #[serde(default = "one")]
+    pub repeat: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl StudyConfig {
@@ -127,6 +136,7 @@ impl StudyConfig {
             approaches: Approach::ALL.to_vec(),
             iter: IterOptions::default(),
             threads: rayon::current_num_threads(),
+            repeat: 1,
         }
     }
 
@@ -157,6 +167,9 @@ impl StudyConfig {
         }
         if self.approaches.is_empty() {
             return Err(VectorError::Invalid("no approach chosen".into()));
+        }
+        if self.repeat == 0 {
+            return Err(VectorError::Invalid("repeat must be at least 1".into()));
         }
         if self.threads == 0 {
             return Err(VectorError::Invalid("threads must be at least 1".into()));
@@ -333,8 +346,20 @@ pub fn run_study(
                     run.skipped
                         .push((a, format!("the exact DP is computed for N <= {DP_MAX_N}")));
                 } else {
-                    run.results
-                        .push(run_approach(cfg, values, b, a, FitPath::Auto)?);
+                    let mut r = run_approach(cfg, values, b, a, FitPath::Auto)?;
+                    if cfg.repeat > 1 {
+                        let mut fits = vec![r.fit_s];
+                        let mut quants = vec![r.quantize_s];
+                        for _ in 1..cfg.repeat {
+                            let again = run_approach(cfg, values, b, a, FitPath::Auto)?;
+                            fits.push(again.fit_s);
+                            quants.push(again.quantize_s);
+                        }
+                        r.fit_s = median(&mut fits);
+                        r.quantize_s = median(&mut quants);
+                        r.latency_s = r.fit_s + r.quantize_s;
+                    }
+                    run.results.push(r);
                 }
                 done += 1;
                 on_event(StudyEvent::Done {
@@ -590,4 +615,16 @@ pub fn run_approach(
             .map(|(m, s)| (m - cfg.threshold * s, m + cfg.threshold * s)),
         quantized: (values.len() <= KEEP_QUANTIZED_MAX_N).then_some(q),
     })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }

@@ -36,8 +36,8 @@ pub const KERNEL_FILES: [(&str, &str); 7] = [
     ("probe", include_str!("../../../kernels/probe.cu")),
 ];
 
-/// Entry points of each kernel file (the contract shared with `shaders/*.wgsl`,
-/// plus `probe`, which only CUDA has).
+/// Entry points of each kernel file: the same stems and names as
+/// `shaders/*.wgsl`.
 pub const KERNEL_ENTRIES: [(&str, &[&str]); 7] = [
     ("quantize", &["quantize_q8", "quantize_q4"]),
     (

@@ -25,13 +25,13 @@ pub mod compile;
 pub mod nvml;
 
 use std::collections::HashMap;
-use std::panic::catch_unwind;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
-    DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 use half::f16;
@@ -165,6 +165,16 @@ impl DeviceMatrix {
     }
 }
 
+/// Output rows each warp of `gemv_<format>` computes (`GemvRows` in
+/// kernels/gemv.cu): narrow codes share each load of X among several rows.
+pub fn gemv_rows_per_warp(kind: FormatKind) -> u32 {
+    match kind {
+        FormatKind::Q4 | FormatKind::Lut4 => 4,
+        FormatKind::Q8 => 2,
+        FormatKind::F32 | FormatKind::F16 | FormatKind::Bf16 => 1,
+    }
+}
+
 /// Row stride (floats) of X as the GEMV / GEMM kernels read it.
 fn x_stride(cols: usize) -> usize {
     cols.div_ceil(32) * 32
@@ -256,6 +266,10 @@ impl CudaBackend {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("multiprocessor count"))?
             .max(1) as u32;
+        let integrated = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
+            .map(|v| v != 0)
+            .unwrap_or(false);
         let mut version = 0i32;
         // SAFETY: writes one int; the driver is loaded (context exists).
         let cuda_version = unsafe { sys::cuDriverGetVersion(&mut version) }
@@ -293,7 +307,11 @@ impl CudaBackend {
         let info = DeviceInfo {
             backend: BackendKind::Cuda,
             name,
-            device_type: "discrete-gpu".into(),
+            device_type: if integrated {
+                "integrated-gpu".into()
+            } else {
+                "discrete-gpu".into()
+            },
             driver,
             memory_total_bytes: Some(total),
             compute_capability: Some((major.max(0) as u32, minor.max(0) as u32)),
@@ -317,6 +335,101 @@ impl CudaBackend {
     /// NVML facts about this device, queried now (memory and clocks change).
     pub fn nvml_facts(&self) -> NvmlFacts {
         self.nvml.facts()
+    }
+
+    /// Times cuBLAS's f16 GEMM (`cublasGemmEx`, f16 inputs and output, f32
+    /// compute, tensor cores) on the shape of `Y = X · Wᵀ` with W of
+    /// `rows x cols` and X of `batch x cols`: the speed a plain f16 layer gets
+    /// from the vendor library, the reference for the quantized kernels. The
+    /// same protocol as [`Backend::time_matmul`] (warm-up, L2 flush, CUDA
+    /// events); libcublas is loaded on first use and its absence reported as
+    /// [`BackendError::Unavailable`].
+    pub fn time_cublas_f16_gemm(
+        &self,
+        rows: usize,
+        cols: usize,
+        batch: usize,
+        runs: usize,
+    ) -> Result<KernelTiming, BackendError> {
+        use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
+        let present = catch_unwind(|| {
+            // SAFETY: only tries to dlopen the library by its usual names.
+            unsafe { blas_sys::is_culib_present() }
+        })
+        .unwrap_or(false);
+        if !present {
+            return Err(unavailable(
+                "libcublas not found (install the CUDA toolkit or the nvidia-cublas-cu12 wheel)",
+            ));
+        }
+        if rows == 0 || cols == 0 || batch == 0 {
+            return Err(BackendError::Invalid(
+                "cuBLAS GEMM needs rows, cols and batch >= 1".into(),
+            ));
+        }
+        let (m, n, k) = (
+            i32::try_from(rows).map_err(|_| BackendError::Invalid("rows too large".into()))?,
+            i32::try_from(batch).map_err(|_| BackendError::Invalid("batch too large".into()))?,
+            i32::try_from(cols).map_err(|_| BackendError::Invalid("cols too large".into()))?,
+        );
+        let blas = catch_unwind(AssertUnwindSafe(|| CudaBlas::new(self.stream.clone())))
+            .map_err(|_| unavailable("cuBLAS panicked while loading"))?
+            .map_err(|e| device_error(format!("cublasCreate: {e}")))?;
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0xb1a5);
+        let mut random = |len: usize| -> Vec<f16> {
+            (0..len)
+                .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+                .collect()
+        };
+        let w = self.upload_slice(&random(rows * cols))?;
+        let x = self.upload_slice(&random(batch * cols))?;
+        let mut y = self.zeros::<f16>(batch * rows)?;
+        // Column-major view: Yᵀ (rows x batch) = op(W) · Xᵀ, where the
+        // row-major W buffer is W (cols x rows, column-major) and op = T.
+        let cfg = GemmConfig {
+            transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            m,
+            n,
+            k,
+            alpha: f16::ONE,
+            lda: k,
+            ldb: k,
+            beta: f16::ZERO,
+            ldc: m,
+        };
+        let l2 = self
+            .ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .unwrap_or(0)
+            .max(0) as usize;
+        let mut flush = if l2 > 0 && w.bytes < 4 * l2 as u64 {
+            Some(self.zeros::<u8>(2 * l2)?)
+        } else {
+            None
+        };
+        let samples = self.time_on_stream(
+            3,
+            runs,
+            || match flush.as_mut() {
+                Some(f) => self
+                    .stream
+                    .memset_zeros(&mut f.slice)
+                    .map_err(drv("L2 flush")),
+                None => Ok(()),
+            },
+            || {
+                // SAFETY: W holds rows * cols, X batch * cols and Y
+                // batch * rows halves, matching m, n, k and the leading
+                // dimensions above.
+                unsafe { blas.gemm(cfg, &w.slice, &x.slice, &mut y.slice) }
+                    .map_err(|e| device_error(format!("cublasGemmEx: {e}")))
+            },
+        )?;
+        Ok(KernelTiming {
+            samples_s: samples,
+            source: TimingSource::CudaEvent,
+        })
     }
 
     /// The architecture the kernels are compiled for (`sm_90`, ...).
@@ -411,6 +524,31 @@ impl CudaBackend {
         Ok(self.track(s))
     }
 
+    /// An f32 output buffer filled with NaN: any element a kernel forgets to
+    /// write shows up in the cross-backend test instead of passing as 0.
+    fn poisoned_f32(&self, len: usize) -> Result<Buf<f32>, BackendError> {
+        // SAFETY: the memory is uninitialized only until the memset below,
+        // queued on the same stream before any other use.
+        let slice =
+            unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(drv("device allocation"))?;
+        let buf = self.track(slice);
+        let (ptr, sync) = buf.slice.device_ptr(&self.stream);
+        // SAFETY: `ptr` addresses `buf.slice.len()` f32 values of a live
+        // allocation, written on the stream that owns it.
+        unsafe {
+            sys::cuMemsetD32Async(
+                ptr,
+                f32::NAN.to_bits(),
+                buf.slice.len(),
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(drv("memset"))?;
+        drop(sync);
+        Ok(buf)
+    }
+
     fn download<T: DeviceRepr + ValidAsZeroBits + Clone>(
         &self,
         buf: &Buf<T>,
@@ -491,7 +629,7 @@ impl CudaBackend {
             (
                 format!("gemv_{}", m.kind.name()),
                 LaunchConfig {
-                    grid_dim: (p.rows.div_ceil(8), 1, 1),
+                    grid_dim: (p.rows.div_ceil(8 * gemv_rows_per_warp(m.kind)), 1, 1),
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 },
@@ -552,11 +690,13 @@ impl CudaBackend {
     }
 
     /// Times `runs` repetitions of `work`, queued back to back between CUDA
-    /// events, after `warmup` untimed ones. Returns seconds per run.
+    /// events, after `warmup` untimed ones; `before` runs before each timed
+    /// run, outside the events (e.g. an L2 flush). Returns seconds per run.
     fn time_on_stream(
         &self,
         warmup: usize,
         runs: usize,
+        mut before: impl FnMut() -> Result<(), BackendError>,
         mut work: impl FnMut() -> Result<(), BackendError>,
     ) -> Result<Vec<f64>, BackendError> {
         for _ in 0..warmup {
@@ -568,6 +708,7 @@ impl CudaBackend {
         for _ in 0..runs.max(1) {
             let start = self.ctx.new_event(timing).map_err(drv("create event"))?;
             let end = self.ctx.new_event(timing).map_err(drv("create event"))?;
+            before()?;
             start.record(&self.stream).map_err(drv("record event"))?;
             work()?;
             end.record(&self.stream).map_err(drv("record event"))?;
@@ -826,7 +967,7 @@ impl Backend for CudaBackend {
     fn dequantize(&self, h: &MatrixHandle) -> Result<Vec<f32>, BackendError> {
         let m = self.get(h)?;
         let n = m.rows() * m.cols();
-        let mut out = self.zeros::<f32>(n)?;
+        let mut out = self.poisoned_f32(n)?;
         let entry = format!("dequantize_{}", m.kind.name());
         let f = self.function("dequantize", &entry)?;
         let mut b = self.stream.launch_builder(&f);
@@ -858,7 +999,7 @@ impl Backend for CudaBackend {
         } else {
             None
         };
-        let mut y = self.zeros::<f32>(batch * m.rows())?;
+        let mut y = self.poisoned_f32(batch * m.rows())?;
         self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y)?;
         self.download(&y, batch * m.rows())
     }
@@ -1021,9 +1162,32 @@ impl Backend for CudaBackend {
             None
         };
         let mut y = self.zeros::<f32>(batch * m.rows())?;
-        let samples = self.time_on_stream(3, runs, || {
-            self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y)
-        })?;
+        // Weights smaller than the L2 cache would be timed from L2 after the
+        // first run: overwrite a buffer twice the L2 size before each run
+        // (outside the timed events), so every run reads the weights from
+        // device memory as a real forward pass does.
+        let l2 = self
+            .ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .unwrap_or(0)
+            .max(0) as usize;
+        let mut flush = if l2 > 0 && (m.bytes() as usize) < 4 * l2 {
+            Some(self.zeros::<u8>(2 * l2)?)
+        } else {
+            None
+        };
+        let samples = self.time_on_stream(
+            3,
+            runs,
+            || match flush.as_mut() {
+                Some(f) => self
+                    .stream
+                    .memset_zeros(&mut f.slice)
+                    .map_err(drv("L2 flush")),
+                None => Ok(()),
+            },
+            || self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y),
+        )?;
         Ok(KernelTiming {
             samples_s: samples,
             source: TimingSource::CudaEvent,
@@ -1034,11 +1198,16 @@ impl Backend for CudaBackend {
         let n = (bytes.max(1 << 20) / 256) * 256;
         let src = self.zeros::<u8>(n)?;
         let mut dst = self.zeros::<u8>(n)?;
-        let samples = self.time_on_stream(2, 15, || {
-            self.stream
-                .memcpy_dtod(&src.slice, &mut dst.slice)
-                .map_err(drv("device-to-device copy"))
-        })?;
+        let samples = self.time_on_stream(
+            2,
+            15,
+            || Ok(()),
+            || {
+                self.stream
+                    .memcpy_dtod(&src.slice, &mut dst.slice)
+                    .map_err(drv("device-to-device copy"))
+            },
+        )?;
         let seconds = KernelTiming {
             samples_s: samples,
             source: TimingSource::CudaEvent,
@@ -1066,15 +1235,20 @@ impl Backend for CudaBackend {
             shared_mem_bytes: 0,
         };
         let seed = 0.5f32;
-        let samples = self.time_on_stream(1, 7, || {
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&mut out.slice).arg(&ITERS).arg(&seed);
-            // SAFETY: matches fma_rate(float* out, u32 iters, float seed); out
-            // holds one float per thread.
-            unsafe { b.launch(cfg) }
-                .map(|_| ())
-                .map_err(drv("launch fma_rate"))
-        })?;
+        let samples = self.time_on_stream(
+            1,
+            7,
+            || Ok(()),
+            || {
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&mut out.slice).arg(&ITERS).arg(&seed);
+                // SAFETY: matches fma_rate(float* out, u32 iters, float seed); out
+                // holds one float per thread.
+                unsafe { b.launch(cfg) }
+                    .map(|_| ())
+                    .map_err(drv("launch fma_rate"))
+            },
+        )?;
         let seconds = KernelTiming {
             samples_s: samples,
             source: TimingSource::CudaEvent,
