@@ -1,1 +1,268 @@
-fn main() {}
+//! CPU kernel benches: GEMV (batch 1) and GEMM (batch 32; batch 512 for the
+//! issue's 4096x14336 targets) for f32, f16, q8, q4 and lut4.
+//!
+//! Each bench rotates among enough matrices that the working set is at least
+//! 4x the last-level cache, so GEMV figures are DRAM figures. Next to
+//! criterion's output every case prints its median time, GB/s of weight bytes
+//! read (or GFLOP/s) and the fraction of this machine's measured floor, and a
+//! Markdown table is printed at the end (the source of `docs/PERFORMANCE.md`).
+//!
+//! `QUANTSCOPE_BENCH_FULL=0` skips the batch-512 GEMMs (about a minute);
+//! `QUANTSCOPE_BENCH_ONLY=<text>` runs only the cases whose name contains it
+//! (e.g. `gemv q4`).
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use half::{bf16, f16};
+use quantscope::backend::cpu::bandwidth::{
+    llc_bytes, measure_fma_rate, probe_bytes, Floor, ReadProbe,
+};
+use quantscope::backend::cpu::{matmul_into, KernelPath};
+use quantscope::format::{
+    FormatKind, GroupSize, Lut4, Packed, QuantizedMatrix, NF4_CODEBOOK, Q4, Q8,
+};
+
+/// A fast deterministic generator (random matrices of hundreds of MB).
+struct SplitMix(u64);
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// A random packed matrix built directly from random codes (no quantizer run).
+fn random_matrix(kind: FormatKind, rows: usize, cols: usize, seed: u64) -> QuantizedMatrix {
+    let mut g = SplitMix(seed);
+    let group = GroupSize::Cols(32);
+    let stride = kind.row_stride_bytes(cols);
+    let groups = rows * group.groups_per_row(cols);
+    let scales = |g: &mut SplitMix| -> Vec<f16> {
+        (0..groups)
+            .map(|_| f16::from_f32(0.01 + 0.01 * g.unit().abs()))
+            .collect()
+    };
+    let packed = match kind {
+        FormatKind::F32 => Packed::F32((0..rows * stride / 4).map(|_| g.unit()).collect()),
+        FormatKind::F16 => Packed::F16(
+            (0..rows * stride / 2)
+                .map(|_| f16::from_f32(g.unit()))
+                .collect(),
+        ),
+        FormatKind::Bf16 => Packed::Bf16(
+            (0..rows * stride / 2)
+                .map(|_| bf16::from_f32(g.unit()))
+                .collect(),
+        ),
+        FormatKind::Q8 => Packed::Q8(Q8 {
+            codes: (0..rows * stride)
+                .map(|_| (g.next() % 255) as i16 as i8)
+                .map(|c| c.max(-127))
+                .collect(),
+            scales: scales(&mut g),
+        }),
+        FormatKind::Q4 => Packed::Q4(Q4 {
+            codes: (0..rows * stride / 4).map(|_| g.next() as u32).collect(),
+            zeros: (0..groups).map(|_| (g.next() % 16) as u8).collect(),
+            scales: scales(&mut g),
+        }),
+        FormatKind::Lut4 => Packed::Lut4(Lut4 {
+            codes: (0..rows * stride / 4).map(|_| g.next() as u32).collect(),
+            codebook: NF4_CODEBOOK,
+            scales: scales(&mut g),
+        }),
+    };
+    let group = if kind.is_grouped() {
+        group
+    } else {
+        GroupSize::Row
+    };
+    match QuantizedMatrix::new(rows, cols, group, packed) {
+        Ok(m) => m,
+        Err(e) => panic!("bench matrix: {e}"),
+    }
+}
+
+/// One printed result.
+struct Row {
+    case: String,
+    median_s: f64,
+    rate: String,
+    fraction: f64,
+    floor: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
+fn bench_case(
+    c: &mut Criterion,
+    probe_buf: &ReadProbe,
+    results: &mut Vec<Row>,
+    kind: FormatKind,
+    (rows, cols): (usize, usize),
+    batch: usize,
+) {
+    let case = if batch == 1 {
+        format!("gemv {kind} {rows}x{cols}")
+    } else {
+        format!("gemm {kind} {rows}x{cols} b{batch}")
+    };
+    if let Ok(only) = std::env::var("QUANTSCOPE_BENCH_ONLY") {
+        if !case.contains(only.as_str()) {
+            return;
+        }
+    }
+    let probe = random_matrix(kind, rows, cols, 1);
+    let bytes = probe.storage_bytes().total();
+    // Working set >= 4x LLC (GEMM reuses the weights, so two are enough there).
+    let llc = llc_bytes().unwrap_or(32 << 20);
+    let count = if batch == 1 {
+        (4 * llc).div_ceil(bytes).max(2)
+    } else {
+        2
+    };
+    let mut mats = vec![probe];
+    mats.extend((1..count).map(|i| random_matrix(kind, rows, cols, 1 + i as u64)));
+    let mut g = SplitMix(99);
+    let x: Vec<f32> = (0..batch * cols).map(|_| g.unit()).collect();
+    let mut y = vec![0.0f32; batch * rows];
+    let flops = 2.0 * (batch * rows * cols) as f64;
+    let times = RefCell::new(Vec::new());
+    let mut group = c.benchmark_group(if batch == 1 { "gemv" } else { "gemm" });
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(if batch >= 512 { 500 } else { 1500 }))
+        .sampling_mode(SamplingMode::Flat);
+    if batch == 1 {
+        group.throughput(Throughput::Bytes(bytes as u64));
+    } else {
+        group.throughput(Throughput::Elements(flops as u64));
+    }
+    let mut next = 0usize;
+    group.bench_function(&case, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let m = &mats[next % mats.len()];
+                next += 1;
+                let t = Instant::now();
+                if let Err(e) = matmul_into(m, &x, batch, &mut y) {
+                    panic!("{case}: {e}");
+                }
+                let dt = t.elapsed();
+                times.borrow_mut().push(dt.as_secs_f64());
+                total += dt;
+            }
+            total
+        })
+    });
+    group.finish();
+    let med = median(times.into_inner());
+    // The floor right after the case: on a shared machine it moves.
+    let floor = if batch == 1 {
+        Floor {
+            read_bytes_per_s: probe_buf.measure(5).bytes_per_s,
+            flops: f64::NAN,
+        }
+    } else {
+        Floor {
+            read_bytes_per_s: f64::NAN,
+            flops: measure_fma_rate(),
+        }
+    };
+    let row = if batch == 1 {
+        Row {
+            case,
+            median_s: med,
+            rate: format!("{:.1} GB/s", bytes as f64 / med / 1e9),
+            fraction: floor.bandwidth_fraction(bytes as f64, med),
+            floor: format!("read {:.1} GB/s", floor.read_bytes_per_s / 1e9),
+        }
+    } else {
+        Row {
+            case,
+            median_s: med,
+            rate: format!("{:.1} GFLOP/s", flops / med / 1e9),
+            fraction: floor.compute_fraction(flops, med),
+            floor: format!("FMA {:.0} GFLOP/s", floor.flops / 1e9),
+        }
+    };
+    println!(
+        "{}: median {:.3} ms, {}, {:.2} of floor ({})",
+        row.case,
+        row.median_s * 1e3,
+        row.rate,
+        row.fraction,
+        row.floor
+    );
+    results.push(row);
+}
+
+fn cpu_kernels(c: &mut Criterion) {
+    let probe_buf = ReadProbe::new(probe_bytes());
+    let floor = Floor {
+        read_bytes_per_s: probe_buf.measure(7).bytes_per_s,
+        flops: measure_fma_rate(),
+    };
+    println!(
+        "kernel path {}, {} threads; floor: read {:.1} GB/s, FMA {:.1} GFLOP/s",
+        KernelPath::selected(),
+        rayon::current_num_threads(),
+        floor.read_bytes_per_s / 1e9,
+        floor.flops / 1e9
+    );
+    let kinds = [
+        FormatKind::F32,
+        FormatKind::F16,
+        FormatKind::Q8,
+        FormatKind::Q4,
+        FormatKind::Lut4,
+    ];
+    let mut results = Vec::new();
+    for shape in [(4096, 4096), (4096, 14336)] {
+        for kind in kinds {
+            bench_case(c, &probe_buf, &mut results, kind, shape, 1);
+        }
+        for kind in kinds {
+            bench_case(c, &probe_buf, &mut results, kind, shape, 32);
+        }
+    }
+    if std::env::var("QUANTSCOPE_BENCH_FULL").map_or(true, |v| v != "0") {
+        for kind in [FormatKind::F32, FormatKind::Q8, FormatKind::Q4] {
+            bench_case(c, &probe_buf, &mut results, kind, (4096, 14336), 512);
+        }
+    }
+    println!();
+    println!("| case | median | rate | floor measured right after | fraction of floor |");
+    println!("| --- | --- | --- | --- | --- |");
+    for r in &results {
+        println!(
+            "| {} | {:.3} ms | {} | {} | {:.2} |",
+            r.case,
+            r.median_s * 1e3,
+            r.rate,
+            r.floor,
+            r.fraction
+        );
+    }
+}
+
+criterion_group!(benches, cpu_kernels);
+criterion_main!(benches);

@@ -4,7 +4,7 @@
 //! activation scales.
 
 use half::f16;
-use quantscope::backend::cpu::{bandwidth, matmul_with, KernelPath};
+use quantscope::backend::cpu::{bandwidth, matmul_opts, matmul_with, GemvActivations, KernelPath};
 use quantscope::format::{
     pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers,
     QuantizedMatrix, NF4_CODEBOOK,
@@ -131,12 +131,27 @@ fn check(m: &QuantizedMatrix, batch: usize, seed: u64) {
         );
         let p = nmse(&scalar, &got);
         assert!(p < PATH_NMSE, "{what}: NMSE {p:e} vs scalar path");
+        if int8_act {
+            // The exact GEMV (f32 activations) meets the exact bound.
+            let mut y = vec![f32::NAN; m.rows()];
+            matmul_opts(path, GemvActivations::F32, m, &x, 1, &mut y).unwrap();
+            let e = nmse_f64(&want, &y);
+            assert!(e < EXACT_NMSE, "{what} with f32 activations: NMSE {e:e}");
+        }
     }
 }
 
 #[test]
 fn every_path_matches_reference_on_odd_shapes() {
-    let shapes = [(37, 300), (19, 33), (16, 128), (5, 1000), (3, 4099)];
+    let shapes = [
+        (37, 300),
+        (19, 33),
+        (16, 128),
+        (5, 1000),
+        (3, 4099),
+        (32, 4160),
+        (24, 8200),
+    ];
     for (i, &(rows, cols)) in shapes.iter().enumerate() {
         let w = weights(rows, cols, 10 + i as u64);
         for m in packings(&w) {

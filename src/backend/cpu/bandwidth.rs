@@ -51,40 +51,70 @@ fn median(samples: Vec<f64>) -> f64 {
     .median_s()
 }
 
-/// Sums a slice with independent lanes (vectorizes to the widest registers
-/// the enclosing function is compiled for).
-#[inline(always)]
+/// Portable sum of a slice (the compiler vectorizes the fold).
 fn sum_lanes(b: &[u64]) -> u64 {
-    let mut acc = [0u64; 16];
-    let mut chunks = b.chunks_exact(16);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = a.wrapping_add(v);
-        }
-    }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(0u64, |a, &v| a.wrapping_add(v));
-    acc.iter().fold(tail, |a, &v| a.wrapping_add(v))
+    b.iter().fold(0u64, |a, &v| a.wrapping_add(v))
 }
 
+/// Sum of a slice with four independent zmm accumulators: a pure read stream.
+///
+/// # Safety
+/// The CPU supports AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn sum_avx512(b: &[u64]) -> u64 {
-    sum_lanes(b)
+unsafe fn sum_avx512(b: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let n = b.len() / 32 * 32;
+    let p = b.as_ptr() as *const __m512i;
+    let mut acc = [_mm512_setzero_si512(); 4];
+    for i in (0..n / 8).step_by(4) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_add_epi64(*a, _mm512_loadu_si512(p.add(i + j)));
+        }
+    }
+    let s = _mm512_add_epi64(
+        _mm512_add_epi64(acc[0], acc[1]),
+        _mm512_add_epi64(acc[2], acc[3]),
+    );
+    let mut out = [0u64; 8];
+    _mm512_storeu_si512(out.as_mut_ptr() as *mut __m512i, s);
+    out.iter()
+        .chain(&b[n..])
+        .fold(0u64, |a, &v| a.wrapping_add(v))
 }
 
+/// Sum of a slice with four independent ymm accumulators.
+///
+/// # Safety
+/// The CPU supports AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn sum_avx2(b: &[u64]) -> u64 {
-    sum_lanes(b)
+unsafe fn sum_avx2(b: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let n = b.len() / 16 * 16;
+    let p = b.as_ptr() as *const __m256i;
+    let mut acc = [_mm256_setzero_si256(); 4];
+    for i in (0..n / 4).step_by(4) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_add_epi64(*a, _mm256_loadu_si256(p.add(i + j)));
+        }
+    }
+    let s = _mm256_add_epi64(
+        _mm256_add_epi64(acc[0], acc[1]),
+        _mm256_add_epi64(acc[2], acc[3]),
+    );
+    let mut out = [0u64; 4];
+    _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, s);
+    out.iter()
+        .chain(&b[n..])
+        .fold(0u64, |a, &v| a.wrapping_add(v))
 }
 
 fn sum_read(path: KernelPath, b: &[u64]) -> u64 {
     match path {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path is supported by this CPU (checked by `KernelPath::best`).
+        // SAFETY: the path is supported by this CPU (checked by `KernelPath::best`);
+        // the loads stay inside the slice.
         KernelPath::Avx512 => unsafe { sum_avx512(b) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
@@ -93,37 +123,58 @@ fn sum_read(path: KernelPath, b: &[u64]) -> u64 {
     }
 }
 
-/// Median bandwidth of a read of `bytes` (rounded up to at least 64 MiB)
+/// A buffer kept for repeated read-bandwidth measurements, so a bench can
+/// take the floor right next to each kernel on a noisy machine.
+pub struct ReadProbe {
+    buf: Vec<u64>,
+}
+
+impl ReadProbe {
+    /// Allocates and touches `bytes` (at least 64 MiB) of memory.
+    pub fn new(bytes: usize) -> ReadProbe {
+        let n = bytes.max(64 << 20) / 8;
+        let mut buf = vec![0u64; n];
+        buf.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(i, c)| c.iter_mut().for_each(|v| *v = i as u64));
+        ReadProbe { buf }
+    }
+
+    /// Median bandwidth of `runs` reads of the buffer, split into one
+    /// contiguous part per rayon thread, all threads at once.
+    pub fn measure(&self, runs: usize) -> Bandwidth {
+        let path = KernelPath::best();
+        let n = self.buf.len();
+        let threads = rayon::current_num_threads().max(1);
+        let part = n.div_ceil(threads);
+        let read = || -> u64 {
+            self.buf
+                .par_chunks(part)
+                .map(|c| sum_read(path, c))
+                .reduce(|| 0, u64::wrapping_add)
+        };
+        std::hint::black_box(read());
+        let mut samples = Vec::new();
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            std::hint::black_box(read());
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        let seconds = median(samples);
+        Bandwidth {
+            bytes_per_s: (n * 8) as f64 / seconds,
+            bytes_moved: (n * 8) as u64,
+            seconds,
+            source: TimingSource::WallClock,
+            method: "multi-threaded read of one buffer (median)",
+        }
+    }
+}
+
+/// Median bandwidth of 7 reads of a buffer of `bytes` (at least 64 MiB)
 /// split into one contiguous part per rayon thread, all threads at once.
 pub fn measure_read_bandwidth(bytes: usize) -> Bandwidth {
-    let n = bytes.max(64 << 20) / 8;
-    let mut buf = vec![0u64; n];
-    buf.par_chunks_mut(1 << 16)
-        .enumerate()
-        .for_each(|(i, c)| c.iter_mut().for_each(|v| *v = i as u64));
-    let path = KernelPath::best();
-    let threads = rayon::current_num_threads().max(1);
-    let part = n.div_ceil(threads);
-    let read = || -> u64 {
-        buf.par_chunks(part)
-            .map(|c| sum_read(path, c))
-            .reduce(|| 0, u64::wrapping_add)
-    };
-    std::hint::black_box(read());
-    let mut samples = Vec::new();
-    for _ in 0..7 {
-        let t = Instant::now();
-        std::hint::black_box(read());
-        samples.push(t.elapsed().as_secs_f64());
-    }
-    let seconds = median(samples);
-    Bandwidth {
-        bytes_per_s: (n * 8) as f64 / seconds,
-        bytes_moved: (n * 8) as u64,
-        seconds,
-        source: TimingSource::WallClock,
-        method: "multi-threaded read of one buffer (median of 7)",
-    }
+    ReadProbe::new(bytes).measure(7)
 }
 
 /// FMA iterations per thread per probe run.

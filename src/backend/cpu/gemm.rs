@@ -175,22 +175,56 @@ fn decode_panel(
             dst.fill(0.0);
             continue;
         }
-        let r = r0 + i;
-        for (u, d) in dst.chunks_mut(UNIT).enumerate() {
-            let c0 = k0 + u * UNIT;
-            #[cfg(target_arch = "x86_64")]
-            if path == KernelPath::Avx512 && c0 + UNIT <= m.cols() {
-                // SAFETY: the path was checked against the CPU's features by
-                // the caller; the unit lies inside the row (c0 + 32 <= cols).
-                unsafe { avx512::decode_unit(m, r, c0, d) };
-                continue;
-            }
-            let _ = path;
-            for (kk, o) in d.iter_mut().enumerate() {
-                *o = dense_value(m, r, c0 + permuted(kk, nib));
-            }
+        decode_segment(path, m, r0 + i, k0, nib, dst);
+    }
+}
+
+/// Dequantizes row `r`, columns `k0 .. k0 + dst.len()` (a multiple of 32),
+/// into `dst` in packed order (nibble order for 4-bit formats); columns past
+/// the row become 0.
+pub(crate) fn decode_segment(
+    path: KernelPath,
+    m: &QuantizedMatrix,
+    r: usize,
+    k0: usize,
+    nib: bool,
+    dst: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    let done = if path == KernelPath::Avx512 {
+        // SAFETY: the path was checked against the CPU's features by the
+        // caller; the function checks its own bounds.
+        unsafe { avx512::decode_units(m, r, k0, dst) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = path;
+        0
+    };
+    for (u, d) in dst.chunks_mut(UNIT).enumerate().skip(done) {
+        let c0 = k0 + u * UNIT;
+        for (kk, o) in d.iter_mut().enumerate() {
+            *o = dense_value(m, r, c0 + permuted(kk, nib));
         }
     }
+}
+
+/// Puts `x` in the packed column order of [`decode_segment`] (whole row,
+/// zero-padded to a multiple of 32).
+pub(crate) fn permute_row(x: &[f32], nib: bool) -> Vec<f32> {
+    let kp = round_up(x.len(), UNIT);
+    (0..kp)
+        .map(|k| {
+            let c = permuted(k, nib);
+            if c < x.len() {
+                x[c]
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// Adds `W_panel · X_chunk(s)` to a tile of `Yᵀ`: rows `0..valid` of `tile`
@@ -268,67 +302,106 @@ mod avx512 {
     use super::{scale_of, KC, LANES, NR, UNIT};
     use crate::format::{Packed, QuantizedMatrix};
 
-    /// Decodes the 32 columns `c0 ..` of row `r` into `d` (nibble order for 4-bit formats).
+    /// Decodes the whole 32-column units of row `r` from column `k0` into
+    /// `d` (nibble order for 4-bit formats), stopping at the last unit that
+    /// lies inside the row; returns how many units it wrote.
     ///
     /// # Safety
-    /// The CPU supports AVX-512 F/BW; `c0 + 32 <= cols`; `d.len() == 32`.
+    /// The CPU supports AVX-512 F/BW/VL and F16C.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-    pub(super) unsafe fn decode_unit(m: &QuantizedMatrix, r: usize, c0: usize, d: &mut [f32]) {
-        assert!(d.len() == UNIT && c0 + UNIT <= m.cols());
+    pub(super) unsafe fn decode_units(
+        m: &QuantizedMatrix,
+        r: usize,
+        k0: usize,
+        d: &mut [f32],
+    ) -> usize {
+        let n = (d.len() / UNIT).min(m.cols().saturating_sub(k0) / UNIT);
         let stride = m.row_stride_bytes();
-        let g = r * m.groups_per_row() + c0 / m.group_len();
+        let glen = m.group_len();
+        let g_row = r * m.groups_per_row();
         let out = d.as_mut_ptr();
         match m.packed() {
             Packed::F32(v) => {
-                let p = v.as_ptr().add(r * stride / 4 + c0);
-                _mm512_storeu_ps(out, _mm512_loadu_ps(p));
-                _mm512_storeu_ps(out.add(16), _mm512_loadu_ps(p.add(16)));
+                assert!(v.len() >= r * stride / 4 + k0 + n * UNIT);
+                let p = v.as_ptr().add(r * stride / 4 + k0);
+                for i in 0..2 * n {
+                    _mm512_storeu_ps(out.add(16 * i), _mm512_loadu_ps(p.add(16 * i)));
+                }
             }
             Packed::F16(v) => {
-                let p = v.as_ptr().add(r * stride / 2 + c0) as *const __m256i;
-                _mm512_storeu_ps(out, _mm512_cvtph_ps(_mm256_loadu_si256(p)));
-                _mm512_storeu_ps(out.add(16), _mm512_cvtph_ps(_mm256_loadu_si256(p.add(1))));
+                assert!(v.len() >= r * stride / 2 + k0 + n * UNIT);
+                let p = v.as_ptr().add(r * stride / 2 + k0) as *const __m256i;
+                for i in 0..2 * n {
+                    _mm512_storeu_ps(
+                        out.add(16 * i),
+                        _mm512_cvtph_ps(_mm256_loadu_si256(p.add(i))),
+                    );
+                }
             }
             Packed::Bf16(v) => {
-                let p = v.as_ptr().add(r * stride / 2 + c0) as *const __m256i;
-                for h in 0..2 {
-                    let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(h)));
+                assert!(v.len() >= r * stride / 2 + k0 + n * UNIT);
+                let p = v.as_ptr().add(r * stride / 2 + k0) as *const __m256i;
+                for i in 0..2 * n {
+                    let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.add(i)));
                     _mm512_storeu_ps(
-                        out.add(16 * h),
+                        out.add(16 * i),
                         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w)),
                     );
                 }
             }
             Packed::Q8(q) => {
-                let p = q.codes.as_ptr().add(r * stride + c0) as *const __m128i;
-                let s = _mm512_set1_ps(scale_of(&q.scales, g));
-                for h in 0..2 {
-                    let w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(h))));
-                    _mm512_storeu_ps(out.add(16 * h), _mm512_mul_ps(w, s));
+                assert!(q.codes.len() >= r * stride + k0 + n * UNIT);
+                let p = q.codes.as_ptr().add(r * stride + k0) as *const __m128i;
+                for u in 0..n {
+                    let s = _mm512_set1_ps(scale_of(&q.scales, g_row + (k0 + u * UNIT) / glen));
+                    for h in 0..2 {
+                        let w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                            p.add(2 * u + h),
+                        )));
+                        _mm512_storeu_ps(out.add(UNIT * u + 16 * h), _mm512_mul_ps(w, s));
+                    }
                 }
             }
             Packed::Q4(q) => {
-                let p = (q.codes.as_ptr() as *const u8).add(r * stride + c0 / 2);
-                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-                let lo = _mm512_and_si512(v, _mm512_set1_epi32(0xF));
-                let hi = _mm512_srli_epi32::<4>(v);
-                let s = _mm512_set1_ps(scale_of(&q.scales, g));
-                let z = _mm512_set1_ps(q.zeros[g] as f32);
-                let f = |n: __m512i| _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(n), z), s);
-                _mm512_storeu_ps(out, f(lo));
-                _mm512_storeu_ps(out.add(16), f(hi));
+                assert!(q.codes.len() * 4 >= r * stride + (k0 + n * UNIT) / 2);
+                let p = (q.codes.as_ptr() as *const u8).add(r * stride + k0 / 2) as *const __m128i;
+                let low = _mm512_set1_epi32(0xF);
+                for u in 0..n {
+                    let g = g_row + (k0 + u * UNIT) / glen;
+                    let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(u)));
+                    let lo = _mm512_and_si512(v, low);
+                    let hi = _mm512_srli_epi32::<4>(v);
+                    let s = _mm512_set1_ps(scale_of(&q.scales, g));
+                    let z = _mm512_set1_ps(q.zeros[g] as f32);
+                    let o = out.add(UNIT * u);
+                    _mm512_storeu_ps(
+                        o,
+                        _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(lo), z), s),
+                    );
+                    _mm512_storeu_ps(
+                        o.add(16),
+                        _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(hi), z), s),
+                    );
+                }
             }
             Packed::Lut4(q) => {
-                let p = (q.codes.as_ptr() as *const u8).add(r * stride + c0 / 2);
-                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-                let lo = _mm512_and_si512(v, _mm512_set1_epi32(0xF));
-                let hi = _mm512_srli_epi32::<4>(v);
+                assert!(q.codes.len() * 4 >= r * stride + (k0 + n * UNIT) / 2);
+                let p = (q.codes.as_ptr() as *const u8).add(r * stride + k0 / 2) as *const __m128i;
+                let low = _mm512_set1_epi32(0xF);
                 let cb = _mm512_loadu_ps(q.codebook.as_ptr());
-                let s = _mm512_set1_ps(scale_of(&q.scales, g));
-                _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_permutexvar_ps(lo, cb), s));
-                _mm512_storeu_ps(out.add(16), _mm512_mul_ps(_mm512_permutexvar_ps(hi, cb), s));
+                for u in 0..n {
+                    let g = g_row + (k0 + u * UNIT) / glen;
+                    let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(u)));
+                    let lo = _mm512_and_si512(v, low);
+                    let hi = _mm512_srli_epi32::<4>(v);
+                    let s = _mm512_set1_ps(scale_of(&q.scales, g));
+                    let o = out.add(UNIT * u);
+                    _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_permutexvar_ps(lo, cb), s));
+                    _mm512_storeu_ps(o.add(16), _mm512_mul_ps(_mm512_permutexvar_ps(hi, cb), s));
+                }
             }
         }
+        n
     }
 
     /// AVX-512 micro-kernel: `NR x 32` (or `NR x 16`) accumulators.

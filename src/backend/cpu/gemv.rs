@@ -21,7 +21,8 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::act::{QuantAct, QBLOCK};
+use super::act::{QuantAct, BYTE_CHUNK, NIB_CHUNK, QBLOCK};
+use super::gemm::{decode_segment, permute_row};
 use super::kernel::KernelPath;
 use crate::format::{Packed, QuantizedMatrix};
 
@@ -32,12 +33,30 @@ fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(threads * 4).max(16).div_ceil(16) * 16
 }
 
-/// Runs `row(r)` for every output row in parallel.
-fn par_rows(y: &mut [f32], row: impl Fn(usize) -> f32 + Sync) {
+/// Columns per block of a blocked GEMV: the activations of one block stay
+/// in L1 while a task's rows stream past them. `QUANTSCOPE_GEMV_COL_BLOCK`
+/// overrides it (rounded to a multiple of 128; for tuning experiments).
+fn col_block() -> usize {
+    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        std::env::var("QUANTSCOPE_GEMV_COL_BLOCK")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(4096, |v| v.clamp(128, 1 << 30) / 128 * 128)
+    })
+}
+
+/// `y[r] = Σ_b part(r, b)` for every row, in parallel; within a task the
+/// column block `b` is the outer loop so its activations are reused by every
+/// row of the task.
+fn par_rows_blocked(y: &mut [f32], nblocks: usize, part: impl Fn(usize, usize) -> f32 + Sync) {
     let per = rows_per_task(y.len());
     y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = row(t * per + i);
+        out.fill(0.0);
+        for b in 0..nblocks.max(1) {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += part(t * per + i, b);
+            }
         }
     });
 }
@@ -61,53 +80,112 @@ pub(crate) fn lut_u8(codebook: &[f32; 16]) -> ([u8; 16], f32, f32) {
 /// Which 4-bit format a nibble kernel decodes.
 #[derive(Clone, Copy)]
 enum Nib<'a> {
-    Q4 { zeros: &'a [u8] },
-    Lut { table: &'a [u8; 16], zero: f32 },
+    Q4 {
+        zeros: &'a [u8],
+        gsum: &'a [f32],
+    },
+    Lut {
+        table: &'a [u8; 16],
+        zero: f32,
+        gsum: &'a [f32],
+    },
 }
 
 /// `y = W · x` for one activation row (`x` already multiplied by the
-/// activation scale), dense part only.
-pub(crate) fn gemv(path: KernelPath, m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
+/// activation scale), dense part only. With `int8_act` false, q8 / q4 / lut4
+/// rows are dequantized to f32 (SIMD) and dotted with f32 activations: exact
+/// up to f32 rounding, slower.
+pub(crate) fn gemv(
+    path: KernelPath,
+    m: &QuantizedMatrix,
+    x: &[f32],
+    y: &mut [f32],
+    int8_act: bool,
+) {
     let cols = m.cols();
     let stride = m.row_stride_bytes();
     let gpr = m.groups_per_row();
     let glen = m.group_len();
     assert_eq!(x.len(), cols, "gemv input length");
     assert_eq!(y.len(), m.rows(), "gemv output length");
+    if !int8_act && m.kind().is_grouped() {
+        let nib = matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_));
+        let xp = permute_row(x, nib);
+        let per = rows_per_task(y.len());
+        y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+            let mut w = vec![0.0f32; xp.len()];
+            for (i, o) in out.iter_mut().enumerate() {
+                decode_segment(path, m, t * per + i, 0, nib, &mut w);
+                *o = dot_f32(path, &w, &xp);
+            }
+        });
+        return;
+    }
+    // Plain formats: blocks of `col_block()` columns. Integer formats on AVX-512:
+    // blocks of whole 512-bit chunks (the tail chunk in the last block).
+    let block = col_block();
+    let nb_plain = cols.div_ceil(block);
+    let cb = |b: usize| (b * block, ((b + 1) * block).min(cols));
+    let int_blocks = |chunk_cols: usize| -> (usize, usize) {
+        let per = block / chunk_cols;
+        if path == KernelPath::Avx512 {
+            (cols.div_ceil(chunk_cols).div_ceil(per), per)
+        } else {
+            (1, usize::MAX)
+        }
+    };
     match m.packed() {
         Packed::F32(v) => {
             let s = stride / 4;
-            par_rows(y, |r| dot_f32(path, &v[r * s..][..cols], x));
+            par_rows_blocked(y, nb_plain, |r, b| {
+                let (c0, c1) = cb(b);
+                dot_f32(path, &v[r * s + c0..r * s + c1], &x[c0..c1])
+            });
         }
         Packed::F16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            par_rows(y, |r| dot_half(path, &bits[r * s..][..cols], x, false));
+            par_rows_blocked(y, nb_plain, |r, b| {
+                let (c0, c1) = cb(b);
+                dot_half(path, &bits[r * s + c0..r * s + c1], &x[c0..c1], false)
+            });
         }
         Packed::Bf16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            par_rows(y, |r| dot_half(path, &bits[r * s..][..cols], x, true));
+            par_rows_blocked(y, nb_plain, |r, b| {
+                let (c0, c1) = cb(b);
+                dot_half(path, &bits[r * s + c0..r * s + c1], &x[c0..c1], true)
+            });
         }
         Packed::Q8(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            par_rows(y, |r| {
+            let (nb, per) = int_blocks(BYTE_CHUNK);
+            par_rows_blocked(y, nb, |r, b| {
                 q8_row(
                     path,
                     &codes[r * stride..][..stride],
                     &q.scales[r * gpr..][..gpr],
                     glen,
                     &act,
+                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
         Packed::Q4(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
+            let gsum = if path == KernelPath::Avx512 {
+                act.group_sums(glen)
+            } else {
+                Vec::new()
+            };
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            par_rows(y, |r| {
+            let (nb, per) = int_blocks(NIB_CHUNK);
+            par_rows_blocked(y, nb, |r, b| {
                 let nib = Nib::Q4 {
                     zeros: &q.zeros[r * gpr..][..gpr],
+                    gsum: &gsum,
                 };
                 nib_row(
                     path,
@@ -116,6 +194,7 @@ pub(crate) fn gemv(path: KernelPath, m: &QuantizedMatrix, x: &[f32], y: &mut [f3
                     nib,
                     glen,
                     &act,
+                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
@@ -123,7 +202,13 @@ pub(crate) fn gemv(path: KernelPath, m: &QuantizedMatrix, x: &[f32], y: &mut [f3
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             let (table, zero, step) = lut_u8(&q.codebook);
-            par_rows(y, |r| {
+            let gsum = if path == KernelPath::Avx512 {
+                act.group_sums(glen)
+            } else {
+                Vec::new()
+            };
+            let (nb, per) = int_blocks(NIB_CHUNK);
+            par_rows_blocked(y, nb, |r, b| {
                 step * nib_row(
                     path,
                     &codes[r * stride..][..stride],
@@ -131,9 +216,11 @@ pub(crate) fn gemv(path: KernelPath, m: &QuantizedMatrix, x: &[f32], y: &mut [f3
                     Nib::Lut {
                         table: &table,
                         zero,
+                        gsum: &gsum,
                     },
                     glen,
                     &act,
+                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
@@ -175,12 +262,21 @@ fn scalar_dot(w: impl Iterator<Item = f32>, x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-fn q8_row(path: KernelPath, codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
+/// One q8 row, whole chunks `range` on AVX-512 (the other paths always do
+/// the whole row and get `(0, usize::MAX)`).
+fn q8_row(
+    path: KernelPath,
+    codes: &[u8],
+    scales: &[f16],
+    glen: usize,
+    act: &QuantAct,
+    range: (usize, usize),
+) -> f32 {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; `codes` is a whole padded
         // row, `scales` the row's groups, `act` has its SIMD tables.
-        KernelPath::Avx512 => unsafe { avx512::q8_row(codes, scales, glen, act) },
+        KernelPath::Avx512 => unsafe { avx512::q8_row(codes, scales, glen, act, range) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         KernelPath::Avx2 => unsafe { avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q8) },
@@ -195,37 +291,47 @@ fn nib_row(
     nib: Nib<'_>,
     glen: usize,
     act: &QuantAct,
+    range: (usize, usize),
 ) -> f32 {
     match (path, nib) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; `codes` is a whole padded
         // row, `scales` / `zeros` the row's groups, `act` has its SIMD tables.
-        (KernelPath::Avx512, Nib::Q4 { zeros }) => unsafe {
-            avx512::nib_row(codes, scales, zeros, None, glen, act)
+        (KernelPath::Avx512, Nib::Q4 { zeros, gsum }) => unsafe {
+            avx512::nib_row(codes, scales, zeros, gsum, None, glen, act, range)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (KernelPath::Avx512, Nib::Lut { table, zero }) => unsafe {
-            avx512::nib_row(codes, scales, &[], Some((table, zero)), glen, act)
+        (KernelPath::Avx512, Nib::Lut { table, zero, gsum }) => unsafe {
+            avx512::nib_row(
+                codes,
+                scales,
+                &[],
+                gsum,
+                Some((table, zero)),
+                glen,
+                act,
+                range,
+            )
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (KernelPath::Avx2, Nib::Q4 { zeros }) => unsafe {
+        (KernelPath::Avx2, Nib::Q4 { zeros, .. }) => unsafe {
             avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q4(zeros))
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (KernelPath::Avx2, Nib::Lut { table, zero }) => unsafe {
+        (KernelPath::Avx2, Nib::Lut { table, zero, .. }) => unsafe {
             avx2::int_row(codes, scales, glen, act, avx2::Fmt::Lut(table, zero))
         },
-        (_, Nib::Q4 { zeros }) => scalar_int_row(
+        (_, Nib::Q4 { zeros, .. }) => scalar_int_row(
             act,
             glen,
             |c| ((codes[c / 2] >> (4 * (c % 2))) & 0xF) as i32,
             |g| zeros[g] as f32,
             |g| scales[g],
         ),
-        (_, Nib::Lut { table, zero }) => scalar_int_row(
+        (_, Nib::Lut { table, zero, .. }) => scalar_int_row(
             act,
             glen,
             |c| table[((codes[c / 2] >> (4 * (c % 2))) & 0xF) as usize] as i32,
@@ -372,18 +478,6 @@ mod avx512 {
         _mm512_permutexvar_ps(idx, _mm512_cvtph_ps(_mm256_castsi128_si256(bits)))
     }
 
-    /// Zero points of groups `g0 .. g0 + g` spread over the 16 lanes.
-    #[inline(always)]
-    unsafe fn lane_zeros(zeros: &[u8], g0: usize, g: usize, idx: __m512i) -> __m512 {
-        let p = zeros.as_ptr().add(g0);
-        let bits = match g {
-            1 => _mm_cvtsi32_si128(*p as i32),
-            2 => _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u16) as i32),
-            _ => _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const u32) as i32),
-        };
-        _mm512_permutexvar_ps(idx, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bits)))
-    }
-
     /// Scales and zeros lane by lane: lane `i` of chunk `k` belongs to block
     /// `blocks_per_chunk * k + i / (16 / blocks_per_chunk)`; blocks past the
     /// row get 0.
@@ -408,88 +502,200 @@ mod avx512 {
         (_mm512_loadu_ps(s.as_ptr()), _mm512_loadu_ps(z.as_ptr()))
     }
 
-    /// One 4-bit row (q4 when `table` is `None`, lut4 otherwise).
+    /// What one integer chunk step needs besides the chunk itself.
+    #[derive(Clone, Copy)]
+    struct IntCtx {
+        /// 0x0F in every byte (4-bit formats).
+        mask: __m512i,
+        /// The lut4 u8 codebook in every 128-bit lane.
+        lut: __m512i,
+        /// lut4 (look the nibbles up) rather than q4.
+        is_lut: bool,
+        /// Activation codes in the layout of the kernel.
+        xq: *const i8,
+        /// Per-lane activation scales.
+        dx: *const f32,
+        /// Per-lane activation code sums (divided by the lanes per block).
+        xs: *const f32,
+    }
+
+    /// `acc + Σ lanes dot · s · dx` for 4-bit chunk `k` (128 columns); the
+    /// zero point is taken off once per row ([`zero_term`]).
+    #[inline(always)]
+    unsafe fn nib_chunk(c: &IntCtx, k: usize, w: __m512i, s: __m512, acc: __m512) -> __m512 {
+        let mut lo = _mm512_and_si512(w, c.mask);
+        let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), c.mask);
+        if c.is_lut {
+            lo = _mm512_shuffle_epi8(c.lut, lo);
+            hi = _mm512_shuffle_epi8(c.lut, hi);
+        }
+        let xa = _mm512_loadu_si512(c.xq.add(NIB_CHUNK * k) as *const __m512i);
+        let xb = _mm512_loadu_si512(c.xq.add(NIB_CHUNK * k + 64) as *const __m512i);
+        let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa);
+        let d = _mm512_dpbusd_epi32(d, hi, xb);
+        let dx = _mm512_loadu_ps(c.dx.add(16 * k));
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, dx), acc)
+    }
+
+    /// `acc + Σ lanes (dot − 128·xs) · s · dx` for q8 chunk `k` (64 columns);
+    /// codes + 128 are the unsigned operand of `vpdpbusd`.
+    #[inline(always)]
+    unsafe fn byte_chunk(c: &IntCtx, k: usize, w: __m512i, s: __m512, acc: __m512) -> __m512 {
+        let wu = _mm512_xor_si512(w, _mm512_set1_epi8(-128));
+        let x = _mm512_loadu_si512(c.xq.add(BYTE_CHUNK * k) as *const __m512i);
+        let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, x);
+        let xs = _mm512_loadu_ps(c.xs.add(16 * k));
+        let dx = _mm512_loadu_ps(c.dx.add(16 * k));
+        let t = _mm512_fnmadd_ps(_mm512_set1_ps(128.0), xs, _mm512_cvtepi32_ps(d));
+        _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
+    }
+
+    /// Loads 64 code bytes of chunk `k` and prefetches a little ahead.
+    #[inline(always)]
+    unsafe fn load_chunk(codes: *const u8, k: usize) -> __m512i {
+        _mm_prefetch::<_MM_HINT_T0>(codes.add(64 * k + 1024) as *const i8);
+        _mm512_loadu_si512(codes.add(64 * k) as *const __m512i)
+    }
+
+    /// `Σ_g s_g · z_g · gsum_g` over the row's groups, 16 groups at a time;
+    /// `z_g` is the q4 zero point, or lut4's constant zero when `zconst` is set.
+    #[inline(always)]
+    unsafe fn zero_term(
+        scales: &[f16],
+        zeros: &[u8],
+        zconst: Option<f32>,
+        gsum: &[f32],
+        gpr: usize,
+    ) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        let mut g = 0;
+        while g < gpr {
+            let n = (gpr - g).min(16);
+            let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                m,
+                scales.as_ptr().add(g) as *const i16,
+            ));
+            let z = match zconst {
+                Some(z) => _mm512_set1_ps(z),
+                None => _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                    m,
+                    zeros.as_ptr().add(g) as *const i8,
+                ))),
+            };
+            let w = _mm512_maskz_loadu_ps(m, gsum.as_ptr().add(g));
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(s, z), w, acc);
+            g += n;
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// One 4-bit row (q4 when `table` is `None`, lut4 with its u8 codebook
+    /// and f32 zero otherwise).
     ///
     /// # Safety
     /// The CPU supports AVX-512 F/BW/VNNI; `codes` holds the padded row
     /// (`round_up(cols, 32) / 2` bytes at least); `scales` (and `zeros` for
     /// q4) hold the row's groups; `act` was built with its SIMD tables.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
     pub(super) unsafe fn nib_row(
         codes: &[u8],
         scales: &[f16],
         zeros: &[u8],
+        gsum: &[f32],
         table: Option<(&[u8; 16], f32)>,
         glen: usize,
         act: &QuantAct,
+        (k0, k1): (usize, usize),
     ) -> f32 {
         let cols = act.cols;
+        let gpr = cols.div_ceil(glen);
+        assert!(gsum.len() >= gpr && (table.is_some() || zeros.len() >= gpr));
         assert!(codes.len() >= cols.div_ceil(QBLOCK) * QBLOCK / 2);
         assert!(act.nib_xq.len() >= cols.div_ceil(NIB_CHUNK) * NIB_CHUNK);
         let g = groups_per_chunk(glen, cols, NIB_CHUNK);
         let idx = group_index(g);
-        let mask = _mm512_set1_epi8(0x0F);
-        // lut4: the u8 codebook, looked up 64 codes at a time, with its f32 zero.
-        let (lut, zlut) = match table {
-            Some((t, z)) => (*t, z),
-            None => ([0u8; 16], 0.0),
+        let lut = table.map_or([0u8; 16], |(t, _)| *t);
+        let ctx = IntCtx {
+            mask: _mm512_set1_epi8(0x0F),
+            lut: _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i)),
+            is_lut: table.is_some(),
+            xq: act.nib_xq.as_ptr(),
+            dx: act.nib_dx.as_ptr(),
+            xs: act.nib_xs.as_ptr(),
         };
-        let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
-        let zlut = _mm512_set1_ps(zlut);
-        let (cp, xp) = (codes.as_ptr(), act.nib_xq.as_ptr());
-        let (dxp, xsp) = (act.nib_dx.as_ptr(), act.nib_xs.as_ptr());
-        let step = |k: usize, w: __m512i, s: __m512, z: __m512, acc: __m512| -> __m512 {
-            let mut lo = _mm512_and_si512(w, mask);
-            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask);
-            if table.is_some() {
-                lo = _mm512_shuffle_epi8(lut, lo);
-                hi = _mm512_shuffle_epi8(lut, hi);
-            }
-            let xa = _mm512_loadu_si512(xp.add(NIB_CHUNK * k) as *const __m512i);
-            let xb = _mm512_loadu_si512(xp.add(NIB_CHUNK * k + 64) as *const __m512i);
-            let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa);
-            let d = _mm512_dpbusd_epi32(d, hi, xb);
-            let xs = _mm512_loadu_ps(xsp.add(16 * k));
-            let dx = _mm512_loadu_ps(dxp.add(16 * k));
-            let t = _mm512_fnmadd_ps(z, xs, _mm512_cvtepi32_ps(d));
-            _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
-        };
-        let scale_zero = |k: usize| -> (__m512, __m512) {
-            if g == 0 {
-                let (s, z) = lane_fill(scales, zeros, k, 4, glen, cols);
-                return (s, if table.is_some() { zlut } else { z });
-            }
-            let g0 = k * NIB_CHUNK / glen;
-            let s = lane_scales(scales, g0, g, idx);
-            let z = if table.is_some() {
-                zlut
-            } else {
-                lane_zeros(zeros, g0, g, idx)
-            };
-            (s, z)
-        };
+        // Lanes hold Σ u8 · xq; the zero points come in once per row.
+        let cp = codes.as_ptr();
         let nfull = cols / NIB_CHUNK;
+        // Whole chunks k0..k1 of this call; the tail belongs to the last range.
+        let tail = k0 <= nfull && nfull < k1;
+        let k1 = k1.min(nfull);
         let mut acc0 = _mm512_setzero_ps();
         let mut acc1 = _mm512_setzero_ps();
-        let mut k = 0;
-        while k + 2 <= nfull {
-            _mm_prefetch::<_MM_HINT_T0>(cp.add(64 * k + 1024) as *const i8);
-            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
-            let w1 = _mm512_loadu_si512(cp.add(64 * k + 64) as *const __m512i);
-            let (s0, z0) = scale_zero(k);
-            let (s1, z1) = scale_zero(k + 1);
-            acc0 = step(k, w0, s0, z0, acc0);
-            acc1 = step(k + 1, w1, s1, z1, acc1);
-            k += 2;
+        match g {
+            1 => {
+                // One group spans `per` whole chunks: load its scale once.
+                let per = if glen >= cols {
+                    usize::MAX
+                } else {
+                    glen / NIB_CHUNK
+                };
+                let (mut k, mut g0) = (k0, k0 / per);
+                while k < k1 {
+                    let s = lane_scales(scales, g0, 1, idx);
+                    let end = (g0 + 1).saturating_mul(per).min(k1);
+                    while k < end {
+                        acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                        // Alternate accumulators (two FMA chains in flight).
+                        std::mem::swap(&mut acc0, &mut acc1);
+                        k += 1;
+                    }
+                    g0 += 1;
+                }
+            }
+            2 | 4 => {
+                let mut k = k0;
+                // 16 scales per load, spread over the next 16 / g chunks.
+                let step = 16 / g;
+                while k + step <= k1 {
+                    let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        scales.as_ptr().add(k * g) as *const __m256i
+                    ));
+                    let mut j = 0;
+                    while j < step {
+                        let i0 = _mm512_add_epi32(idx, _mm512_set1_epi32((j * g) as i32));
+                        let i1 = _mm512_add_epi32(idx, _mm512_set1_epi32(((j + 1) * g) as i32));
+                        let s0 = _mm512_permutexvar_ps(i0, s16);
+                        let s1 = _mm512_permutexvar_ps(i1, s16);
+                        acc0 = nib_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, acc0);
+                        acc1 = nib_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, acc1);
+                        j += 2;
+                    }
+                    k += step;
+                }
+                while k + 2 <= k1 {
+                    let s0 = lane_scales(scales, k * g, g, idx);
+                    let s1 = lane_scales(scales, (k + 1) * g, g, idx);
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s0, acc0);
+                    acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, acc1);
+                    k += 2;
+                }
+                if k < k1 {
+                    let s = lane_scales(scales, k * g, g, idx);
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                }
+            }
+            _ => {
+                for k in k0..k1 {
+                    let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
+                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                }
+            }
         }
-        if k < nfull {
-            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
-            let (s0, z0) = scale_zero(k);
-            acc0 = step(k, w0, s0, z0, acc0);
-            k += 1;
-        }
+        let k = nfull;
         let rem = cols - k * NIB_CHUNK;
-        if rem > 0 {
+        if tail && rem > 0 {
             let nbytes = rem.div_ceil(QBLOCK) * QBLOCK / 2;
             let m: __mmask64 = if nbytes >= 64 {
                 u64::MAX
@@ -497,13 +703,16 @@ mod avx512 {
                 (1u64 << nbytes) - 1
             };
             let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
-            let (s, mut z) = lane_fill(scales, zeros, k, 4, glen, cols);
-            if table.is_some() {
-                z = zlut;
-            }
-            acc1 = step(k, w, s, z, acc1);
+            let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
+            acc1 = nib_chunk(&ctx, k, w, s, acc1);
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+        let dense = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        if k0 > 0 {
+            dense
+        } else {
+            let zconst = table.map(|(_, z)| z);
+            dense - zero_term(scales, zeros, zconst, gsum, gpr)
+        }
     }
 
     /// One q8 row.
@@ -513,56 +722,94 @@ mod avx512 {
     /// (`round_up(cols, 16)` bytes); `scales` holds the row's groups; `act`
     /// was built with its SIMD tables.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub(super) unsafe fn q8_row(codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
+    pub(super) unsafe fn q8_row(
+        codes: &[u8],
+        scales: &[f16],
+        glen: usize,
+        act: &QuantAct,
+        (k0, k1): (usize, usize),
+    ) -> f32 {
         let cols = act.cols;
         assert!(codes.len() >= cols);
         assert!(act.xq.len() >= cols.div_ceil(BYTE_CHUNK) * BYTE_CHUNK);
         let g = groups_per_chunk(glen, cols, BYTE_CHUNK);
         let idx = group_index(g);
-        let flip = _mm512_set1_epi8(-128);
-        let z128 = _mm512_set1_ps(128.0);
-        let (cp, xp) = (codes.as_ptr(), act.xq.as_ptr());
-        let (dxp, xsp) = (act.byte_dx.as_ptr(), act.byte_xs.as_ptr());
-        // Codes + 128 are unsigned; the 128 · Σ xq they add is taken off per lane.
-        let step = |k: usize, w: __m512i, s: __m512, acc: __m512| -> __m512 {
-            let wu = _mm512_xor_si512(w, flip);
-            let x = _mm512_loadu_si512(xp.add(BYTE_CHUNK * k) as *const __m512i);
-            let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, x);
-            let xs = _mm512_loadu_ps(xsp.add(16 * k));
-            let dx = _mm512_loadu_ps(dxp.add(16 * k));
-            let t = _mm512_fnmadd_ps(z128, xs, _mm512_cvtepi32_ps(d));
-            _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
+        let ctx = IntCtx {
+            mask: _mm512_setzero_si512(),
+            lut: _mm512_setzero_si512(),
+            is_lut: false,
+            xq: act.xq.as_ptr(),
+            dx: act.byte_dx.as_ptr(),
+            xs: act.byte_xs.as_ptr(),
         };
-        let scale = |k: usize| -> __m512 {
-            if g == 0 {
-                lane_fill(scales, &[], k, 2, glen, cols).0
-            } else {
-                lane_scales(scales, k * BYTE_CHUNK / glen, g, idx)
-            }
-        };
+        let cp = codes.as_ptr();
         let nfull = cols / BYTE_CHUNK;
+        let tail = k0 <= nfull && nfull < k1;
+        let k1 = k1.min(nfull);
         let mut acc0 = _mm512_setzero_ps();
         let mut acc1 = _mm512_setzero_ps();
-        let mut k = 0;
-        while k + 2 <= nfull {
-            _mm_prefetch::<_MM_HINT_T0>(cp.add(64 * k + 1024) as *const i8);
-            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
-            let w1 = _mm512_loadu_si512(cp.add(64 * k + 64) as *const __m512i);
-            acc0 = step(k, w0, scale(k), acc0);
-            acc1 = step(k + 1, w1, scale(k + 1), acc1);
-            k += 2;
+        match g {
+            1 => {
+                let per = if glen >= cols {
+                    usize::MAX
+                } else {
+                    glen / BYTE_CHUNK
+                };
+                let (mut k, mut g0) = (k0, k0 / per);
+                while k < k1 {
+                    let s = lane_scales(scales, g0, 1, idx);
+                    let end = (g0 + 1).saturating_mul(per).min(k1);
+                    while k < end {
+                        acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                        std::mem::swap(&mut acc0, &mut acc1);
+                        k += 1;
+                    }
+                    g0 += 1;
+                }
+            }
+            2 => {
+                let mut k = k0;
+                // 16 scales per load, spread over the next 8 chunks.
+                while k + 8 <= k1 {
+                    let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        scales.as_ptr().add(2 * k) as *const __m256i
+                    ));
+                    for j in (0..8).step_by(2) {
+                        let i0 = _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j as i32));
+                        let i1 = _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j as i32 + 2));
+                        let s0 = _mm512_permutexvar_ps(i0, s16);
+                        let s1 = _mm512_permutexvar_ps(i1, s16);
+                        acc0 = byte_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, acc0);
+                        acc1 = byte_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, acc1);
+                    }
+                    k += 8;
+                }
+                while k + 2 <= k1 {
+                    let s0 = lane_scales(scales, 2 * k, 2, idx);
+                    let s1 = lane_scales(scales, 2 * k + 2, 2, idx);
+                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s0, acc0);
+                    acc1 = byte_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, acc1);
+                    k += 2;
+                }
+                if k < k1 {
+                    let s = lane_scales(scales, 2 * k, 2, idx);
+                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                }
+            }
+            _ => {
+                for k in k0..k1 {
+                    let s = lane_fill(scales, &[], k, 2, glen, cols).0;
+                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                }
+            }
         }
-        if k < nfull {
-            let w0 = _mm512_loadu_si512(cp.add(64 * k) as *const __m512i);
-            acc0 = step(k, w0, scale(k), acc0);
-            k += 1;
-        }
+        let k = nfull;
         let rem = cols - k * BYTE_CHUNK;
-        if rem > 0 {
+        if tail && rem > 0 {
             let m: __mmask64 = (1u64 << rem) - 1;
             let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
             let s = lane_fill(scales, &[], k, 2, glen, cols).0;
-            acc1 = step(k, w, s, acc1);
+            acc1 = byte_chunk(&ctx, k, w, s, acc1);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }

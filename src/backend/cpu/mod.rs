@@ -31,10 +31,11 @@ use super::{
 use crate::format::{nearest_level, pack_q4, pack_q8, FormatKind, Matrix, Packed, QuantizedMatrix};
 
 pub use kernel::{KernelPath, KERNEL_ENV};
-pub use matmul::{matmul, matmul_into, matmul_with};
+pub use matmul::{matmul, matmul_into, matmul_opts, matmul_with, GemvActivations};
 
 /// Host CPU backend.
 pub struct CpuBackend {
+    gemv_act: GemvActivations,
     matrices: Mutex<HashMap<u64, Arc<QuantizedMatrix>>>,
     next_id: AtomicU64,
     live: AtomicU64,
@@ -48,9 +49,22 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// A backend using rayon's global thread pool.
+    /// A backend using rayon's global thread pool and the fast GEMV
+    /// (int8 activations for q8 / q4 / lut4, see [`GemvActivations`]).
     pub fn new() -> Self {
+        Self::with_gemv_activations(GemvActivations::Int8)
+    }
+
+    /// A backend whose every matmul keeps f32 activations: exact up to f32
+    /// rounding, the choice for a reference.
+    pub fn exact() -> Self {
+        Self::with_gemv_activations(GemvActivations::F32)
+    }
+
+    /// A backend with an explicit choice of GEMV activations.
+    pub fn with_gemv_activations(gemv_act: GemvActivations) -> Self {
         CpuBackend {
+            gemv_act,
             matrices: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             live: AtomicU64::new(0),
@@ -162,7 +176,9 @@ impl Backend for CpuBackend {
     fn matmul(&self, h: &MatrixHandle, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
         h.check_input(x, batch)?;
         let m = self.get(h)?;
-        matmul(&m, x, batch)
+        let mut y = vec![0.0f32; batch * m.rows()];
+        matmul_opts(KernelPath::selected(), self.gemv_act, &m, x, batch, &mut y)?;
+        Ok(y)
     }
 
     fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
@@ -275,11 +291,12 @@ impl Backend for CpuBackend {
             .collect();
         h.check_input(&x, batch)?;
         let mut y = vec![0.0f32; batch * m.rows()];
-        matmul_into(&m, &x, batch, &mut y)?;
+        let path = KernelPath::selected();
+        matmul_opts(path, self.gemv_act, &m, &x, batch, &mut y)?;
         let mut samples = Vec::with_capacity(runs);
         for _ in 0..runs.max(1) {
             let t = Instant::now();
-            matmul_into(&m, &x, batch, &mut y)?;
+            matmul_opts(path, self.gemv_act, &m, &x, batch, &mut y)?;
             samples.push(t.elapsed().as_secs_f64());
         }
         std::hint::black_box(&y);
@@ -289,8 +306,12 @@ impl Backend for CpuBackend {
         })
     }
 
+    /// Reads at least [`bandwidth::probe_bytes`] (1 GiB or 8x the LLC,
+    /// whichever is larger) so the figure is a DRAM figure whatever `bytes` is.
     fn measure_bandwidth(&self, bytes: usize) -> Result<Bandwidth, BackendError> {
-        Ok(bandwidth::measure_read_bandwidth(bytes))
+        Ok(bandwidth::measure_read_bandwidth(
+            bytes.max(bandwidth::probe_bytes()),
+        ))
     }
 
     fn measure_flops(&self) -> Result<f64, BackendError> {
