@@ -348,14 +348,34 @@ fn assign_rows(
     let k = levels.len();
     let mut sums = vec![0.0f64; k];
     let mut counts = vec![0u64; k];
+    // Up to 16 levels: the index of the nearest level is the number of
+    // midpoints strictly below the value (ties go to the lower level, as in
+    // `nearest_level`), counted without branches so the compiler vectorizes
+    // it across a block of values.
+    let mids: Vec<f32> = levels.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+    let mut idx = [0u8; 256];
     for r in 0..nrows {
         let row = &data[(row0 + r) * stride..][..cols];
-        for (c, &v) in row.iter().enumerate() {
-            let j = nearest_level(levels, v);
-            sums[j] += v as f64;
-            counts[j] += 1;
+        for (b, block) in row.chunks(256).enumerate() {
+            let idx = &mut idx[..block.len()];
+            if k <= 16 {
+                idx.fill(0);
+                for &m in &mids {
+                    for (i, &v) in idx.iter_mut().zip(block) {
+                        *i += (v > m) as u8;
+                    }
+                }
+            } else {
+                for (i, &v) in idx.iter_mut().zip(block) {
+                    *i = nearest_level(levels, v) as u8;
+                }
+            }
+            for (&j, &v) in idx.iter().zip(block) {
+                sums[j as usize] += v as f64;
+                counts[j as usize] += 1;
+            }
             if let Some(o) = out.as_deref_mut() {
-                o[r * cols + c] = j as u8;
+                o[r * cols + b * 256..][..block.len()].copy_from_slice(idx);
             }
         }
     }
