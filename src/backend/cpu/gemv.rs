@@ -134,6 +134,11 @@ pub(crate) fn gemv(
             (1, usize::MAX)
         }
     };
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx512 && m.kind().is_grouped() && !legacy_rows() {
+        multi_row_int(m, x, y);
+        return;
+    }
     match m.packed() {
         Packed::F32(v) => {
             let s = stride / 4;
@@ -225,6 +230,93 @@ pub(crate) fn gemv(
             });
         }
     }
+}
+
+/// Rows per pass of the multi-row AVX-512 integer GEMV.
+#[cfg(target_arch = "x86_64")]
+const PASS_ROWS: usize = 4;
+
+/// `QUANTSCOPE_GEMV_LEGACY=1` selects the one-row, column-blocked AVX-512
+/// integer GEMV (for A/B timing experiments).
+#[cfg(target_arch = "x86_64")]
+fn legacy_rows() -> bool {
+    static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LEGACY.get_or_init(|| std::env::var("QUANTSCOPE_GEMV_LEGACY").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// q8 / q4 / lut4 GEMV on the AVX-512 path: [`PASS_ROWS`] rows per pass
+/// sharing the activation loads ([`avx512::int_rows`]), whole rows.
+#[cfg(target_arch = "x86_64")]
+fn multi_row_int(m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
+    use avx512::{int_rows, LUT4, Q4, Q8};
+    let stride = m.row_stride_bytes();
+    let gpr = m.groups_per_row();
+    let glen = m.group_len();
+    let act = QuantAct::new(x, true);
+    let gsum = act.group_sums(glen);
+    let per = rows_per_task(y.len());
+    // (codes, scales, zeros, lut4 table / zero / step)
+    let (codes, scales, zeros, lut): (&[u8], &[f16], &[u8], _) = match m.packed() {
+        Packed::Q8(q) => (bytemuck::cast_slice(&q.codes), &q.scales, &[], None),
+        Packed::Q4(q) => (bytemuck::cast_slice(&q.codes), &q.scales, &q.zeros, None),
+        Packed::Lut4(q) => (
+            bytemuck::cast_slice(&q.codes),
+            &q.scales,
+            &[],
+            Some(lut_u8(&q.codebook)),
+        ),
+        // Plain formats never come here (the caller checks `is_grouped`).
+        _ => return,
+    };
+    let (table, zconst, step) = lut.unwrap_or(([0; 16], 0.0, 1.0));
+    let is_q8 = matches!(m.packed(), Packed::Q8(_));
+    y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+        for (i, o) in out.chunks_mut(PASS_ROWS).enumerate() {
+            let r0 = t * per + i * PASS_ROWS;
+            for (j, o) in o
+                .chunks_mut(if o.len() == PASS_ROWS { PASS_ROWS } else { 1 })
+                .enumerate()
+            {
+                let r = r0 + j;
+                let c = &codes[r * stride..];
+                let s = &scales[r * gpr..];
+                let z = if zeros.is_empty() {
+                    zeros
+                } else {
+                    &zeros[r * gpr..]
+                };
+                // SAFETY: this is the AVX-512 path, checked against the CPU
+                // by the caller (`KernelPath::check`); `act` has its SIMD
+                // tables; the slices start at row `r` and the kernel checks
+                // their lengths.
+                unsafe {
+                    match (o.len(), is_q8, lut.is_some()) {
+                        (PASS_ROWS, true, _) => int_rows::<PASS_ROWS, Q8>(
+                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
+                        ),
+                        (PASS_ROWS, false, false) => int_rows::<PASS_ROWS, Q4>(
+                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
+                        ),
+                        (PASS_ROWS, false, true) => int_rows::<PASS_ROWS, LUT4>(
+                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
+                        ),
+                        (_, true, _) => {
+                            int_rows::<1, Q8>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
+                        }
+                        (_, false, false) => {
+                            int_rows::<1, Q4>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
+                        }
+                        (_, false, true) => int_rows::<1, LUT4>(
+                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
+                        ),
+                    }
+                }
+                if lut.is_some() {
+                    o.iter_mut().for_each(|v| *v *= step);
+                }
+            }
+        }
+    });
 }
 
 fn dot_f32(path: KernelPath, w: &[f32], x: &[f32]) -> f32 {
@@ -812,6 +904,242 @@ mod avx512 {
             acc1 = byte_chunk(&ctx, k, w, s, acc1);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+
+    /// q4 codes for [`int_rows`].
+    pub(super) const Q4: u8 = 0;
+    /// lut4 codes for [`int_rows`].
+    pub(super) const LUT4: u8 = 1;
+    /// q8 codes for [`int_rows`].
+    pub(super) const Q8: u8 = 2;
+
+    /// Bytes ahead of the current chunk that each row stream prefetches.
+    const PREFETCH: usize = 1024;
+
+    /// What [`rows_step`] needs besides the chunk index and the lane scales.
+    struct RowsCtx {
+        codes: *const u8,
+        stride: usize,
+        xq: *const i8,
+        dx: *const f32,
+        mask: __m512i,
+        lut: __m512i,
+    }
+
+    /// The 16 i32 lane dots of one 64-byte chunk `w` with the activations
+    /// `xa` (and `xb`, the odd columns, for the 4-bit formats), as f32.
+    #[inline(always)]
+    unsafe fn chunk_dot<const F: u8>(
+        w: __m512i,
+        mask: __m512i,
+        lut: __m512i,
+        xa: __m512i,
+        xb: __m512i,
+    ) -> __m512 {
+        let d = if F == Q8 {
+            // Codes + 128 are the unsigned operand; the offset comes off per row.
+            let wu = _mm512_xor_si512(w, _mm512_set1_epi8(-128));
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, xa)
+        } else {
+            let mut lo = _mm512_and_si512(w, mask);
+            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask);
+            if F == LUT4 {
+                lo = _mm512_shuffle_epi8(lut, lo);
+                hi = _mm512_shuffle_epi8(lut, hi);
+            }
+            _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa), hi, xb)
+        };
+        _mm512_cvtepi32_ps(d)
+    }
+
+    /// `acc[r] += dot(row r, chunk k) · s[r] · dx` for `R` rows that share
+    /// the activation loads of chunk `k`.
+    #[inline(always)]
+    unsafe fn rows_step<const R: usize, const F: u8>(
+        c: &RowsCtx,
+        k: usize,
+        s: &[__m512; R],
+        acc: &mut [__m512; R],
+    ) {
+        let cc = if F == Q8 { BYTE_CHUNK } else { NIB_CHUNK };
+        let xa = _mm512_loadu_si512(c.xq.add(cc * k) as *const __m512i);
+        let xb = if F == Q8 {
+            xa
+        } else {
+            _mm512_loadu_si512(c.xq.add(cc * k + 64) as *const __m512i)
+        };
+        let d = _mm512_loadu_ps(c.dx.add(16 * k));
+        for r in 0..R {
+            let p = c.codes.add(r * c.stride + 64 * k);
+            // A prefetch never faults, so the address may run past the matrix.
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            let w = _mm512_loadu_si512(p as *const __m512i);
+            let t = chunk_dot::<F>(w, c.mask, c.lut, xa, xb);
+            acc[r] = _mm512_fmadd_ps(t, _mm512_mul_ps(s[r], d), acc[r]);
+        }
+    }
+
+    /// `R` consecutive rows of a q8 / q4 / lut4 matrix (`F`), whole rows,
+    /// one pass: the activation chunk and its lane scales are loaded once
+    /// for the `R` rows, the row scales are expanded to lanes once per 16
+    /// groups, and the zero points (q4 per group, lut4 `zconst`, the q8
+    /// offset 128) come off once per row as `Σ_g s_g · z_g · gsum_g`.
+    /// `codes` starts at the first row (`stride` bytes per row), `scales`
+    /// (and `zeros` for q4) at its first group; `out[r]` gets row `r`
+    /// (lut4 still to be multiplied by its codebook step).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VNNI; `act` was built with its SIMD
+    /// tables for `glen` (a multiple of 32 or the whole row).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+    pub(super) unsafe fn int_rows<const R: usize, const F: u8>(
+        codes: &[u8],
+        stride: usize,
+        scales: &[f16],
+        zeros: &[u8],
+        gsum: &[f32],
+        table: &[u8; 16],
+        zconst: f32,
+        glen: usize,
+        act: &QuantAct,
+        out: &mut [f32],
+    ) {
+        let cols = act.cols;
+        let gpr = cols.div_ceil(glen);
+        let cc = if F == Q8 { BYTE_CHUNK } else { NIB_CHUNK };
+        let bpc = cc / QBLOCK;
+        let row_bytes = if F == Q8 {
+            cols
+        } else {
+            cols.div_ceil(QBLOCK) * QBLOCK / 2
+        };
+        let nchunks = cols.div_ceil(cc);
+        assert!(R >= 1 && out.len() == R);
+        assert!(stride >= row_bytes && codes.len() >= (R - 1) * stride + row_bytes);
+        assert!(scales.len() >= R * gpr && gsum.len() >= gpr);
+        assert!(F != Q4 || zeros.len() >= R * gpr);
+        let (xq, dx) = if F == Q8 {
+            (act.xq.as_ptr(), act.byte_dx.as_ptr())
+        } else {
+            (act.nib_xq.as_ptr(), act.nib_dx.as_ptr())
+        };
+        let xlen = if F == Q8 {
+            act.xq.len()
+        } else {
+            act.nib_xq.len()
+        };
+        let dxlen = if F == Q8 {
+            act.byte_dx.len()
+        } else {
+            act.nib_dx.len()
+        };
+        assert!(xlen >= nchunks * cc && dxlen >= nchunks * 16);
+        let c = RowsCtx {
+            codes: codes.as_ptr(),
+            stride,
+            xq,
+            dx,
+            mask: _mm512_set1_epi8(0x0F),
+            lut: _mm512_broadcast_i32x4(_mm_loadu_si128(table.as_ptr() as *const __m128i)),
+        };
+        let g = groups_per_chunk(glen, cols, cc);
+        let idx = group_index(g);
+        let nfull = cols / cc;
+        let zero = _mm512_setzero_ps();
+        let mut acc = [zero; R];
+        let mut s = [zero; R];
+        let mut k = 0;
+        match g {
+            1 => {
+                // One group spans `per` whole chunks: one broadcast per row.
+                let per = if glen >= cols { usize::MAX } else { glen / cc };
+                while k < nfull {
+                    let gi = k / per;
+                    let end = (gi + 1).saturating_mul(per).min(nfull);
+                    for (r, v) in s.iter_mut().enumerate() {
+                        *v = _mm512_set1_ps(scales[r * gpr + gi].to_f32());
+                    }
+                    while k < end {
+                        rows_step::<R, F>(&c, k, &s, &mut acc);
+                        k += 1;
+                    }
+                }
+            }
+            2 | 4 => {
+                // 16 scales per row per load, spread over the next 16 / g chunks.
+                let step = 16 / g;
+                let mut s16 = [zero; R];
+                while k + step <= nfull {
+                    for (r, v) in s16.iter_mut().enumerate() {
+                        let p = scales.as_ptr().add(r * gpr + k * g);
+                        *v = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+                    }
+                    for j in 0..step {
+                        let i = _mm512_add_epi32(idx, _mm512_set1_epi32((j * g) as i32));
+                        for r in 0..R {
+                            s[r] = _mm512_permutexvar_ps(i, s16[r]);
+                        }
+                        rows_step::<R, F>(&c, k + j, &s, &mut acc);
+                    }
+                    k += step;
+                }
+                while k < nfull {
+                    for (r, v) in s.iter_mut().enumerate() {
+                        *v = lane_scales(&scales[r * gpr..][..gpr], k * g, g, idx);
+                    }
+                    rows_step::<R, F>(&c, k, &s, &mut acc);
+                    k += 1;
+                }
+            }
+            _ => {
+                while k < nfull {
+                    for (r, v) in s.iter_mut().enumerate() {
+                        *v = lane_fill(&scales[r * gpr..][..gpr], &[], k, bpc, glen, cols).0;
+                    }
+                    rows_step::<R, F>(&c, k, &s, &mut acc);
+                    k += 1;
+                }
+            }
+        }
+        // The partial last chunk: masked code loads (zero bytes meet the
+        // zero-padded activations), lanes past the row get scale 0.
+        let rem = cols - nfull * cc;
+        if rem > 0 {
+            let nbytes = if F == Q8 {
+                rem
+            } else {
+                rem.div_ceil(QBLOCK) * QBLOCK / 2
+            };
+            let m: __mmask64 = if nbytes >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << nbytes) - 1
+            };
+            let xa = _mm512_loadu_si512(xq.add(cc * nfull) as *const __m512i);
+            let xb = if F == Q8 {
+                xa
+            } else {
+                _mm512_loadu_si512(xq.add(cc * nfull + 64) as *const __m512i)
+            };
+            let d = _mm512_loadu_ps(dx.add(16 * nfull));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = codes.as_ptr().add(r * stride + 64 * nfull);
+                let w = _mm512_maskz_loadu_epi8(m, p as *const i8);
+                let sr = lane_fill(&scales[r * gpr..][..gpr], &[], nfull, bpc, glen, cols).0;
+                let t = chunk_dot::<F>(w, c.mask, c.lut, xa, xb);
+                *a = _mm512_fmadd_ps(t, _mm512_mul_ps(sr, d), *a);
+            }
+        }
+        for (r, (o, a)) in out.iter_mut().zip(acc).enumerate() {
+            let rs = &scales[r * gpr..][..gpr];
+            let zt = match F {
+                Q4 => zero_term(rs, &zeros[r * gpr..][..gpr], None, gsum, gpr),
+                LUT4 => zero_term(rs, &[], Some(zconst), gsum, gpr),
+                _ => zero_term(rs, &[], Some(128.0), gsum, gpr),
+            };
+            *o = _mm512_reduce_add_ps(a) - zt;
+        }
     }
 }
 
