@@ -135,9 +135,17 @@ pub(crate) fn gemv(
         }
     };
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx512 && m.kind().is_grouped() && !legacy_rows() {
-        multi_row_int(m, x, y);
-        return;
+    if path == KernelPath::Avx512 && !legacy_rows() {
+        match m.packed() {
+            Packed::F16(v) => {
+                return multi_row_half(bytemuck::cast_slice(v), stride / 2, x, y, false)
+            }
+            Packed::Bf16(v) => {
+                return multi_row_half(bytemuck::cast_slice(v), stride / 2, x, y, true)
+            }
+            Packed::F32(_) => {}
+            _ => return multi_row_int(m, x, y),
+        }
     }
     match m.packed() {
         Packed::F32(v) => {
@@ -242,6 +250,33 @@ const PASS_ROWS: usize = 4;
 fn legacy_rows() -> bool {
     static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *LEGACY.get_or_init(|| std::env::var("QUANTSCOPE_GEMV_LEGACY").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// f16 / bf16 GEMV on the AVX-512 path: [`PASS_ROWS`] rows per pass
+/// sharing the activation loads, whole rows.
+#[cfg(target_arch = "x86_64")]
+fn multi_row_half(w: &[u16], stride: usize, x: &[f32], y: &mut [f32], bf16: bool) {
+    let per = rows_per_task(y.len());
+    y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+        for (i, o) in out.chunks_mut(PASS_ROWS).enumerate() {
+            let r0 = t * per + i * PASS_ROWS;
+            for (j, o) in o
+                .chunks_mut(if o.len() == PASS_ROWS { PASS_ROWS } else { 1 })
+                .enumerate()
+            {
+                let wr = &w[(r0 + j) * stride..];
+                // SAFETY: the AVX-512 path, checked against the CPU by the
+                // caller (`KernelPath::check`); the kernel checks the lengths.
+                unsafe {
+                    if o.len() == PASS_ROWS {
+                        avx512::half_rows::<PASS_ROWS>(wr, stride, x, bf16, o);
+                    } else {
+                        avx512::half_rows::<1>(wr, stride, x, bf16, o);
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// q8 / q4 / lut4 GEMV on the AVX-512 path: [`PASS_ROWS`] rows per pass
@@ -1139,6 +1174,56 @@ mod avx512 {
                 _ => zero_term(rs, &[], Some(128.0), gsum, gpr),
             };
             *o = _mm512_reduce_add_ps(a) - zt;
+        }
+    }
+
+    /// `out[r] = Σ half(w[r·stride + i]) · x[i]` for `R` consecutive rows of
+    /// f16 (`bf16 == false`) or bf16 bits, sharing the activation loads;
+    /// two accumulators per row.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL + F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub(super) unsafe fn half_rows<const R: usize>(
+        w: &[u16],
+        stride: usize,
+        x: &[f32],
+        bf16: bool,
+        out: &mut [f32],
+    ) {
+        let n = x.len();
+        assert!(R >= 1 && out.len() == R);
+        assert!(stride >= n && w.len() >= (R - 1) * stride + n);
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut i = 0;
+        while i + 32 <= n {
+            let x0 = _mm512_loadu_ps(xp.add(i));
+            let x1 = _mm512_loadu_ps(xp.add(i + 16));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = wp.add(r * stride + i);
+                // A prefetch never faults, so the address may run past the matrix.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH / 2) as *const i8);
+                let w0 = widen(_mm256_loadu_si256(p as *const __m256i), bf16);
+                let w1 = widen(_mm256_loadu_si256(p.add(16) as *const __m256i), bf16);
+                a[0] = _mm512_fmadd_ps(w0, x0, a[0]);
+                a[1] = _mm512_fmadd_ps(w1, x1, a[1]);
+            }
+            i += 32;
+        }
+        while i < n {
+            let k = (n - i).min(16);
+            let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+            let xv = _mm512_maskz_loadu_ps(m, xp.add(i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = wp.add(r * stride + i);
+                let wv = widen(_mm256_maskz_loadu_epi16(m, p as *const i16), bf16);
+                a[0] = _mm512_fmadd_ps(wv, xv, a[0]);
+            }
+            i += k;
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
         }
     }
 }
