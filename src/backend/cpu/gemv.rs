@@ -948,8 +948,17 @@ mod avx512 {
     /// q8 codes for [`int_rows`].
     pub(super) const Q8: u8 = 2;
 
-    /// Bytes ahead of the current chunk that each row stream prefetches.
-    const PREFETCH: usize = 1024;
+    /// Bytes ahead of the current chunk that each row stream prefetches
+    /// (`QUANTSCOPE_GEMV_PREFETCH` overrides it, for tuning experiments).
+    fn prefetch_bytes() -> usize {
+        static PF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *PF.get_or_init(|| {
+            std::env::var("QUANTSCOPE_GEMV_PREFETCH")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .map_or(256, |v| v.min(1 << 16) / 64 * 64)
+        })
+    }
 
     /// What [`rows_step`] needs besides the chunk index and the lane scales.
     struct RowsCtx {
@@ -959,6 +968,8 @@ mod avx512 {
         dx: *const f32,
         mask: __m512i,
         lut: __m512i,
+        /// Prefetch distance in bytes.
+        pf: usize,
     }
 
     /// The 16 i32 lane dots of one 64-byte chunk `w` with the activations
@@ -1007,7 +1018,7 @@ mod avx512 {
         for r in 0..R {
             let p = c.codes.add(r * c.stride + 64 * k);
             // A prefetch never faults, so the address may run past the matrix.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(c.pf) as *const i8);
             let w = _mm512_loadu_si512(p as *const __m512i);
             let t = chunk_dot::<F>(w, c.mask, c.lut, xa, xb);
             acc[r] = _mm512_fmadd_ps(t, _mm512_mul_ps(s[r], d), acc[r]);
@@ -1077,6 +1088,7 @@ mod avx512 {
             dx,
             mask: _mm512_set1_epi8(0x0F),
             lut: _mm512_broadcast_i32x4(_mm_loadu_si128(table.as_ptr() as *const __m128i)),
+            pf: prefetch_bytes(),
         };
         let g = groups_per_chunk(glen, cols, cc);
         let idx = group_index(g);
@@ -1195,6 +1207,7 @@ mod avx512 {
         assert!(R >= 1 && out.len() == R);
         assert!(stride >= n && w.len() >= (R - 1) * stride + n);
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let pf = prefetch_bytes() / 2;
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let mut i = 0;
         while i + 32 <= n {
@@ -1203,7 +1216,7 @@ mod avx512 {
             for (r, a) in acc.iter_mut().enumerate() {
                 let p = wp.add(r * stride + i);
                 // A prefetch never faults, so the address may run past the matrix.
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH / 2) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf) as *const i8);
                 let w0 = widen(_mm256_loadu_si256(p as *const __m256i), bf16);
                 let w1 = widen(_mm256_loadu_si256(p.add(16) as *const __m256i), bf16);
                 a[0] = _mm512_fmadd_ps(w0, x0, a[0]);
