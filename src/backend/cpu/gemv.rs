@@ -21,7 +21,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::act::{QuantAct, BYTE_CHUNK, NIB_CHUNK, QBLOCK};
+use super::act::{QuantAct, QBLOCK};
 use super::gemm::{decode_segment, permute_row};
 use super::kernel::KernelPath;
 use crate::format::{Packed, QuantizedMatrix};
@@ -80,15 +80,8 @@ pub(crate) fn lut_u8(codebook: &[f32; 16]) -> ([u8; 16], f32, f32) {
 /// Which 4-bit format a nibble kernel decodes.
 #[derive(Clone, Copy)]
 enum Nib<'a> {
-    Q4 {
-        zeros: &'a [u8],
-        gsum: &'a [f32],
-    },
-    Lut {
-        table: &'a [u8; 16],
-        zero: f32,
-        gsum: &'a [f32],
-    },
+    Q4 { zeros: &'a [u8] },
+    Lut { table: &'a [u8; 16], zero: f32 },
 }
 
 /// `y = W · x` for one activation row (`x` already multiplied by the
@@ -121,21 +114,13 @@ pub(crate) fn gemv(
         });
         return;
     }
-    // Plain formats: blocks of `col_block()` columns. Integer formats on AVX-512:
-    // blocks of whole 512-bit chunks (the tail chunk in the last block).
+    // Plain formats: blocks of `col_block()` columns; integer formats (AVX2
+    // and scalar; AVX-512 returned above): whole rows.
     let block = col_block();
     let nb_plain = cols.div_ceil(block);
     let cb = |b: usize| (b * block, ((b + 1) * block).min(cols));
-    let int_blocks = |chunk_cols: usize| -> (usize, usize) {
-        let per = block / chunk_cols;
-        if path == KernelPath::Avx512 {
-            (cols.div_ceil(chunk_cols).div_ceil(per), per)
-        } else {
-            (1, usize::MAX)
-        }
-    };
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx512 && !legacy_rows() {
+    if path == KernelPath::Avx512 {
         match m.packed() {
             Packed::F16(v) => {
                 return multi_row_half(bytemuck::cast_slice(v), stride / 2, x, y, false)
@@ -174,31 +159,22 @@ pub(crate) fn gemv(
         Packed::Q8(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            let (nb, per) = int_blocks(BYTE_CHUNK);
-            par_rows_blocked(y, nb, |r, b| {
+            par_rows_blocked(y, 1, |r, _| {
                 q8_row(
                     path,
                     &codes[r * stride..][..stride],
                     &q.scales[r * gpr..][..gpr],
                     glen,
                     &act,
-                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
         Packed::Q4(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
-            let gsum = if path == KernelPath::Avx512 {
-                act.group_sums(glen)
-            } else {
-                Vec::new()
-            };
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            let (nb, per) = int_blocks(NIB_CHUNK);
-            par_rows_blocked(y, nb, |r, b| {
+            par_rows_blocked(y, 1, |r, _| {
                 let nib = Nib::Q4 {
                     zeros: &q.zeros[r * gpr..][..gpr],
-                    gsum: &gsum,
                 };
                 nib_row(
                     path,
@@ -207,7 +183,6 @@ pub(crate) fn gemv(
                     nib,
                     glen,
                     &act,
-                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
@@ -215,13 +190,7 @@ pub(crate) fn gemv(
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             let (table, zero, step) = lut_u8(&q.codebook);
-            let gsum = if path == KernelPath::Avx512 {
-                act.group_sums(glen)
-            } else {
-                Vec::new()
-            };
-            let (nb, per) = int_blocks(NIB_CHUNK);
-            par_rows_blocked(y, nb, |r, b| {
+            par_rows_blocked(y, 1, |r, _| {
                 step * nib_row(
                     path,
                     &codes[r * stride..][..stride],
@@ -229,11 +198,9 @@ pub(crate) fn gemv(
                     Nib::Lut {
                         table: &table,
                         zero,
-                        gsum: &gsum,
                     },
                     glen,
                     &act,
-                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
@@ -243,14 +210,6 @@ pub(crate) fn gemv(
 /// Rows per pass of the multi-row AVX-512 integer GEMV.
 #[cfg(target_arch = "x86_64")]
 const PASS_ROWS: usize = 4;
-
-/// `QUANTSCOPE_GEMV_LEGACY=1` selects the one-row, column-blocked AVX-512
-/// integer GEMV (for A/B timing experiments).
-#[cfg(target_arch = "x86_64")]
-fn legacy_rows() -> bool {
-    static LEGACY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LEGACY.get_or_init(|| std::env::var("QUANTSCOPE_GEMV_LEGACY").is_ok_and(|v| v.trim() == "1"))
-}
 
 /// f16 / bf16 GEMV on the AVX-512 path: [`PASS_ROWS`] rows per pass
 /// sharing the activation loads, whole rows.
@@ -389,23 +348,12 @@ fn scalar_dot(w: impl Iterator<Item = f32>, x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// One q8 row, whole chunks `range` on AVX-512 (the other paths always do
-/// the whole row and get `(0, usize::MAX)`).
-fn q8_row(
-    path: KernelPath,
-    codes: &[u8],
-    scales: &[f16],
-    glen: usize,
-    act: &QuantAct,
-    range: (usize, usize),
-) -> f32 {
+/// One q8 row (AVX2 or scalar; AVX-512 runs [`multi_row_int`]).
+fn q8_row(path: KernelPath, codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; `codes` is a whole padded
-        // row, `scales` the row's groups, `act` has its SIMD tables.
-        KernelPath::Avx512 => unsafe { avx512::q8_row(codes, scales, glen, act, range) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
+        // row, `scales` the row's groups.
         KernelPath::Avx2 => unsafe { avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q8) },
         _ => scalar_int_row(act, glen, |c| codes[c] as i8 as i32, |_| 0.0, |g| scales[g]),
     }
@@ -418,31 +366,11 @@ fn nib_row(
     nib: Nib<'_>,
     glen: usize,
     act: &QuantAct,
-    range: (usize, usize),
 ) -> f32 {
     match (path, nib) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; `codes` is a whole padded
-        // row, `scales` / `zeros` the row's groups, `act` has its SIMD tables.
-        (KernelPath::Avx512, Nib::Q4 { zeros, gsum }) => unsafe {
-            avx512::nib_row(codes, scales, zeros, gsum, None, glen, act, range)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (KernelPath::Avx512, Nib::Lut { table, zero, gsum }) => unsafe {
-            avx512::nib_row(
-                codes,
-                scales,
-                &[],
-                gsum,
-                Some((table, zero)),
-                glen,
-                act,
-                range,
-            )
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
+        // row, `scales` / `zeros` the row's groups.
         (KernelPath::Avx2, Nib::Q4 { zeros, .. }) => unsafe {
             avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q4(zeros))
         },
@@ -629,61 +557,6 @@ mod avx512 {
         (_mm512_loadu_ps(s.as_ptr()), _mm512_loadu_ps(z.as_ptr()))
     }
 
-    /// What one integer chunk step needs besides the chunk itself.
-    #[derive(Clone, Copy)]
-    struct IntCtx {
-        /// 0x0F in every byte (4-bit formats).
-        mask: __m512i,
-        /// The lut4 u8 codebook in every 128-bit lane.
-        lut: __m512i,
-        /// lut4 (look the nibbles up) rather than q4.
-        is_lut: bool,
-        /// Activation codes in the layout of the kernel.
-        xq: *const i8,
-        /// Per-lane activation scales.
-        dx: *const f32,
-        /// Per-lane activation code sums (divided by the lanes per block).
-        xs: *const f32,
-    }
-
-    /// `acc + Σ lanes dot · s · dx` for 4-bit chunk `k` (128 columns); the
-    /// zero point is taken off once per row ([`zero_term`]).
-    #[inline(always)]
-    unsafe fn nib_chunk(c: &IntCtx, k: usize, w: __m512i, s: __m512, acc: __m512) -> __m512 {
-        let mut lo = _mm512_and_si512(w, c.mask);
-        let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), c.mask);
-        if c.is_lut {
-            lo = _mm512_shuffle_epi8(c.lut, lo);
-            hi = _mm512_shuffle_epi8(c.lut, hi);
-        }
-        let xa = _mm512_loadu_si512(c.xq.add(NIB_CHUNK * k) as *const __m512i);
-        let xb = _mm512_loadu_si512(c.xq.add(NIB_CHUNK * k + 64) as *const __m512i);
-        let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa);
-        let d = _mm512_dpbusd_epi32(d, hi, xb);
-        let dx = _mm512_loadu_ps(c.dx.add(16 * k));
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, dx), acc)
-    }
-
-    /// `acc + Σ lanes (dot − 128·xs) · s · dx` for q8 chunk `k` (64 columns);
-    /// codes + 128 are the unsigned operand of `vpdpbusd`.
-    #[inline(always)]
-    unsafe fn byte_chunk(c: &IntCtx, k: usize, w: __m512i, s: __m512, acc: __m512) -> __m512 {
-        let wu = _mm512_xor_si512(w, _mm512_set1_epi8(-128));
-        let x = _mm512_loadu_si512(c.xq.add(BYTE_CHUNK * k) as *const __m512i);
-        let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, x);
-        let xs = _mm512_loadu_ps(c.xs.add(16 * k));
-        let dx = _mm512_loadu_ps(c.dx.add(16 * k));
-        let t = _mm512_fnmadd_ps(_mm512_set1_ps(128.0), xs, _mm512_cvtepi32_ps(d));
-        _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
-    }
-
-    /// Loads 64 code bytes of chunk `k` and prefetches a little ahead.
-    #[inline(always)]
-    unsafe fn load_chunk(codes: *const u8, k: usize) -> __m512i {
-        _mm_prefetch::<_MM_HINT_T0>(codes.add(64 * k + 1024) as *const i8);
-        _mm512_loadu_si512(codes.add(64 * k) as *const __m512i)
-    }
-
     /// `Σ_g s_g · z_g · gsum_g` over the row's groups, 16 groups at a time;
     /// `z_g` is the q4 zero point, or lut4's constant zero when `zconst` is set.
     #[inline(always)]
@@ -715,230 +588,6 @@ mod avx512 {
             g += n;
         }
         _mm512_reduce_add_ps(acc)
-    }
-
-    /// One 4-bit row (q4 when `table` is `None`, lut4 with its u8 codebook
-    /// and f32 zero otherwise).
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512 F/BW/VNNI; `codes` holds the padded row
-    /// (`round_up(cols, 32) / 2` bytes at least); `scales` (and `zeros` for
-    /// q4) hold the row's groups; `act` was built with its SIMD tables.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub(super) unsafe fn nib_row(
-        codes: &[u8],
-        scales: &[f16],
-        zeros: &[u8],
-        gsum: &[f32],
-        table: Option<(&[u8; 16], f32)>,
-        glen: usize,
-        act: &QuantAct,
-        (k0, k1): (usize, usize),
-    ) -> f32 {
-        let cols = act.cols;
-        let gpr = cols.div_ceil(glen);
-        assert!(gsum.len() >= gpr && (table.is_some() || zeros.len() >= gpr));
-        assert!(codes.len() >= cols.div_ceil(QBLOCK) * QBLOCK / 2);
-        assert!(act.nib_xq.len() >= cols.div_ceil(NIB_CHUNK) * NIB_CHUNK);
-        let g = groups_per_chunk(glen, cols, NIB_CHUNK);
-        let idx = group_index(g);
-        let lut = table.map_or([0u8; 16], |(t, _)| *t);
-        let ctx = IntCtx {
-            mask: _mm512_set1_epi8(0x0F),
-            lut: _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i)),
-            is_lut: table.is_some(),
-            xq: act.nib_xq.as_ptr(),
-            dx: act.nib_dx.as_ptr(),
-            xs: act.nib_xs.as_ptr(),
-        };
-        // Lanes hold Σ u8 · xq; the zero points come in once per row.
-        let cp = codes.as_ptr();
-        let nfull = cols / NIB_CHUNK;
-        // Whole chunks k0..k1 of this call; the tail belongs to the last range.
-        let tail = k0 <= nfull && nfull < k1;
-        let k1 = k1.min(nfull);
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
-        match g {
-            1 => {
-                // One group spans `per` whole chunks: load its scale once.
-                let per = if glen >= cols {
-                    usize::MAX
-                } else {
-                    glen / NIB_CHUNK
-                };
-                let (mut k, mut g0) = (k0, k0 / per);
-                while k < k1 {
-                    let s = lane_scales(scales, g0, 1, idx);
-                    let end = (g0 + 1).saturating_mul(per).min(k1);
-                    while k < end {
-                        acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                        // Alternate accumulators (two FMA chains in flight).
-                        std::mem::swap(&mut acc0, &mut acc1);
-                        k += 1;
-                    }
-                    g0 += 1;
-                }
-            }
-            2 | 4 => {
-                let mut k = k0;
-                // 16 scales per load, spread over the next 16 / g chunks.
-                let step = 16 / g;
-                while k + step <= k1 {
-                    let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
-                        scales.as_ptr().add(k * g) as *const __m256i
-                    ));
-                    let mut j = 0;
-                    while j < step {
-                        let i0 = _mm512_add_epi32(idx, _mm512_set1_epi32((j * g) as i32));
-                        let i1 = _mm512_add_epi32(idx, _mm512_set1_epi32(((j + 1) * g) as i32));
-                        let s0 = _mm512_permutexvar_ps(i0, s16);
-                        let s1 = _mm512_permutexvar_ps(i1, s16);
-                        acc0 = nib_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, acc0);
-                        acc1 = nib_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, acc1);
-                        j += 2;
-                    }
-                    k += step;
-                }
-                while k + 2 <= k1 {
-                    let s0 = lane_scales(scales, k * g, g, idx);
-                    let s1 = lane_scales(scales, (k + 1) * g, g, idx);
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s0, acc0);
-                    acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, acc1);
-                    k += 2;
-                }
-                if k < k1 {
-                    let s = lane_scales(scales, k * g, g, idx);
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                }
-            }
-            _ => {
-                for k in k0..k1 {
-                    let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                }
-            }
-        }
-        let k = nfull;
-        let rem = cols - k * NIB_CHUNK;
-        if tail && rem > 0 {
-            let nbytes = rem.div_ceil(QBLOCK) * QBLOCK / 2;
-            let m: __mmask64 = if nbytes >= 64 {
-                u64::MAX
-            } else {
-                (1u64 << nbytes) - 1
-            };
-            let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
-            let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
-            acc1 = nib_chunk(&ctx, k, w, s, acc1);
-        }
-        let dense = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        if k0 > 0 {
-            dense
-        } else {
-            let zconst = table.map(|(_, z)| z);
-            dense - zero_term(scales, zeros, zconst, gsum, gpr)
-        }
-    }
-
-    /// One q8 row.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512 F/BW/VNNI; `codes` holds the padded row
-    /// (`round_up(cols, 16)` bytes); `scales` holds the row's groups; `act`
-    /// was built with its SIMD tables.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub(super) unsafe fn q8_row(
-        codes: &[u8],
-        scales: &[f16],
-        glen: usize,
-        act: &QuantAct,
-        (k0, k1): (usize, usize),
-    ) -> f32 {
-        let cols = act.cols;
-        assert!(codes.len() >= cols);
-        assert!(act.xq.len() >= cols.div_ceil(BYTE_CHUNK) * BYTE_CHUNK);
-        let g = groups_per_chunk(glen, cols, BYTE_CHUNK);
-        let idx = group_index(g);
-        let ctx = IntCtx {
-            mask: _mm512_setzero_si512(),
-            lut: _mm512_setzero_si512(),
-            is_lut: false,
-            xq: act.xq.as_ptr(),
-            dx: act.byte_dx.as_ptr(),
-            xs: act.byte_xs.as_ptr(),
-        };
-        let cp = codes.as_ptr();
-        let nfull = cols / BYTE_CHUNK;
-        let tail = k0 <= nfull && nfull < k1;
-        let k1 = k1.min(nfull);
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
-        match g {
-            1 => {
-                let per = if glen >= cols {
-                    usize::MAX
-                } else {
-                    glen / BYTE_CHUNK
-                };
-                let (mut k, mut g0) = (k0, k0 / per);
-                while k < k1 {
-                    let s = lane_scales(scales, g0, 1, idx);
-                    let end = (g0 + 1).saturating_mul(per).min(k1);
-                    while k < end {
-                        acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                        std::mem::swap(&mut acc0, &mut acc1);
-                        k += 1;
-                    }
-                    g0 += 1;
-                }
-            }
-            2 => {
-                let mut k = k0;
-                // 16 scales per load, spread over the next 8 chunks.
-                while k + 8 <= k1 {
-                    let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
-                        scales.as_ptr().add(2 * k) as *const __m256i
-                    ));
-                    for j in (0..8).step_by(2) {
-                        let i0 = _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j as i32));
-                        let i1 = _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j as i32 + 2));
-                        let s0 = _mm512_permutexvar_ps(i0, s16);
-                        let s1 = _mm512_permutexvar_ps(i1, s16);
-                        acc0 = byte_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, acc0);
-                        acc1 = byte_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, acc1);
-                    }
-                    k += 8;
-                }
-                while k + 2 <= k1 {
-                    let s0 = lane_scales(scales, 2 * k, 2, idx);
-                    let s1 = lane_scales(scales, 2 * k + 2, 2, idx);
-                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s0, acc0);
-                    acc1 = byte_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, acc1);
-                    k += 2;
-                }
-                if k < k1 {
-                    let s = lane_scales(scales, 2 * k, 2, idx);
-                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                }
-            }
-            _ => {
-                for k in k0..k1 {
-                    let s = lane_fill(scales, &[], k, 2, glen, cols).0;
-                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                }
-            }
-        }
-        let k = nfull;
-        let rem = cols - k * BYTE_CHUNK;
-        if tail && rem > 0 {
-            let m: __mmask64 = (1u64 << rem) - 1;
-            let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
-            let s = lane_fill(scales, &[], k, 2, glen, cols).0;
-            acc1 = byte_chunk(&ctx, k, w, s, acc1);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
     }
 
     /// q4 codes for [`int_rows`].
