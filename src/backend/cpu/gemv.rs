@@ -207,30 +207,47 @@ pub(crate) fn gemv(
     }
 }
 
-/// Rows per pass of the multi-row AVX-512 integer GEMV.
+/// Rows per pass of the multi-row AVX-512 GEMV for rows of `stride` bytes.
+/// Rows of a task are contiguous, so one row per pass reads one long
+/// sequential stream (best for the hardware prefetcher); 4 rows per pass
+/// share the activation loads but read 4 streams of `stride` bytes each,
+/// which only pays when those streams are long (measured: 1 row for
+/// 4096-column rows of any format, 4 for 28 KiB f16 rows).
+/// `QUANTSCOPE_GEMV_ROWS=1|4` overrides it (for tuning experiments).
 #[cfg(target_arch = "x86_64")]
-const PASS_ROWS: usize = 4;
+fn pass_rows(stride: usize) -> usize {
+    static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *ROWS.get_or_init(|| {
+        match std::env::var("QUANTSCOPE_GEMV_ROWS")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
+            Some("1") => Some(1),
+            Some("4") => Some(4),
+            _ => None,
+        }
+    });
+    forced.unwrap_or(if stride >= 16 << 10 { 4 } else { 1 })
+}
 
-/// f16 / bf16 GEMV on the AVX-512 path: [`PASS_ROWS`] rows per pass
+/// f16 / bf16 GEMV on the AVX-512 path: [`pass_rows`] rows per pass
 /// sharing the activation loads, whole rows.
 #[cfg(target_arch = "x86_64")]
 fn multi_row_half(w: &[u16], stride: usize, x: &[f32], y: &mut [f32], bf16: bool) {
     let per = rows_per_task(y.len());
+    let pr = pass_rows(2 * stride);
     y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
-        for (i, o) in out.chunks_mut(PASS_ROWS).enumerate() {
-            let r0 = t * per + i * PASS_ROWS;
-            for (j, o) in o
-                .chunks_mut(if o.len() == PASS_ROWS { PASS_ROWS } else { 1 })
-                .enumerate()
-            {
+        for (i, o) in out.chunks_mut(pr).enumerate() {
+            let r0 = t * per + i * pr;
+            for (j, o) in o.chunks_mut(if o.len() == pr { pr } else { 1 }).enumerate() {
                 let wr = &w[(r0 + j) * stride..];
                 // SAFETY: the AVX-512 path, checked against the CPU by the
                 // caller (`KernelPath::check`); the kernel checks the lengths.
                 unsafe {
-                    if o.len() == PASS_ROWS {
-                        avx512::half_rows::<PASS_ROWS>(wr, stride, x, bf16, o);
-                    } else {
-                        avx512::half_rows::<1>(wr, stride, x, bf16, o);
+                    match o.len() {
+                        4 => avx512::half_rows::<4>(wr, stride, x, bf16, o),
+                        _ => avx512::half_rows::<1>(wr, stride, x, bf16, o),
                     }
                 }
             }
@@ -238,7 +255,7 @@ fn multi_row_half(w: &[u16], stride: usize, x: &[f32], y: &mut [f32], bf16: bool
     });
 }
 
-/// q8 / q4 / lut4 GEMV on the AVX-512 path: [`PASS_ROWS`] rows per pass
+/// q8 / q4 / lut4 GEMV on the AVX-512 path: [`pass_rows`] rows per pass
 /// sharing the activation loads ([`avx512::int_rows`]), whole rows.
 #[cfg(target_arch = "x86_64")]
 fn multi_row_int(m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
@@ -264,13 +281,11 @@ fn multi_row_int(m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
     };
     let (table, zconst, step) = lut.unwrap_or(([0; 16], 0.0, 1.0));
     let is_q8 = matches!(m.packed(), Packed::Q8(_));
+    let pr = pass_rows(stride);
     y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
-        for (i, o) in out.chunks_mut(PASS_ROWS).enumerate() {
-            let r0 = t * per + i * PASS_ROWS;
-            for (j, o) in o
-                .chunks_mut(if o.len() == PASS_ROWS { PASS_ROWS } else { 1 })
-                .enumerate()
-            {
+        for (i, o) in out.chunks_mut(pr).enumerate() {
+            let r0 = t * per + i * pr;
+            for (j, o) in o.chunks_mut(if o.len() == pr { pr } else { 1 }).enumerate() {
                 let r = r0 + j;
                 let c = &codes[r * stride..];
                 let s = &scales[r * gpr..];
@@ -285,13 +300,13 @@ fn multi_row_int(m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
                 // their lengths.
                 unsafe {
                     match (o.len(), is_q8, lut.is_some()) {
-                        (PASS_ROWS, true, _) => int_rows::<PASS_ROWS, Q8>(
-                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
-                        ),
-                        (PASS_ROWS, false, false) => int_rows::<PASS_ROWS, Q4>(
-                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
-                        ),
-                        (PASS_ROWS, false, true) => int_rows::<PASS_ROWS, LUT4>(
+                        (4, true, _) => {
+                            int_rows::<4, Q8>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
+                        }
+                        (4, false, false) => {
+                            int_rows::<4, Q4>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
+                        }
+                        (4, false, true) => int_rows::<4, LUT4>(
                             c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
                         ),
                         (_, true, _) => {
