@@ -9,7 +9,8 @@
 //!
 //! `QUANTSCOPE_BENCH_FULL=0` skips the batch-512 GEMMs (about a minute);
 //! `QUANTSCOPE_BENCH_ONLY=<text>` runs only the cases whose name contains it
-//! (e.g. `gemv q4`).
+//! (e.g. `gemv q4`); `QUANTSCOPE_BENCH_HOT=1` times one cache-resident
+//! 512x14336 matrix (L3) instead (the kernels' compute rate).
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -132,7 +133,9 @@ fn bench_case(
     let bytes = probe.storage_bytes().total();
     // Working set >= 4x LLC (GEMM reuses the weights, so two are enough there).
     let llc = llc_bytes().unwrap_or(32 << 20);
-    let count = if batch == 1 {
+    let count = if hot() {
+        1
+    } else if batch == 1 {
         (4 * llc).div_ceil(bytes).max(2)
     } else {
         2
@@ -215,6 +218,13 @@ fn bench_case(
     results.push(row);
 }
 
+/// `QUANTSCOPE_BENCH_HOT=1`: one 512x14336 matrix (no rotation), so
+/// GEMV runs from L3 and shows the kernels' compute rate (with
+/// `RAYON_NUM_THREADS=1`, per core).
+fn hot() -> bool {
+    std::env::var("QUANTSCOPE_BENCH_HOT").is_ok_and(|v| v == "1")
+}
+
 fn cpu_kernels(c: &mut Criterion) {
     let probe_buf = ReadProbe::new(probe_bytes());
     let floor = Floor {
@@ -236,7 +246,12 @@ fn cpu_kernels(c: &mut Criterion) {
         FormatKind::Lut4,
     ];
     let mut results = Vec::new();
-    for shape in [(4096, 4096), (4096, 14336)] {
+    let shapes: &[(usize, usize)] = if hot() {
+        &[(512, 14336)]
+    } else {
+        &[(4096, 4096), (4096, 14336)]
+    };
+    for &shape in shapes {
         for kind in kinds {
             bench_case(c, &probe_buf, &mut results, kind, shape, 1);
         }

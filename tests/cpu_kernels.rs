@@ -162,6 +162,16 @@ fn every_path_matches_reference_on_odd_shapes() {
     }
 }
 
+/// Rows long enough (>= 16 KiB) that the AVX-512 GEMV reads 4 rows per
+/// pass, with a partial last chunk and a partial last pass (9 rows).
+#[test]
+fn gemv_long_rows_several_rows_per_pass() {
+    let w = weights(9, 33_000, 21);
+    for m in packings(&w) {
+        check(&m, 1, 22);
+    }
+}
+
 #[test]
 fn gemm_partial_batch_chunks_and_panels() {
     // 35 = two full 16-row chunks + a partial one; 29 rows = 2 panels + 5.

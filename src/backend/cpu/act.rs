@@ -43,13 +43,8 @@ pub(crate) struct QuantAct {
     pub nib_xq: Vec<i8>,
     /// Per 128-column chunk, 16 lanes: `dx` of block `4k + lane / 4`.
     pub nib_dx: Vec<f32>,
-    /// Per 128-column chunk, 16 lanes: `sumq / 4` of block `4k + lane / 4`
-    /// (each lane of a 4-bit dot product holds a quarter of its block).
-    pub nib_xs: Vec<f32>,
     /// Per 64-column chunk, 16 lanes: `dx` of block `2k + lane / 8`.
     pub byte_dx: Vec<f32>,
-    /// Per 64-column chunk, 16 lanes: `sumq / 8` of block `2k + lane / 8`.
-    pub byte_xs: Vec<f32>,
 }
 
 impl QuantAct {
@@ -152,22 +147,18 @@ impl QuantAct {
         }
         let nib_chunks = padded / NIB_CHUNK;
         self.nib_dx = vec![0.0; nib_chunks * 16];
-        self.nib_xs = vec![0.0; nib_chunks * 16];
         for k in 0..nib_chunks {
             for i in 0..16 {
                 let b = 4 * k + i / 4;
                 self.nib_dx[16 * k + i] = self.dx[b];
-                self.nib_xs[16 * k + i] = self.sumq[b] as f32 / 4.0;
             }
         }
         let byte_chunks = padded / BYTE_CHUNK;
         self.byte_dx = vec![0.0; byte_chunks * 16];
-        self.byte_xs = vec![0.0; byte_chunks * 16];
         for k in 0..byte_chunks {
             for i in 0..16 {
                 let b = 2 * k + i / 8;
                 self.byte_dx[16 * k + i] = self.dx[b];
-                self.byte_xs[16 * k + i] = self.sumq[b] as f32 / 8.0;
             }
         }
     }

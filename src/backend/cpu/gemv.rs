@@ -21,7 +21,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::act::{QuantAct, BYTE_CHUNK, NIB_CHUNK, QBLOCK};
+use super::act::{QuantAct, QBLOCK};
 use super::gemm::{decode_segment, permute_row};
 use super::kernel::KernelPath;
 use crate::format::{Packed, QuantizedMatrix};
@@ -80,15 +80,8 @@ pub(crate) fn lut_u8(codebook: &[f32; 16]) -> ([u8; 16], f32, f32) {
 /// Which 4-bit format a nibble kernel decodes.
 #[derive(Clone, Copy)]
 enum Nib<'a> {
-    Q4 {
-        zeros: &'a [u8],
-        gsum: &'a [f32],
-    },
-    Lut {
-        table: &'a [u8; 16],
-        zero: f32,
-        gsum: &'a [f32],
-    },
+    Q4 { zeros: &'a [u8] },
+    Lut { table: &'a [u8; 16], zero: f32 },
 }
 
 /// `y = W · x` for one activation row (`x` already multiplied by the
@@ -121,19 +114,24 @@ pub(crate) fn gemv(
         });
         return;
     }
-    // Plain formats: blocks of `col_block()` columns. Integer formats on AVX-512:
-    // blocks of whole 512-bit chunks (the tail chunk in the last block).
+    // Plain formats: blocks of `col_block()` columns; integer formats (AVX2
+    // and scalar; AVX-512 returned above): whole rows.
     let block = col_block();
     let nb_plain = cols.div_ceil(block);
     let cb = |b: usize| (b * block, ((b + 1) * block).min(cols));
-    let int_blocks = |chunk_cols: usize| -> (usize, usize) {
-        let per = block / chunk_cols;
-        if path == KernelPath::Avx512 {
-            (cols.div_ceil(chunk_cols).div_ceil(per), per)
-        } else {
-            (1, usize::MAX)
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx512 {
+        match m.packed() {
+            Packed::F16(v) => {
+                return multi_row_half(bytemuck::cast_slice(v), stride / 2, x, y, false)
+            }
+            Packed::Bf16(v) => {
+                return multi_row_half(bytemuck::cast_slice(v), stride / 2, x, y, true)
+            }
+            Packed::F32(_) => {}
+            _ => return multi_row_int(m, x, y),
         }
-    };
+    }
     match m.packed() {
         Packed::F32(v) => {
             let s = stride / 4;
@@ -161,31 +159,22 @@ pub(crate) fn gemv(
         Packed::Q8(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            let (nb, per) = int_blocks(BYTE_CHUNK);
-            par_rows_blocked(y, nb, |r, b| {
+            par_rows_blocked(y, 1, |r, _| {
                 q8_row(
                     path,
                     &codes[r * stride..][..stride],
                     &q.scales[r * gpr..][..gpr],
                     glen,
                     &act,
-                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
         Packed::Q4(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
-            let gsum = if path == KernelPath::Avx512 {
-                act.group_sums(glen)
-            } else {
-                Vec::new()
-            };
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            let (nb, per) = int_blocks(NIB_CHUNK);
-            par_rows_blocked(y, nb, |r, b| {
+            par_rows_blocked(y, 1, |r, _| {
                 let nib = Nib::Q4 {
                     zeros: &q.zeros[r * gpr..][..gpr],
-                    gsum: &gsum,
                 };
                 nib_row(
                     path,
@@ -194,7 +183,6 @@ pub(crate) fn gemv(
                     nib,
                     glen,
                     &act,
-                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
@@ -202,13 +190,7 @@ pub(crate) fn gemv(
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             let (table, zero, step) = lut_u8(&q.codebook);
-            let gsum = if path == KernelPath::Avx512 {
-                act.group_sums(glen)
-            } else {
-                Vec::new()
-            };
-            let (nb, per) = int_blocks(NIB_CHUNK);
-            par_rows_blocked(y, nb, |r, b| {
+            par_rows_blocked(y, 1, |r, _| {
                 step * nib_row(
                     path,
                     &codes[r * stride..][..stride],
@@ -216,15 +198,134 @@ pub(crate) fn gemv(
                     Nib::Lut {
                         table: &table,
                         zero,
-                        gsum: &gsum,
                     },
                     glen,
                     &act,
-                    (b * per, (b * per).saturating_add(per)),
                 )
             });
         }
     }
+}
+
+/// Rows per pass of the multi-row AVX-512 GEMV for rows of `stride` bytes.
+/// Rows of a task are contiguous, so one row per pass reads one long
+/// sequential stream (best for the hardware prefetcher); 4 rows per pass
+/// share the activation loads but read 4 streams of `stride` bytes each,
+/// which only pays when those streams are long (measured: 1 row for
+/// 4096-column rows of any format, 4 for 28 KiB f16 rows).
+/// `QUANTSCOPE_GEMV_ROWS=1|4` overrides it (for tuning experiments).
+#[cfg(target_arch = "x86_64")]
+fn pass_rows(stride: usize) -> usize {
+    static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *ROWS.get_or_init(|| {
+        match std::env::var("QUANTSCOPE_GEMV_ROWS")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
+            Some("1") => Some(1),
+            Some("4") => Some(4),
+            _ => None,
+        }
+    });
+    forced.unwrap_or(if stride >= 16 << 10 { 4 } else { 1 })
+}
+
+/// f16 / bf16 GEMV on the AVX-512 path: [`pass_rows`] rows per pass
+/// sharing the activation loads, whole rows.
+#[cfg(target_arch = "x86_64")]
+fn multi_row_half(w: &[u16], stride: usize, x: &[f32], y: &mut [f32], bf16: bool) {
+    let per = rows_per_task(y.len());
+    let pr = pass_rows(2 * stride);
+    y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+        for (i, o) in out.chunks_mut(pr).enumerate() {
+            let r0 = t * per + i * pr;
+            for (j, o) in o.chunks_mut(if o.len() == pr { pr } else { 1 }).enumerate() {
+                let wr = &w[(r0 + j) * stride..];
+                // SAFETY: the AVX-512 path, checked against the CPU by the
+                // caller (`KernelPath::check`); the kernel checks the lengths.
+                unsafe {
+                    match o.len() {
+                        4 => avx512::half_rows::<4>(wr, stride, x, bf16, o),
+                        _ => avx512::half_rows::<1>(wr, stride, x, bf16, o),
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// q8 / q4 / lut4 GEMV on the AVX-512 path: [`pass_rows`] rows per pass
+/// sharing the activation loads ([`avx512::int_rows`]), whole rows.
+#[cfg(target_arch = "x86_64")]
+fn multi_row_int(m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
+    use avx512::{int_rows, LUT4, Q4, Q8};
+    let stride = m.row_stride_bytes();
+    let gpr = m.groups_per_row();
+    let glen = m.group_len();
+    let act = QuantAct::new(x, true);
+    let gsum = act.group_sums(glen);
+    let per = rows_per_task(y.len());
+    // (codes, scales, zeros, lut4 table / zero / step)
+    let (codes, scales, zeros, lut): (&[u8], &[f16], &[u8], _) = match m.packed() {
+        Packed::Q8(q) => (bytemuck::cast_slice(&q.codes), &q.scales, &[], None),
+        Packed::Q4(q) => (bytemuck::cast_slice(&q.codes), &q.scales, &q.zeros, None),
+        Packed::Lut4(q) => (
+            bytemuck::cast_slice(&q.codes),
+            &q.scales,
+            &[],
+            Some(lut_u8(&q.codebook)),
+        ),
+        // Plain formats never come here (the caller checks `is_grouped`).
+        _ => return,
+    };
+    let (table, zconst, step) = lut.unwrap_or(([0; 16], 0.0, 1.0));
+    let is_q8 = matches!(m.packed(), Packed::Q8(_));
+    let pr = pass_rows(stride);
+    y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+        for (i, o) in out.chunks_mut(pr).enumerate() {
+            let r0 = t * per + i * pr;
+            for (j, o) in o.chunks_mut(if o.len() == pr { pr } else { 1 }).enumerate() {
+                let r = r0 + j;
+                let c = &codes[r * stride..];
+                let s = &scales[r * gpr..];
+                let z = if zeros.is_empty() {
+                    zeros
+                } else {
+                    &zeros[r * gpr..]
+                };
+                // SAFETY: this is the AVX-512 path, checked against the CPU
+                // by the caller (`KernelPath::check`); `act` has its SIMD
+                // tables; the slices start at row `r` and the kernel checks
+                // their lengths.
+                unsafe {
+                    match (o.len(), is_q8, lut.is_some()) {
+                        (4, true, _) => {
+                            int_rows::<4, Q8>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
+                        }
+                        (4, false, false) => {
+                            int_rows::<4, Q4>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
+                        }
+                        (4, false, true) => int_rows::<4, LUT4>(
+                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
+                        ),
+                        (_, true, _) => {
+                            int_rows::<1, Q8>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
+                        }
+                        (_, false, false) => {
+                            int_rows::<1, Q4>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
+                        }
+                        (_, false, true) => int_rows::<1, LUT4>(
+                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
+                        ),
+                    }
+                }
+                if lut.is_some() {
+                    o.iter_mut().for_each(|v| *v *= step);
+                }
+            }
+        }
+    });
 }
 
 fn dot_f32(path: KernelPath, w: &[f32], x: &[f32]) -> f32 {
@@ -262,23 +363,12 @@ fn scalar_dot(w: impl Iterator<Item = f32>, x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// One q8 row, whole chunks `range` on AVX-512 (the other paths always do
-/// the whole row and get `(0, usize::MAX)`).
-fn q8_row(
-    path: KernelPath,
-    codes: &[u8],
-    scales: &[f16],
-    glen: usize,
-    act: &QuantAct,
-    range: (usize, usize),
-) -> f32 {
+/// One q8 row (AVX2 or scalar; AVX-512 runs [`multi_row_int`]).
+fn q8_row(path: KernelPath, codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; `codes` is a whole padded
-        // row, `scales` the row's groups, `act` has its SIMD tables.
-        KernelPath::Avx512 => unsafe { avx512::q8_row(codes, scales, glen, act, range) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
+        // row, `scales` the row's groups.
         KernelPath::Avx2 => unsafe { avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q8) },
         _ => scalar_int_row(act, glen, |c| codes[c] as i8 as i32, |_| 0.0, |g| scales[g]),
     }
@@ -291,31 +381,11 @@ fn nib_row(
     nib: Nib<'_>,
     glen: usize,
     act: &QuantAct,
-    range: (usize, usize),
 ) -> f32 {
     match (path, nib) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; `codes` is a whole padded
-        // row, `scales` / `zeros` the row's groups, `act` has its SIMD tables.
-        (KernelPath::Avx512, Nib::Q4 { zeros, gsum }) => unsafe {
-            avx512::nib_row(codes, scales, zeros, gsum, None, glen, act, range)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (KernelPath::Avx512, Nib::Lut { table, zero, gsum }) => unsafe {
-            avx512::nib_row(
-                codes,
-                scales,
-                &[],
-                gsum,
-                Some((table, zero)),
-                glen,
-                act,
-                range,
-            )
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
+        // row, `scales` / `zeros` the row's groups.
         (KernelPath::Avx2, Nib::Q4 { zeros, .. }) => unsafe {
             avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q4(zeros))
         },
@@ -502,61 +572,6 @@ mod avx512 {
         (_mm512_loadu_ps(s.as_ptr()), _mm512_loadu_ps(z.as_ptr()))
     }
 
-    /// What one integer chunk step needs besides the chunk itself.
-    #[derive(Clone, Copy)]
-    struct IntCtx {
-        /// 0x0F in every byte (4-bit formats).
-        mask: __m512i,
-        /// The lut4 u8 codebook in every 128-bit lane.
-        lut: __m512i,
-        /// lut4 (look the nibbles up) rather than q4.
-        is_lut: bool,
-        /// Activation codes in the layout of the kernel.
-        xq: *const i8,
-        /// Per-lane activation scales.
-        dx: *const f32,
-        /// Per-lane activation code sums (divided by the lanes per block).
-        xs: *const f32,
-    }
-
-    /// `acc + Σ lanes dot · s · dx` for 4-bit chunk `k` (128 columns); the
-    /// zero point is taken off once per row ([`zero_term`]).
-    #[inline(always)]
-    unsafe fn nib_chunk(c: &IntCtx, k: usize, w: __m512i, s: __m512, acc: __m512) -> __m512 {
-        let mut lo = _mm512_and_si512(w, c.mask);
-        let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), c.mask);
-        if c.is_lut {
-            lo = _mm512_shuffle_epi8(c.lut, lo);
-            hi = _mm512_shuffle_epi8(c.lut, hi);
-        }
-        let xa = _mm512_loadu_si512(c.xq.add(NIB_CHUNK * k) as *const __m512i);
-        let xb = _mm512_loadu_si512(c.xq.add(NIB_CHUNK * k + 64) as *const __m512i);
-        let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa);
-        let d = _mm512_dpbusd_epi32(d, hi, xb);
-        let dx = _mm512_loadu_ps(c.dx.add(16 * k));
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, dx), acc)
-    }
-
-    /// `acc + Σ lanes (dot − 128·xs) · s · dx` for q8 chunk `k` (64 columns);
-    /// codes + 128 are the unsigned operand of `vpdpbusd`.
-    #[inline(always)]
-    unsafe fn byte_chunk(c: &IntCtx, k: usize, w: __m512i, s: __m512, acc: __m512) -> __m512 {
-        let wu = _mm512_xor_si512(w, _mm512_set1_epi8(-128));
-        let x = _mm512_loadu_si512(c.xq.add(BYTE_CHUNK * k) as *const __m512i);
-        let d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, x);
-        let xs = _mm512_loadu_ps(c.xs.add(16 * k));
-        let dx = _mm512_loadu_ps(c.dx.add(16 * k));
-        let t = _mm512_fnmadd_ps(_mm512_set1_ps(128.0), xs, _mm512_cvtepi32_ps(d));
-        _mm512_fmadd_ps(t, _mm512_mul_ps(s, dx), acc)
-    }
-
-    /// Loads 64 code bytes of chunk `k` and prefetches a little ahead.
-    #[inline(always)]
-    unsafe fn load_chunk(codes: *const u8, k: usize) -> __m512i {
-        _mm_prefetch::<_MM_HINT_T0>(codes.add(64 * k + 1024) as *const i8);
-        _mm512_loadu_si512(codes.add(64 * k) as *const __m512i)
-    }
-
     /// `Σ_g s_g · z_g · gsum_g` over the row's groups, 16 groups at a time;
     /// `z_g` is the q4 zero point, or lut4's constant zero when `zconst` is set.
     #[inline(always)]
@@ -590,228 +605,303 @@ mod avx512 {
         _mm512_reduce_add_ps(acc)
     }
 
-    /// One 4-bit row (q4 when `table` is `None`, lut4 with its u8 codebook
-    /// and f32 zero otherwise).
+    /// q4 codes for [`int_rows`].
+    pub(super) const Q4: u8 = 0;
+    /// lut4 codes for [`int_rows`].
+    pub(super) const LUT4: u8 = 1;
+    /// q8 codes for [`int_rows`].
+    pub(super) const Q8: u8 = 2;
+
+    /// Bytes ahead of the current chunk that each row stream prefetches
+    /// (`QUANTSCOPE_GEMV_PREFETCH` overrides it, for tuning experiments).
+    fn prefetch_bytes() -> usize {
+        static PF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *PF.get_or_init(|| {
+            std::env::var("QUANTSCOPE_GEMV_PREFETCH")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .map_or(256, |v| v.min(1 << 16) / 64 * 64)
+        })
+    }
+
+    /// What [`rows_step`] needs besides the chunk index and the lane scales.
+    struct RowsCtx {
+        codes: *const u8,
+        stride: usize,
+        xq: *const i8,
+        dx: *const f32,
+        mask: __m512i,
+        lut: __m512i,
+        /// Prefetch distance in bytes.
+        pf: usize,
+    }
+
+    /// The 16 i32 lane dots of one 64-byte chunk `w` with the activations
+    /// `xa` (and `xb`, the odd columns, for the 4-bit formats), as f32.
+    #[inline(always)]
+    unsafe fn chunk_dot<const F: u8>(
+        w: __m512i,
+        mask: __m512i,
+        lut: __m512i,
+        xa: __m512i,
+        xb: __m512i,
+    ) -> __m512 {
+        let d = if F == Q8 {
+            // Codes + 128 are the unsigned operand; the offset comes off per row.
+            let wu = _mm512_xor_si512(w, _mm512_set1_epi8(-128));
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, xa)
+        } else {
+            let mut lo = _mm512_and_si512(w, mask);
+            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask);
+            if F == LUT4 {
+                lo = _mm512_shuffle_epi8(lut, lo);
+                hi = _mm512_shuffle_epi8(lut, hi);
+            }
+            _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa), hi, xb)
+        };
+        _mm512_cvtepi32_ps(d)
+    }
+
+    /// `acc[r] += dot(row r, chunk k) · s[r] · dx` for `R` rows that share
+    /// the activation loads of chunk `k`.
+    #[inline(always)]
+    unsafe fn rows_step<const R: usize, const F: u8>(
+        c: &RowsCtx,
+        k: usize,
+        s: &[__m512; R],
+        acc: &mut [__m512; R],
+    ) {
+        let cc = if F == Q8 { BYTE_CHUNK } else { NIB_CHUNK };
+        let xa = _mm512_loadu_si512(c.xq.add(cc * k) as *const __m512i);
+        let xb = if F == Q8 {
+            xa
+        } else {
+            _mm512_loadu_si512(c.xq.add(cc * k + 64) as *const __m512i)
+        };
+        let d = _mm512_loadu_ps(c.dx.add(16 * k));
+        for r in 0..R {
+            let p = c.codes.add(r * c.stride + 64 * k);
+            // A prefetch never faults, so the address may run past the matrix.
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(c.pf) as *const i8);
+            let w = _mm512_loadu_si512(p as *const __m512i);
+            let t = chunk_dot::<F>(w, c.mask, c.lut, xa, xb);
+            acc[r] = _mm512_fmadd_ps(t, _mm512_mul_ps(s[r], d), acc[r]);
+        }
+    }
+
+    /// `R` consecutive rows of a q8 / q4 / lut4 matrix (`F`), whole rows,
+    /// one pass: the activation chunk and its lane scales are loaded once
+    /// for the `R` rows, the row scales are expanded to lanes once per 16
+    /// groups, and the zero points (q4 per group, lut4 `zconst`, the q8
+    /// offset 128) come off once per row as `Σ_g s_g · z_g · gsum_g`.
+    /// `codes` starts at the first row (`stride` bytes per row), `scales`
+    /// (and `zeros` for q4) at its first group; `out[r]` gets row `r`
+    /// (lut4 still to be multiplied by its codebook step).
     ///
     /// # Safety
-    /// The CPU supports AVX-512 F/BW/VNNI; `codes` holds the padded row
-    /// (`round_up(cols, 32) / 2` bytes at least); `scales` (and `zeros` for
-    /// q4) hold the row's groups; `act` was built with its SIMD tables.
+    /// The CPU supports AVX-512 F/BW/VNNI; `act` was built with its SIMD
+    /// tables for `glen` (a multiple of 32 or the whole row).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub(super) unsafe fn nib_row(
+    pub(super) unsafe fn int_rows<const R: usize, const F: u8>(
         codes: &[u8],
+        stride: usize,
         scales: &[f16],
         zeros: &[u8],
         gsum: &[f32],
-        table: Option<(&[u8; 16], f32)>,
+        table: &[u8; 16],
+        zconst: f32,
         glen: usize,
         act: &QuantAct,
-        (k0, k1): (usize, usize),
-    ) -> f32 {
+        out: &mut [f32],
+    ) {
         let cols = act.cols;
         let gpr = cols.div_ceil(glen);
-        assert!(gsum.len() >= gpr && (table.is_some() || zeros.len() >= gpr));
-        assert!(codes.len() >= cols.div_ceil(QBLOCK) * QBLOCK / 2);
-        assert!(act.nib_xq.len() >= cols.div_ceil(NIB_CHUNK) * NIB_CHUNK);
-        let g = groups_per_chunk(glen, cols, NIB_CHUNK);
-        let idx = group_index(g);
-        let lut = table.map_or([0u8; 16], |(t, _)| *t);
-        let ctx = IntCtx {
-            mask: _mm512_set1_epi8(0x0F),
-            lut: _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i)),
-            is_lut: table.is_some(),
-            xq: act.nib_xq.as_ptr(),
-            dx: act.nib_dx.as_ptr(),
-            xs: act.nib_xs.as_ptr(),
+        let cc = if F == Q8 { BYTE_CHUNK } else { NIB_CHUNK };
+        let bpc = cc / QBLOCK;
+        let row_bytes = if F == Q8 {
+            cols
+        } else {
+            cols.div_ceil(QBLOCK) * QBLOCK / 2
         };
-        // Lanes hold Σ u8 · xq; the zero points come in once per row.
-        let cp = codes.as_ptr();
-        let nfull = cols / NIB_CHUNK;
-        // Whole chunks k0..k1 of this call; the tail belongs to the last range.
-        let tail = k0 <= nfull && nfull < k1;
-        let k1 = k1.min(nfull);
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
+        let nchunks = cols.div_ceil(cc);
+        assert!(R >= 1 && out.len() == R);
+        assert!(stride >= row_bytes && codes.len() >= (R - 1) * stride + row_bytes);
+        assert!(scales.len() >= R * gpr && gsum.len() >= gpr);
+        assert!(F != Q4 || zeros.len() >= R * gpr);
+        let (xq, dx) = if F == Q8 {
+            (act.xq.as_ptr(), act.byte_dx.as_ptr())
+        } else {
+            (act.nib_xq.as_ptr(), act.nib_dx.as_ptr())
+        };
+        let xlen = if F == Q8 {
+            act.xq.len()
+        } else {
+            act.nib_xq.len()
+        };
+        let dxlen = if F == Q8 {
+            act.byte_dx.len()
+        } else {
+            act.nib_dx.len()
+        };
+        assert!(xlen >= nchunks * cc && dxlen >= nchunks * 16);
+        let c = RowsCtx {
+            codes: codes.as_ptr(),
+            stride,
+            xq,
+            dx,
+            mask: _mm512_set1_epi8(0x0F),
+            lut: _mm512_broadcast_i32x4(_mm_loadu_si128(table.as_ptr() as *const __m128i)),
+            pf: prefetch_bytes(),
+        };
+        let g = groups_per_chunk(glen, cols, cc);
+        let idx = group_index(g);
+        let nfull = cols / cc;
+        let zero = _mm512_setzero_ps();
+        let mut acc = [zero; R];
+        let mut s = [zero; R];
+        let mut k = 0;
         match g {
             1 => {
-                // One group spans `per` whole chunks: load its scale once.
-                let per = if glen >= cols {
-                    usize::MAX
-                } else {
-                    glen / NIB_CHUNK
-                };
-                let (mut k, mut g0) = (k0, k0 / per);
-                while k < k1 {
-                    let s = lane_scales(scales, g0, 1, idx);
-                    let end = (g0 + 1).saturating_mul(per).min(k1);
+                // One group spans `per` whole chunks: one broadcast per row.
+                let per = if glen >= cols { usize::MAX } else { glen / cc };
+                while k < nfull {
+                    let gi = k / per;
+                    let end = (gi + 1).saturating_mul(per).min(nfull);
+                    for (r, v) in s.iter_mut().enumerate() {
+                        *v = _mm512_set1_ps(scales[r * gpr + gi].to_f32());
+                    }
                     while k < end {
-                        acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                        // Alternate accumulators (two FMA chains in flight).
-                        std::mem::swap(&mut acc0, &mut acc1);
+                        rows_step::<R, F>(&c, k, &s, &mut acc);
                         k += 1;
                     }
-                    g0 += 1;
                 }
             }
             2 | 4 => {
-                let mut k = k0;
-                // 16 scales per load, spread over the next 16 / g chunks.
+                // 16 scales per row per load, spread over the next 16 / g chunks.
                 let step = 16 / g;
-                while k + step <= k1 {
-                    let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
-                        scales.as_ptr().add(k * g) as *const __m256i
-                    ));
-                    let mut j = 0;
-                    while j < step {
-                        let i0 = _mm512_add_epi32(idx, _mm512_set1_epi32((j * g) as i32));
-                        let i1 = _mm512_add_epi32(idx, _mm512_set1_epi32(((j + 1) * g) as i32));
-                        let s0 = _mm512_permutexvar_ps(i0, s16);
-                        let s1 = _mm512_permutexvar_ps(i1, s16);
-                        acc0 = nib_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, acc0);
-                        acc1 = nib_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, acc1);
-                        j += 2;
+                let mut s16 = [zero; R];
+                while k + step <= nfull {
+                    for (r, v) in s16.iter_mut().enumerate() {
+                        let p = scales.as_ptr().add(r * gpr + k * g);
+                        *v = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+                    }
+                    for j in 0..step {
+                        let i = _mm512_add_epi32(idx, _mm512_set1_epi32((j * g) as i32));
+                        for r in 0..R {
+                            s[r] = _mm512_permutexvar_ps(i, s16[r]);
+                        }
+                        rows_step::<R, F>(&c, k + j, &s, &mut acc);
                     }
                     k += step;
                 }
-                while k + 2 <= k1 {
-                    let s0 = lane_scales(scales, k * g, g, idx);
-                    let s1 = lane_scales(scales, (k + 1) * g, g, idx);
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s0, acc0);
-                    acc1 = nib_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, acc1);
-                    k += 2;
-                }
-                if k < k1 {
-                    let s = lane_scales(scales, k * g, g, idx);
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                while k < nfull {
+                    for (r, v) in s.iter_mut().enumerate() {
+                        *v = lane_scales(&scales[r * gpr..][..gpr], k * g, g, idx);
+                    }
+                    rows_step::<R, F>(&c, k, &s, &mut acc);
+                    k += 1;
                 }
             }
             _ => {
-                for k in k0..k1 {
-                    let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
-                    acc0 = nib_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
+                while k < nfull {
+                    for (r, v) in s.iter_mut().enumerate() {
+                        *v = lane_fill(&scales[r * gpr..][..gpr], &[], k, bpc, glen, cols).0;
+                    }
+                    rows_step::<R, F>(&c, k, &s, &mut acc);
+                    k += 1;
                 }
             }
         }
-        let k = nfull;
-        let rem = cols - k * NIB_CHUNK;
-        if tail && rem > 0 {
-            let nbytes = rem.div_ceil(QBLOCK) * QBLOCK / 2;
+        // The partial last chunk: masked code loads (zero bytes meet the
+        // zero-padded activations), lanes past the row get scale 0.
+        let rem = cols - nfull * cc;
+        if rem > 0 {
+            let nbytes = if F == Q8 {
+                rem
+            } else {
+                rem.div_ceil(QBLOCK) * QBLOCK / 2
+            };
             let m: __mmask64 = if nbytes >= 64 {
                 u64::MAX
             } else {
                 (1u64 << nbytes) - 1
             };
-            let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
-            let (s, _) = lane_fill(scales, zeros, k, 4, glen, cols);
-            acc1 = nib_chunk(&ctx, k, w, s, acc1);
+            let xa = _mm512_loadu_si512(xq.add(cc * nfull) as *const __m512i);
+            let xb = if F == Q8 {
+                xa
+            } else {
+                _mm512_loadu_si512(xq.add(cc * nfull + 64) as *const __m512i)
+            };
+            let d = _mm512_loadu_ps(dx.add(16 * nfull));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = codes.as_ptr().add(r * stride + 64 * nfull);
+                let w = _mm512_maskz_loadu_epi8(m, p as *const i8);
+                let sr = lane_fill(&scales[r * gpr..][..gpr], &[], nfull, bpc, glen, cols).0;
+                let t = chunk_dot::<F>(w, c.mask, c.lut, xa, xb);
+                *a = _mm512_fmadd_ps(t, _mm512_mul_ps(sr, d), *a);
+            }
         }
-        let dense = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        if k0 > 0 {
-            dense
-        } else {
-            let zconst = table.map(|(_, z)| z);
-            dense - zero_term(scales, zeros, zconst, gsum, gpr)
+        for (r, (o, a)) in out.iter_mut().zip(acc).enumerate() {
+            let rs = &scales[r * gpr..][..gpr];
+            let zt = match F {
+                Q4 => zero_term(rs, &zeros[r * gpr..][..gpr], None, gsum, gpr),
+                LUT4 => zero_term(rs, &[], Some(zconst), gsum, gpr),
+                _ => zero_term(rs, &[], Some(128.0), gsum, gpr),
+            };
+            *o = _mm512_reduce_add_ps(a) - zt;
         }
     }
 
-    /// One q8 row.
+    /// `out[r] = Σ half(w[r·stride + i]) · x[i]` for `R` consecutive rows of
+    /// f16 (`bf16 == false`) or bf16 bits, sharing the activation loads;
+    /// two accumulators per row.
     ///
     /// # Safety
-    /// The CPU supports AVX-512 F/BW/VNNI; `codes` holds the padded row
-    /// (`round_up(cols, 16)` bytes); `scales` holds the row's groups; `act`
-    /// was built with its SIMD tables.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-    pub(super) unsafe fn q8_row(
-        codes: &[u8],
-        scales: &[f16],
-        glen: usize,
-        act: &QuantAct,
-        (k0, k1): (usize, usize),
-    ) -> f32 {
-        let cols = act.cols;
-        assert!(codes.len() >= cols);
-        assert!(act.xq.len() >= cols.div_ceil(BYTE_CHUNK) * BYTE_CHUNK);
-        let g = groups_per_chunk(glen, cols, BYTE_CHUNK);
-        let idx = group_index(g);
-        let ctx = IntCtx {
-            mask: _mm512_setzero_si512(),
-            lut: _mm512_setzero_si512(),
-            is_lut: false,
-            xq: act.xq.as_ptr(),
-            dx: act.byte_dx.as_ptr(),
-            xs: act.byte_xs.as_ptr(),
-        };
-        let cp = codes.as_ptr();
-        let nfull = cols / BYTE_CHUNK;
-        let tail = k0 <= nfull && nfull < k1;
-        let k1 = k1.min(nfull);
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
-        match g {
-            1 => {
-                let per = if glen >= cols {
-                    usize::MAX
-                } else {
-                    glen / BYTE_CHUNK
-                };
-                let (mut k, mut g0) = (k0, k0 / per);
-                while k < k1 {
-                    let s = lane_scales(scales, g0, 1, idx);
-                    let end = (g0 + 1).saturating_mul(per).min(k1);
-                    while k < end {
-                        acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                        std::mem::swap(&mut acc0, &mut acc1);
-                        k += 1;
-                    }
-                    g0 += 1;
-                }
+    /// The CPU supports AVX-512 F/BW/VL + F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub(super) unsafe fn half_rows<const R: usize>(
+        w: &[u16],
+        stride: usize,
+        x: &[f32],
+        bf16: bool,
+        out: &mut [f32],
+    ) {
+        let n = x.len();
+        assert!(R >= 1 && out.len() == R);
+        assert!(stride >= n && w.len() >= (R - 1) * stride + n);
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let pf = prefetch_bytes() / 2;
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut i = 0;
+        while i + 32 <= n {
+            let x0 = _mm512_loadu_ps(xp.add(i));
+            let x1 = _mm512_loadu_ps(xp.add(i + 16));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = wp.add(r * stride + i);
+                // A prefetch never faults, so the address may run past the matrix.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf) as *const i8);
+                let w0 = widen(_mm256_loadu_si256(p as *const __m256i), bf16);
+                let w1 = widen(_mm256_loadu_si256(p.add(16) as *const __m256i), bf16);
+                a[0] = _mm512_fmadd_ps(w0, x0, a[0]);
+                a[1] = _mm512_fmadd_ps(w1, x1, a[1]);
             }
-            2 => {
-                let mut k = k0;
-                // 16 scales per load, spread over the next 8 chunks.
-                while k + 8 <= k1 {
-                    let s16 = _mm512_cvtph_ps(_mm256_loadu_si256(
-                        scales.as_ptr().add(2 * k) as *const __m256i
-                    ));
-                    for j in (0..8).step_by(2) {
-                        let i0 = _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j as i32));
-                        let i1 = _mm512_add_epi32(idx, _mm512_set1_epi32(2 * j as i32 + 2));
-                        let s0 = _mm512_permutexvar_ps(i0, s16);
-                        let s1 = _mm512_permutexvar_ps(i1, s16);
-                        acc0 = byte_chunk(&ctx, k + j, load_chunk(cp, k + j), s0, acc0);
-                        acc1 = byte_chunk(&ctx, k + j + 1, load_chunk(cp, k + j + 1), s1, acc1);
-                    }
-                    k += 8;
-                }
-                while k + 2 <= k1 {
-                    let s0 = lane_scales(scales, 2 * k, 2, idx);
-                    let s1 = lane_scales(scales, 2 * k + 2, 2, idx);
-                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s0, acc0);
-                    acc1 = byte_chunk(&ctx, k + 1, load_chunk(cp, k + 1), s1, acc1);
-                    k += 2;
-                }
-                if k < k1 {
-                    let s = lane_scales(scales, 2 * k, 2, idx);
-                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                }
-            }
-            _ => {
-                for k in k0..k1 {
-                    let s = lane_fill(scales, &[], k, 2, glen, cols).0;
-                    acc0 = byte_chunk(&ctx, k, load_chunk(cp, k), s, acc0);
-                }
-            }
+            i += 32;
         }
-        let k = nfull;
-        let rem = cols - k * BYTE_CHUNK;
-        if tail && rem > 0 {
-            let m: __mmask64 = (1u64 << rem) - 1;
-            let w = _mm512_maskz_loadu_epi8(m, cp.add(64 * k) as *const i8);
-            let s = lane_fill(scales, &[], k, 2, glen, cols).0;
-            acc1 = byte_chunk(&ctx, k, w, s, acc1);
+        while i < n {
+            let k = (n - i).min(16);
+            let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+            let xv = _mm512_maskz_loadu_ps(m, xp.add(i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = wp.add(r * stride + i);
+                let wv = widen(_mm256_maskz_loadu_epi16(m, p as *const i16), bf16);
+                a[0] = _mm512_fmadd_ps(wv, xv, a[0]);
+            }
+            i += k;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+        }
     }
 }
 
