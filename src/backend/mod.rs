@@ -210,6 +210,30 @@ impl MatrixHandle {
     }
 }
 
+/// Looks up the device-side entry of `h` in a backend's matrix table,
+/// refusing handles of another backend and freed or unknown ids.
+pub(crate) fn lookup_handle<T>(
+    table: &std::sync::Mutex<std::collections::HashMap<u64, Arc<T>>>,
+    h: &MatrixHandle,
+    backend: BackendKind,
+) -> Result<Arc<T>, BackendError> {
+    if h.backend() != backend {
+        return Err(BackendError::Invalid(format!(
+            "handle belongs to the {} backend, not {backend}",
+            h.backend()
+        )));
+    }
+    table
+        .lock()
+        .map_err(|_| BackendError::Device {
+            backend,
+            message: "matrix table lock poisoned by an earlier panic".into(),
+        })?
+        .get(&h.id())
+        .cloned()
+        .ok_or_else(|| BackendError::Invalid(format!("unknown or freed matrix {}", h.id())))
+}
+
 /// Device memory as the backend sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MemoryReport {

@@ -73,18 +73,7 @@ impl CpuBackend {
     }
 
     fn get(&self, h: &MatrixHandle) -> Result<Arc<QuantizedMatrix>, BackendError> {
-        if h.backend() != BackendKind::Cpu {
-            return Err(BackendError::Invalid(format!(
-                "handle belongs to the {} backend, not cpu",
-                h.backend()
-            )));
-        }
-        self.matrices
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&h.id())
-            .cloned()
-            .ok_or_else(|| BackendError::Invalid(format!("unknown or freed matrix {}", h.id())))
+        super::lookup_handle(&self.matrices, h, BackendKind::Cpu)
     }
 }
 

@@ -574,18 +574,7 @@ impl CudaBackend {
     }
 
     fn get(&self, h: &MatrixHandle) -> Result<Arc<DeviceMatrix>, BackendError> {
-        if h.backend() != BackendKind::Cuda {
-            return Err(BackendError::Invalid(format!(
-                "handle belongs to the {} backend, not cuda",
-                h.backend()
-            )));
-        }
-        self.matrices
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&h.id())
-            .cloned()
-            .ok_or_else(|| BackendError::Invalid(format!("unknown or freed matrix {}", h.id())))
+        super::lookup_handle(&self.matrices, h, BackendKind::Cuda)
     }
 
     // ---- launches ---------------------------------------------------------

@@ -653,18 +653,7 @@ impl WgpuBackend {
     }
 
     fn get(&self, h: &MatrixHandle) -> Result<Arc<DeviceMatrix>, BackendError> {
-        if h.backend() != BACKEND {
-            return Err(BackendError::Invalid(format!(
-                "handle belongs to the {} backend, not wgpu",
-                h.backend()
-            )));
-        }
-        self.matrices
-            .lock()
-            .map_err(|_| device_error("matrix table lock poisoned".into()))?
-            .get(&h.id())
-            .cloned()
-            .ok_or_else(|| BackendError::Invalid(format!("unknown or freed matrix {}", h.id())))
+        super::lookup_handle(&self.matrices, h, BACKEND)
     }
 
     /// The storage bindings 1..=6 of a matrix kernel.
