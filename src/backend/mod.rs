@@ -234,6 +234,17 @@ pub(crate) fn lookup_handle<T>(
         .ok_or_else(|| BackendError::Invalid(format!("unknown or freed matrix {}", h.id())))
 }
 
+/// Checks the arguments of [`Backend::assign_levels`]: an f32 matrix of
+/// values and 1..=256 finite, ascending levels.
+pub fn check_assign_inputs(values: &MatrixHandle, levels: &[f32]) -> Result<(), BackendError> {
+    if values.kind() != FormatKind::F32 {
+        return Err(BackendError::Invalid(
+            "assign_levels needs an f32 matrix of values".into(),
+        ));
+    }
+    cpu::check_levels(levels)
+}
+
 /// Device memory as the backend sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MemoryReport {

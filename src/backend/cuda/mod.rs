@@ -37,7 +37,6 @@ use cudarc::nvrtc::Ptx;
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-use super::cpu::check_levels;
 use super::params::{AssignParams, MatmulParams, QuantizeParams, FLAG_ACT_SCALE, FLAG_OUTLIERS};
 use super::{
     Backend, BackendError, BackendKind, Bandwidth, DeviceInfo, KernelTiming, LevelAssignment,
@@ -1116,13 +1115,8 @@ impl Backend for CudaBackend {
         levels: &[f32],
         want_codes: bool,
     ) -> Result<LevelAssignment, BackendError> {
+        super::check_assign_inputs(values, levels)?;
         let m = self.get(values)?;
-        if m.kind != FormatKind::F32 {
-            return Err(BackendError::Invalid(
-                "assign_levels needs an f32 matrix of values".into(),
-            ));
-        }
-        check_levels(levels)?;
         let n = m.rows() * m.cols();
         match self.compact_values(&m)? {
             Some(c) => self.run_assign(&c.slice, n, levels, want_codes),

@@ -1164,13 +1164,8 @@ impl Backend for WgpuBackend {
         levels: &[f32],
         want_codes: bool,
     ) -> Result<LevelAssignment, BackendError> {
+        super::check_assign_inputs(values, levels)?;
         let m = self.get(values)?;
-        if m.kind != FormatKind::F32 {
-            return Err(BackendError::Invalid(
-                "assign_levels needs an f32 matrix of values".into(),
-            ));
-        }
-        super::cpu::check_levels(levels)?;
         let n = values.rows() * values.cols();
         if n > u32::MAX as usize / 2 {
             return Err(BackendError::Invalid(format!(
