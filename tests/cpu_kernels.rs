@@ -162,8 +162,9 @@ fn every_path_matches_reference_on_odd_shapes() {
     }
 }
 
-/// Rows long enough (>= 16 KiB) that the AVX-512 GEMV reads 4 rows per
-/// pass, with a partial last chunk and a partial last pass (9 rows).
+/// Long rows (33 000 columns: the AVX-512 GEMV's next-pass prefetch runs
+/// far ahead) read 4 rows per pass, with a partial last chunk and a partial
+/// last pass (9 rows = 4 + 4 + 1).
 #[test]
 fn gemv_long_rows_several_rows_per_pass() {
     let w = weights(9, 33_000, 21);

@@ -128,7 +128,7 @@ pub(crate) fn gemv(
             Packed::Bf16(v) => {
                 return multi_row_half(bytemuck::cast_slice(v), stride / 2, x, y, true)
             }
-            Packed::F32(_) => {}
+            Packed::F32(v) => return multi_row_f32(v, stride / 4, x, y),
             _ => return multi_row_int(m, x, y),
         }
     }
@@ -207,49 +207,73 @@ pub(crate) fn gemv(
     }
 }
 
-/// Rows per pass of the multi-row AVX-512 GEMV for rows of `stride` bytes.
-/// Rows of a task are contiguous, so one row per pass reads one long
-/// sequential stream (best for the hardware prefetcher); 4 rows per pass
-/// share the activation loads but read 4 streams of `stride` bytes each,
-/// which only pays when those streams are long (measured: 1 row for
-/// 4096-column rows of any format, 4 for 28 KiB f16 rows).
+/// Rows per pass of the multi-row AVX-512 GEMV. Four rows per pass share
+/// the activation loads and keep four weight streams in flight; measured on
+/// Zen 4 (2 vCPUs, 2026-12-01) with the next-pass L2 prefetch
+/// ([`avx512::prefetch_ahead`]) this reads DRAM at the probe's rate for
+/// 2 KiB and 7 KiB rows alike, where one row per pass stays near 0.6 of it.
 /// `QUANTSCOPE_GEMV_ROWS=1|4` overrides it (for tuning experiments).
 #[cfg(target_arch = "x86_64")]
-fn pass_rows(stride: usize) -> usize {
-    static ROWS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let forced = *ROWS.get_or_init(|| {
+fn pass_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
         match std::env::var("QUANTSCOPE_GEMV_ROWS")
             .ok()
             .as_deref()
             .map(str::trim)
         {
-            Some("1") => Some(1),
-            Some("4") => Some(4),
-            _ => None,
+            Some("1") => 1,
+            _ => 4,
         }
-    });
-    forced.unwrap_or(if stride >= 16 << 10 { 4 } else { 1 })
+    })
 }
 
-/// f16 / bf16 GEMV on the AVX-512 path: [`pass_rows`] rows per pass
-/// sharing the activation loads, whole rows.
+/// f32 / f16 / bf16 GEMV on the AVX-512 path: [`pass_rows`] rows per pass
+/// sharing the activation loads, whole rows. `kernel(rows, out)` gets the
+/// elements from the pass's first row on and 4 or 1 outputs.
 #[cfg(target_arch = "x86_64")]
-fn multi_row_half(w: &[u16], stride: usize, x: &[f32], y: &mut [f32], bf16: bool) {
+fn multi_row_plain<T: Sync>(
+    w: &[T],
+    stride: usize,
+    y: &mut [f32],
+    kernel: impl Fn(&[T], &mut [f32]) + Sync,
+) {
     let per = rows_per_task(y.len());
-    let pr = pass_rows(2 * stride);
+    let pr = pass_rows();
     y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
         for (i, o) in out.chunks_mut(pr).enumerate() {
             let r0 = t * per + i * pr;
             for (j, o) in o.chunks_mut(if o.len() == pr { pr } else { 1 }).enumerate() {
-                let wr = &w[(r0 + j) * stride..];
-                // SAFETY: the AVX-512 path, checked against the CPU by the
-                // caller (`KernelPath::check`); the kernel checks the lengths.
-                unsafe {
-                    match o.len() {
-                        4 => avx512::half_rows::<4>(wr, stride, x, bf16, o),
-                        _ => avx512::half_rows::<1>(wr, stride, x, bf16, o),
-                    }
-                }
+                kernel(&w[(r0 + j) * stride..], o);
+            }
+        }
+    });
+}
+
+/// f32 rows through [`multi_row_plain`].
+#[cfg(target_arch = "x86_64")]
+fn multi_row_f32(w: &[f32], stride: usize, x: &[f32], y: &mut [f32]) {
+    multi_row_plain(w, stride, y, |wr, o| {
+        // SAFETY: the AVX-512 path, checked against the CPU by the caller
+        // (`KernelPath::check`); the kernel checks the lengths.
+        unsafe {
+            match o.len() {
+                4 => avx512::f32_rows::<4>(wr, stride, x, o),
+                _ => avx512::f32_rows::<1>(wr, stride, x, o),
+            }
+        }
+    });
+}
+
+/// f16 / bf16 rows through [`multi_row_plain`].
+#[cfg(target_arch = "x86_64")]
+fn multi_row_half(w: &[u16], stride: usize, x: &[f32], y: &mut [f32], bf16: bool) {
+    multi_row_plain(w, stride, y, |wr, o| {
+        // SAFETY: as in `multi_row_f32`.
+        unsafe {
+            match o.len() {
+                4 => avx512::half_rows::<4>(wr, stride, x, bf16, o),
+                _ => avx512::half_rows::<1>(wr, stride, x, bf16, o),
             }
         }
     });
@@ -281,7 +305,7 @@ fn multi_row_int(m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
     };
     let (table, zconst, step) = lut.unwrap_or(([0; 16], 0.0, 1.0));
     let is_q8 = matches!(m.packed(), Packed::Q8(_));
-    let pr = pass_rows(stride);
+    let pr = pass_rows();
     y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
         for (i, o) in out.chunks_mut(pr).enumerate() {
             let r0 = t * per + i * pr;
@@ -612,16 +636,24 @@ mod avx512 {
     /// q8 codes for [`int_rows`].
     pub(super) const Q8: u8 = 2;
 
-    /// Bytes ahead of the current chunk that each row stream prefetches
-    /// (`QUANTSCOPE_GEMV_PREFETCH` overrides it, for tuning experiments).
-    fn prefetch_bytes() -> usize {
-        static PF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *PF.get_or_init(|| {
+    /// How far ahead of the current chunk each row stream prefetches into
+    /// L2, in bytes, for a pass of `rows` rows of `stride` bytes: by default
+    /// the same chunk of the rows one pass ahead (`rows · stride`, i.e. what
+    /// the next pass will read). The hardware prefetcher alone stops at
+    /// every 4 KiB page and, with one stream per core, left the kernels at
+    /// 0.5-0.7 of the read probe on Zen 4; a prefetch one pass ahead brings
+    /// them to the probe's rate (see `docs/PERFORMANCE.md`).
+    /// `QUANTSCOPE_GEMV_PREFETCH=<bytes>` sets a fixed distance instead
+    /// (`0`: no software prefetch), for tuning experiments.
+    pub(super) fn prefetch_ahead(rows: usize, stride: usize) -> usize {
+        static PF: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        let fixed = *PF.get_or_init(|| {
             std::env::var("QUANTSCOPE_GEMV_PREFETCH")
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .map_or(256, |v| v.min(1 << 16) / 64 * 64)
-        })
+                .map(|v| v.min(1 << 20) / 64 * 64)
+        });
+        fixed.unwrap_or(rows * stride)
     }
 
     /// What [`rows_step`] needs besides the chunk index and the lane scales.
@@ -681,8 +713,10 @@ mod avx512 {
         let d = _mm512_loadu_ps(c.dx.add(16 * k));
         for r in 0..R {
             let p = c.codes.add(r * c.stride + 64 * k);
-            // A prefetch never faults, so the address may run past the matrix.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(c.pf) as *const i8);
+            if c.pf != 0 {
+                // A prefetch never faults, so the address may run past the matrix.
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(c.pf) as *const i8);
+            }
             let w = _mm512_loadu_si512(p as *const __m512i);
             let t = chunk_dot::<F>(w, c.mask, c.lut, xa, xb);
             acc[r] = _mm512_fmadd_ps(t, _mm512_mul_ps(s[r], d), acc[r]);
@@ -752,7 +786,7 @@ mod avx512 {
             dx,
             mask: _mm512_set1_epi8(0x0F),
             lut: _mm512_broadcast_i32x4(_mm_loadu_si128(table.as_ptr() as *const __m128i)),
-            pf: prefetch_bytes(),
+            pf: prefetch_ahead(R, stride),
         };
         let g = groups_per_chunk(glen, cols, cc);
         let idx = group_index(g);
@@ -853,6 +887,55 @@ mod avx512 {
         }
     }
 
+    /// `out[r] = Σ w[r·stride + i] · x[i]` for `R` consecutive f32 rows,
+    /// sharing the activation loads; two accumulators per row.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn f32_rows<const R: usize>(
+        w: &[f32],
+        stride: usize,
+        x: &[f32],
+        out: &mut [f32],
+    ) {
+        let n = x.len();
+        assert!(R >= 1 && out.len() == R);
+        assert!(stride >= n && w.len() >= (R - 1) * stride + n);
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let pf = prefetch_ahead(R, 4 * stride) / 4;
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut i = 0;
+        while i + 32 <= n {
+            let x0 = _mm512_loadu_ps(xp.add(i));
+            let x1 = _mm512_loadu_ps(xp.add(i + 16));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = wp.add(r * stride + i);
+                if pf != 0 {
+                    // Two lines per 32 columns; a prefetch never faults.
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf + 16) as *const i8);
+                }
+                a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(p), x0, a[0]);
+                a[1] = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(16)), x1, a[1]);
+            }
+            i += 32;
+        }
+        while i < n {
+            let k = (n - i).min(16);
+            let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+            let xv = _mm512_maskz_loadu_ps(m, xp.add(i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_maskz_loadu_ps(m, wp.add(r * stride + i));
+                a[0] = _mm512_fmadd_ps(wv, xv, a[0]);
+            }
+            i += k;
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+        }
+    }
+
     /// `out[r] = Σ half(w[r·stride + i]) · x[i]` for `R` consecutive rows of
     /// f16 (`bf16 == false`) or bf16 bits, sharing the activation loads;
     /// two accumulators per row.
@@ -871,7 +954,7 @@ mod avx512 {
         assert!(R >= 1 && out.len() == R);
         assert!(stride >= n && w.len() >= (R - 1) * stride + n);
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let pf = prefetch_bytes() / 2;
+        let pf = prefetch_ahead(R, 2 * stride) / 2;
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let mut i = 0;
         while i + 32 <= n {
@@ -879,8 +962,10 @@ mod avx512 {
             let x1 = _mm512_loadu_ps(xp.add(i + 16));
             for (r, a) in acc.iter_mut().enumerate() {
                 let p = wp.add(r * stride + i);
-                // A prefetch never faults, so the address may run past the matrix.
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf) as *const i8);
+                if pf != 0 {
+                    // A prefetch never faults, so the address may run past the matrix.
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf) as *const i8);
+                }
                 let w0 = widen(_mm256_loadu_si256(p as *const __m256i), bf16);
                 let w1 = widen(_mm256_loadu_si256(p.add(16) as *const __m256i), bf16);
                 a[0] = _mm512_fmadd_ps(w0, x0, a[0]);
