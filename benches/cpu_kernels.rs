@@ -22,7 +22,7 @@ use quantscope::backend::cpu::bandwidth::{
 };
 use quantscope::backend::cpu::{matmul_into, KernelPath};
 use quantscope::format::{
-    FormatKind, GroupSize, Lut4, Packed, QuantizedMatrix, NF4_CODEBOOK, Q4, Q8,
+    FormatKind, GroupSize, Lut4, Outliers, Packed, QuantizedMatrix, NF4_CODEBOOK, Q4, Q8,
 };
 
 /// A fast deterministic generator (random matrices of hundreds of MB).
@@ -42,7 +42,15 @@ impl SplitMix {
 }
 
 /// A random packed matrix built directly from random codes (no quantizer run).
-fn random_matrix(kind: FormatKind, rows: usize, cols: usize, seed: u64) -> QuantizedMatrix {
+/// With `outlier_frac > 0`, that share of the weights (spread uniformly, at
+/// least one per row) also get a sparse f16 outlier.
+fn random_matrix(
+    kind: FormatKind,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+    outlier_frac: f64,
+) -> QuantizedMatrix {
     let mut g = SplitMix(seed);
     let group = GroupSize::Cols(32);
     let stride = kind.row_stride_bytes(cols);
@@ -87,15 +95,36 @@ fn random_matrix(kind: FormatKind, rows: usize, cols: usize, seed: u64) -> Quant
     } else {
         GroupSize::Row
     };
-    match QuantizedMatrix::new(rows, cols, group, packed) {
+    let m = match QuantizedMatrix::new(rows, cols, group, packed) {
         Ok(m) => m,
         Err(e) => panic!("bench matrix: {e}"),
+    };
+    if outlier_frac <= 0.0 {
+        return m;
+    }
+    let per_row = ((cols as f64 * outlier_frac).round() as usize).clamp(1, cols);
+    let gap = cols / per_row;
+    let lists: Vec<Vec<(u32, f16)>> = (0..rows)
+        .map(|_| {
+            (0..per_row)
+                .map(|i| {
+                    let c = i * gap + (g.next() as usize % gap);
+                    (c as u32, f16::from_f32(4.0 * g.unit()))
+                })
+                .collect()
+        })
+        .collect();
+    match m.with_outliers(Outliers::from_rows(&lists)) {
+        Ok(m) => m,
+        Err(e) => panic!("bench matrix outliers: {e}"),
     }
 }
 
 /// One printed result.
 struct Row {
     case: String,
+    /// Bytes of the matrix (codes, scales, zero points, outliers).
+    bytes: f64,
     median_s: f64,
     rate: String,
     fraction: f64,
@@ -118,18 +147,24 @@ fn bench_case(
     kind: FormatKind,
     (rows, cols): (usize, usize),
     batch: usize,
+    outlier_frac: f64,
 ) {
-    let case = if batch == 1 {
-        format!("gemv {kind} {rows}x{cols}")
+    let label = if outlier_frac > 0.0 {
+        format!("{kind}+{}% outliers", outlier_frac * 100.0)
     } else {
-        format!("gemm {kind} {rows}x{cols} b{batch}")
+        kind.to_string()
+    };
+    let case = if batch == 1 {
+        format!("gemv {label} {rows}x{cols}")
+    } else {
+        format!("gemm {label} {rows}x{cols} b{batch}")
     };
     if let Ok(only) = std::env::var("QUANTSCOPE_BENCH_ONLY") {
         if !case.contains(only.as_str()) {
             return;
         }
     }
-    let probe = random_matrix(kind, rows, cols, 1);
+    let probe = random_matrix(kind, rows, cols, 1, outlier_frac);
     let bytes = probe.storage_bytes().total();
     // Working set >= 4x LLC (GEMM reuses the weights, so two are enough there).
     let llc = llc_bytes().unwrap_or(32 << 20);
@@ -141,7 +176,7 @@ fn bench_case(
         2
     };
     let mut mats = vec![probe];
-    mats.extend((1..count).map(|i| random_matrix(kind, rows, cols, 1 + i as u64)));
+    mats.extend((1..count).map(|i| random_matrix(kind, rows, cols, 1 + i as u64, outlier_frac)));
     let mut g = SplitMix(99);
     let x: Vec<f32> = (0..batch * cols).map(|_| g.unit()).collect();
     let mut y = vec![0.0f32; batch * rows];
@@ -193,6 +228,7 @@ fn bench_case(
     let row = if batch == 1 {
         Row {
             case,
+            bytes: bytes as f64,
             median_s: med,
             rate: format!("{:.1} GB/s", bytes as f64 / med / 1e9),
             fraction: floor.bandwidth_fraction(bytes as f64, med),
@@ -201,6 +237,7 @@ fn bench_case(
     } else {
         Row {
             case,
+            bytes: bytes as f64,
             median_s: med,
             rate: format!("{:.1} GFLOP/s", flops / med / 1e9),
             fraction: floor.compute_fraction(flops, med),
@@ -253,15 +290,18 @@ fn cpu_kernels(c: &mut Criterion) {
     };
     for &shape in shapes {
         for kind in kinds {
-            bench_case(c, &probe_buf, &mut results, kind, shape, 1);
+            bench_case(c, &probe_buf, &mut results, kind, shape, 1, 0.0);
         }
+        // EasyQuant-style outliers (0.5 % of the weights, CSR f16): the
+        // sparse pass should cost no more than their share of the bytes.
+        bench_case(c, &probe_buf, &mut results, FormatKind::Q4, shape, 1, 0.005);
         for kind in kinds {
-            bench_case(c, &probe_buf, &mut results, kind, shape, 32);
+            bench_case(c, &probe_buf, &mut results, kind, shape, 32, 0.0);
         }
     }
     if std::env::var("QUANTSCOPE_BENCH_FULL").map_or(true, |v| v != "0") {
         for kind in [FormatKind::F32, FormatKind::Q8, FormatKind::Q4] {
-            bench_case(c, &probe_buf, &mut results, kind, (4096, 14336), 512);
+            bench_case(c, &probe_buf, &mut results, kind, (4096, 14336), 512, 0.0);
         }
     }
     println!();
@@ -276,6 +316,19 @@ fn cpu_kernels(c: &mut Criterion) {
             r.floor,
             r.fraction
         );
+    }
+    // What the outliers cost next to their share of the bytes.
+    for r in results.iter().filter(|r| r.case.contains("outliers")) {
+        let dense = r.case.replace("+0.5% outliers", "");
+        if let Some(d) = results.iter().find(|d| d.case == dense) {
+            println!(
+                "{}: {:+.1} % time for {:+.1} % bytes over {}",
+                r.case,
+                100.0 * (r.median_s / d.median_s - 1.0),
+                100.0 * (r.bytes / d.bytes - 1.0),
+                d.case
+            );
+        }
     }
 }
 

@@ -58,11 +58,17 @@ fn packings(w: &Matrix) -> Vec<QuantizedMatrix> {
 }
 
 fn with_outliers(m: QuantizedMatrix, seed: u64) -> QuantizedMatrix {
+    with_n_outliers(m, seed, 3)
+}
+
+/// Up to `n` outliers per row at random columns (row 1 gets none).
+fn with_n_outliers(m: QuantizedMatrix, seed: u64, n: usize) -> QuantizedMatrix {
     let mut r = rng(seed);
     let (rows, cols) = (m.rows(), m.cols());
     let per_row: Vec<Vec<(u32, f16)>> = (0..rows)
-        .map(|_| {
-            let mut cs: Vec<u32> = (0..3).map(|_| r.random_range(0..cols as u32)).collect();
+        .map(|row| {
+            let n = if row == 1 { 0 } else { n };
+            let mut cs: Vec<u32> = (0..n).map(|_| r.random_range(0..cols as u32)).collect();
             cs.sort_unstable();
             cs.dedup();
             cs.into_iter()
@@ -208,6 +214,20 @@ fn outliers_and_act_scale_on_every_path() {
         let both = with_act_scale(with_outliers(m, seed), seed);
         check(&both, 1, seed);
         check(&both, 20, seed);
+    }
+}
+
+/// Many outliers per row (full 16-wide gathers, a partial one, a row with
+/// none), over several GEMV tasks and 4-row passes with a tail.
+#[test]
+fn many_outliers_per_row_on_every_path() {
+    let w = weights(45, 700, 12);
+    for (i, m) in packings(&w).into_iter().enumerate() {
+        let seed = 300 + i as u64;
+        let o = with_n_outliers(m, seed, 41);
+        assert!(o.outliers().is_some_and(|o| o.nnz() > 30 * 44));
+        check(&o, 1, seed);
+        check(&o, 3, seed);
     }
 }
 

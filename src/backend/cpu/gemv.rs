@@ -24,7 +24,8 @@ use rayon::prelude::*;
 use super::act::{QuantAct, QBLOCK};
 use super::gemm::{decode_segment, permute_row};
 use super::kernel::KernelPath;
-use crate::format::{Packed, QuantizedMatrix};
+use super::sparse;
+use crate::format::{Outliers, Packed, QuantizedMatrix};
 
 /// Outputs per rayon task: a multiple of 16 (64 bytes of f32) so tasks never
 /// share a cache line of `y`, and a few tasks per thread for balance.
@@ -46,19 +47,57 @@ fn col_block() -> usize {
     })
 }
 
-/// `y[r] = Σ_b part(r, b)` for every row, in parallel; within a task the
-/// column block `b` is the outer loop so its activations are reused by every
-/// row of the task.
-fn par_rows_blocked(y: &mut [f32], nblocks: usize, part: impl Fn(usize, usize) -> f32 + Sync) {
-    let per = rows_per_task(y.len());
-    y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
-        out.fill(0.0);
-        for b in 0..nblocks.max(1) {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o += part(t * per + i, b);
-            }
+/// How a GEMV splits its rows into rayon tasks: contiguous runs of
+/// [`rows_per_task`] rows, each task running the dense rows and then adding
+/// its rows' sparse outliers on the same thread while its outputs are in
+/// cache (no second pass over `y`, no second dispatch).
+#[derive(Clone, Copy)]
+struct Tasks<'a> {
+    path: KernelPath,
+    /// The activation row (already multiplied by the activation scale).
+    x: &'a [f32],
+    outliers: Option<&'a Outliers>,
+}
+
+impl Tasks<'_> {
+    /// Runs `dense(first_row, outputs)` for every task, then the outliers.
+    fn run(&self, y: &mut [f32], dense: impl Fn(usize, &mut [f32]) + Sync) {
+        self.run_fused(y, |r0, out| {
+            dense(r0, out);
+            self.add_outliers(r0, out);
+        });
+    }
+
+    /// Runs `task(first_row, outputs)` for every task; `task` adds the
+    /// outliers itself ([`Tasks::add_outliers`]), pass by pass, so their
+    /// reads overlap the dense stream.
+    fn run_fused(&self, y: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
+        let per = rows_per_task(y.len());
+        y.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(t, out)| task(t * per, out));
+    }
+
+    /// Adds the outliers of rows `r0 ..` into `out`.
+    fn add_outliers(&self, r0: usize, out: &mut [f32]) {
+        if let Some(o) = self.outliers {
+            sparse::add_rows(self.path, o, self.x, r0, out);
         }
-    });
+    }
+
+    /// `y[r] = Σ_b part(r, b)` for every row; within a task the column
+    /// block `b` is the outer loop so its activations are reused by every
+    /// row of the task.
+    fn blocked(&self, y: &mut [f32], nblocks: usize, part: impl Fn(usize, usize) -> f32 + Sync) {
+        self.run(y, |r0, out| {
+            out.fill(0.0);
+            for b in 0..nblocks.max(1) {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o += part(r0 + i, b);
+                }
+            }
+        });
+    }
 }
 
 /// The lut4 codebook on 256 levels: `codebook[i] ≈ step · (u8[i] − zero)`.
@@ -101,14 +140,18 @@ pub(crate) fn gemv(
     let glen = m.group_len();
     assert_eq!(x.len(), cols, "gemv input length");
     assert_eq!(y.len(), m.rows(), "gemv output length");
+    let tasks = Tasks {
+        path,
+        x,
+        outliers: m.outliers(),
+    };
     if !int8_act && m.kind().is_grouped() {
         let nib = matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_));
         let xp = permute_row(x, nib);
-        let per = rows_per_task(y.len());
-        y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+        tasks.run(y, |r0, out| {
             let mut w = vec![0.0f32; xp.len()];
             for (i, o) in out.iter_mut().enumerate() {
-                decode_segment(path, m, t * per + i, 0, nib, &mut w);
+                decode_segment(path, m, r0 + i, 0, nib, &mut w);
                 *o = dot_f32(path, &w, &xp);
             }
         });
@@ -123,19 +166,19 @@ pub(crate) fn gemv(
     if path == KernelPath::Avx512 {
         match m.packed() {
             Packed::F16(v) => {
-                return multi_row_half(bytemuck::cast_slice(v), stride / 2, x, y, false)
+                return multi_row_half(&tasks, bytemuck::cast_slice(v), stride / 2, y, false)
             }
             Packed::Bf16(v) => {
-                return multi_row_half(bytemuck::cast_slice(v), stride / 2, x, y, true)
+                return multi_row_half(&tasks, bytemuck::cast_slice(v), stride / 2, y, true)
             }
-            Packed::F32(v) => return multi_row_f32(v, stride / 4, x, y),
-            _ => return multi_row_int(m, x, y),
+            Packed::F32(v) => return multi_row_f32(&tasks, v, stride / 4, y),
+            _ => return multi_row_int(&tasks, m, y),
         }
     }
     match m.packed() {
         Packed::F32(v) => {
             let s = stride / 4;
-            par_rows_blocked(y, nb_plain, |r, b| {
+            tasks.blocked(y, nb_plain, |r, b| {
                 let (c0, c1) = cb(b);
                 dot_f32(path, &v[r * s + c0..r * s + c1], &x[c0..c1])
             });
@@ -143,7 +186,7 @@ pub(crate) fn gemv(
         Packed::F16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            par_rows_blocked(y, nb_plain, |r, b| {
+            tasks.blocked(y, nb_plain, |r, b| {
                 let (c0, c1) = cb(b);
                 dot_half(path, &bits[r * s + c0..r * s + c1], &x[c0..c1], false)
             });
@@ -151,7 +194,7 @@ pub(crate) fn gemv(
         Packed::Bf16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            par_rows_blocked(y, nb_plain, |r, b| {
+            tasks.blocked(y, nb_plain, |r, b| {
                 let (c0, c1) = cb(b);
                 dot_half(path, &bits[r * s + c0..r * s + c1], &x[c0..c1], true)
             });
@@ -159,7 +202,7 @@ pub(crate) fn gemv(
         Packed::Q8(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            par_rows_blocked(y, 1, |r, _| {
+            tasks.blocked(y, 1, |r, _| {
                 q8_row(
                     path,
                     &codes[r * stride..][..stride],
@@ -172,7 +215,7 @@ pub(crate) fn gemv(
         Packed::Q4(q) => {
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            par_rows_blocked(y, 1, |r, _| {
+            tasks.blocked(y, 1, |r, _| {
                 let nib = Nib::Q4 {
                     zeros: &q.zeros[r * gpr..][..gpr],
                 };
@@ -190,7 +233,7 @@ pub(crate) fn gemv(
             let act = QuantAct::new(x, path != KernelPath::Scalar);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             let (table, zero, step) = lut_u8(&q.codebook);
-            par_rows_blocked(y, 1, |r, _| {
+            tasks.blocked(y, 1, |r, _| {
                 step * nib_row(
                     path,
                     &codes[r * stride..][..stride],
@@ -233,27 +276,29 @@ fn pass_rows() -> usize {
 /// elements from the pass's first row on and 4 or 1 outputs.
 #[cfg(target_arch = "x86_64")]
 fn multi_row_plain<T: Sync>(
+    tasks: &Tasks<'_>,
     w: &[T],
     stride: usize,
     y: &mut [f32],
     kernel: impl Fn(&[T], &mut [f32]) + Sync,
 ) {
-    let per = rows_per_task(y.len());
     let pr = pass_rows();
-    y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+    tasks.run_fused(y, |first, out| {
         for (i, o) in out.chunks_mut(pr).enumerate() {
-            let r0 = t * per + i * pr;
+            let r0 = first + i * pr;
             for (j, o) in o.chunks_mut(if o.len() == pr { pr } else { 1 }).enumerate() {
                 kernel(&w[(r0 + j) * stride..], o);
             }
+            tasks.add_outliers(r0, o);
         }
     });
 }
 
 /// f32 rows through [`multi_row_plain`].
 #[cfg(target_arch = "x86_64")]
-fn multi_row_f32(w: &[f32], stride: usize, x: &[f32], y: &mut [f32]) {
-    multi_row_plain(w, stride, y, |wr, o| {
+fn multi_row_f32(tasks: &Tasks<'_>, w: &[f32], stride: usize, y: &mut [f32]) {
+    let x = tasks.x;
+    multi_row_plain(tasks, w, stride, y, |wr, o| {
         // SAFETY: the AVX-512 path, checked against the CPU by the caller
         // (`KernelPath::check`); the kernel checks the lengths.
         unsafe {
@@ -267,8 +312,9 @@ fn multi_row_f32(w: &[f32], stride: usize, x: &[f32], y: &mut [f32]) {
 
 /// f16 / bf16 rows through [`multi_row_plain`].
 #[cfg(target_arch = "x86_64")]
-fn multi_row_half(w: &[u16], stride: usize, x: &[f32], y: &mut [f32], bf16: bool) {
-    multi_row_plain(w, stride, y, |wr, o| {
+fn multi_row_half(tasks: &Tasks<'_>, w: &[u16], stride: usize, y: &mut [f32], bf16: bool) {
+    let x = tasks.x;
+    multi_row_plain(tasks, w, stride, y, |wr, o| {
         // SAFETY: as in `multi_row_f32`.
         unsafe {
             match o.len() {
@@ -282,14 +328,14 @@ fn multi_row_half(w: &[u16], stride: usize, x: &[f32], y: &mut [f32], bf16: bool
 /// q8 / q4 / lut4 GEMV on the AVX-512 path: [`pass_rows`] rows per pass
 /// sharing the activation loads ([`avx512::int_rows`]), whole rows.
 #[cfg(target_arch = "x86_64")]
-fn multi_row_int(m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
+fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
+    let x = tasks.x;
     use avx512::{int_rows, LUT4, Q4, Q8};
     let stride = m.row_stride_bytes();
     let gpr = m.groups_per_row();
     let glen = m.group_len();
     let act = QuantAct::new(x, true);
     let gsum = act.group_sums(glen);
-    let per = rows_per_task(y.len());
     // (codes, scales, zeros, lut4 table / zero / step)
     let (codes, scales, zeros, lut): (&[u8], &[f16], &[u8], _) = match m.packed() {
         Packed::Q8(q) => (bytemuck::cast_slice(&q.codes), &q.scales, &[], None),
@@ -306,9 +352,9 @@ fn multi_row_int(m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
     let (table, zconst, step) = lut.unwrap_or(([0; 16], 0.0, 1.0));
     let is_q8 = matches!(m.packed(), Packed::Q8(_));
     let pr = pass_rows();
-    y.par_chunks_mut(per).enumerate().for_each(|(t, out)| {
+    tasks.run_fused(y, |first, out| {
         for (i, o) in out.chunks_mut(pr).enumerate() {
-            let r0 = t * per + i * pr;
+            let r0 = first + i * pr;
             for (j, o) in o.chunks_mut(if o.len() == pr { pr } else { 1 }).enumerate() {
                 let r = r0 + j;
                 let c = &codes[r * stride..];
@@ -348,6 +394,7 @@ fn multi_row_int(m: &QuantizedMatrix, x: &[f32], y: &mut [f32]) {
                     o.iter_mut().for_each(|v| *v *= step);
                 }
             }
+            tasks.add_outliers(r0, o);
         }
     });
 }

@@ -1,17 +1,16 @@
 //! Dequantized matmul on the packed data: `Y = X · Wᵀ`.
 //!
 //! Order of work: scale X once by the activation scale (AWQ), run the dense
-//! part (GEMV for batch 1, GEMM otherwise) on the chosen [`KernelPath`], then
-//! add the sparse outliers (cost proportional to their number).
+//! part (GEMV for batch 1, GEMM otherwise) on the chosen [`KernelPath`], and
+//! add the sparse outliers (cost proportional to their number: the GEMV adds
+//! each task's rows right after their dense pass, the GEMM in a pass after).
 
 use std::borrow::Cow;
 
-use rayon::prelude::*;
-
 use super::kernel::KernelPath;
-use super::{gemm, gemv};
+use super::{gemm, gemv, sparse};
 use crate::backend::BackendError;
-use crate::format::{Outliers, QuantizedMatrix};
+use crate::format::QuantizedMatrix;
 
 /// `Y = X · Wᵀ` (`X`: `batch x cols`, `Y`: `batch x rows`, row-major) on the
 /// process's selected kernel path ([`KernelPath::selected`]).
@@ -93,28 +92,13 @@ pub fn matmul_opts(
         None => Cow::Borrowed(x),
     };
     if batch == 1 {
+        // The GEMV adds the outliers task by task.
         gemv::gemv(path, m, &x, y, act == GemvActivations::Int8);
     } else {
         gemm::gemm(path, m, &x, batch, y);
-    }
-    if let Some(o) = m.outliers() {
-        add_outliers(o, &x, cols, rows, y);
+        if let Some(o) = m.outliers() {
+            sparse::add_outliers(path, o, &x, cols, rows, y);
+        }
     }
     Ok(())
-}
-
-/// `Y += X · Oᵀ` for the sparse outliers `O` (CSR by row).
-fn add_outliers(o: &Outliers, x: &[f32], cols: usize, rows: usize, y: &mut [f32]) {
-    y.par_chunks_mut(rows)
-        .zip(x.par_chunks(cols))
-        .for_each(|(yb, xb)| {
-            for (r, yr) in yb.iter_mut().enumerate() {
-                let (a, b) = (o.row_ptr[r] as usize, o.row_ptr[r + 1] as usize);
-                let mut s = 0.0f32;
-                for i in a..b {
-                    s += o.values[i].to_f32() * xb[o.col_idx[i] as usize];
-                }
-                *yr += s;
-            }
-        });
 }

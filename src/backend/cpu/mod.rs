@@ -15,6 +15,7 @@ mod gemm;
 mod gemv;
 pub mod kernel;
 mod matmul;
+mod sparse;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
