@@ -51,27 +51,44 @@ impl QuantAct {
     /// Quantizes `x` (one activation row); `lanes` also builds the SIMD
     /// tables. Every path produces the same codes and scales.
     pub(crate) fn new(x: &[f32], lanes: bool) -> QuantAct {
-        #[cfg(target_arch = "x86_64")]
-        if lanes && super::kernel::KernelPath::Avx512.is_supported() {
-            let mut a = QuantAct::zeroed(x.len());
-            // SAFETY: the CPU supports AVX-512 (checked above); `a` was sized
-            // for `x` by `zeroed`.
-            unsafe { avx512::quantize(x, &mut a) };
-            a.build_lanes();
-            return a;
-        }
-        QuantAct::new_portable(x, lanes)
+        let mut a = QuantAct::default();
+        a.fill(x, lanes);
+        a
     }
 
-    fn zeroed(cols: usize) -> QuantAct {
-        let padded = round_up(cols.max(1), NIB_CHUNK);
-        QuantAct {
-            cols,
-            xq: vec![0; padded],
-            dx: vec![0.0; padded / QBLOCK],
-            sumq: vec![0; padded / QBLOCK],
-            ..Default::default()
+    /// Like [`QuantAct::new`], reusing this value's buffers (a GEMV per
+    /// token should not allocate and fault in fresh pages every call).
+    pub(crate) fn fill(&mut self, x: &[f32], lanes: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if lanes && super::kernel::KernelPath::Avx512.is_supported() {
+            self.reset(x.len());
+            // SAFETY: the CPU supports AVX-512 (checked above); `reset`
+            // sized and zeroed every buffer for `x`. The kernel writes the
+            // SIMD tables as it goes.
+            unsafe { avx512::quantize(x, self) };
+            return;
         }
+        *self = QuantAct::new_portable(x, lanes);
+    }
+
+    /// Zeroed buffers (SIMD tables included) for a row of `cols` columns.
+    fn reset(&mut self, cols: usize) {
+        let padded = round_up(cols.max(1), NIB_CHUNK);
+        self.cols = cols;
+        for v in [&mut self.xq, &mut self.nib_xq] {
+            v.clear();
+            v.resize(padded, 0);
+        }
+        for (v, n) in [
+            (&mut self.dx, padded / QBLOCK),
+            (&mut self.nib_dx, padded / NIB_CHUNK * 16),
+            (&mut self.byte_dx, padded / BYTE_CHUNK * 16),
+        ] {
+            v.clear();
+            v.resize(n, 0.0);
+        }
+        self.sumq.clear();
+        self.sumq.resize(padded / QBLOCK, 0);
     }
 
     fn new_portable(x: &[f32], lanes: bool) -> QuantAct {
@@ -132,6 +149,7 @@ impl QuantAct {
             .collect()
     }
 
+    /// The SIMD tables from the codes and scales (portable).
     fn build_lanes(&mut self) {
         let padded = self.xq.len();
         self.nib_xq = vec![0; padded];
@@ -168,20 +186,38 @@ impl QuantAct {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{QuantAct, QBLOCK};
+    use super::{QuantAct, BYTE_CHUNK, NIB_CHUNK, QBLOCK};
+
+    /// `dx` of block `b` into the block's entries of the lane tables:
+    /// 4 lanes of `nib_dx`, 8 of `byte_dx`.
+    #[inline(always)]
+    fn set_dx(a: &mut QuantAct, b: usize, d: f32) {
+        a.dx[b] = d;
+        a.nib_dx[4 * b..4 * b + 4].fill(d);
+        a.byte_dx[8 * b..8 * b + 8].fill(d);
+    }
 
     /// Quantizes `x` into `a` block by block (same rule as the portable code:
     /// `dx = absmax / 127`, codes `rne(x · 127 / absmax)`; `vcvtps2dq` rounds
-    /// to nearest even under the default MXCSR).
+    /// to nearest even under the default MXCSR), writing the SIMD tables
+    /// (`nib_xq`, `nib_dx`, `byte_dx`) as it goes.
     ///
     /// # Safety
-    /// The CPU supports AVX-512 F/BW; `a` was made by `QuantAct::zeroed(x.len())`.
+    /// The CPU supports AVX-512 F/BW; `a` was sized and zeroed for `x` by
+    /// `QuantAct::reset`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize(x: &[f32], a: &mut QuantAct) {
         let cols = x.len();
-        assert!(a.xq.len() >= cols.div_ceil(QBLOCK) * QBLOCK);
-        assert!(a.dx.len() >= cols.div_ceil(QBLOCK) && a.sumq.len() >= cols.div_ceil(QBLOCK));
-        let sign = _mm512_set1_ps(-0.0);
+        let nblocks = cols.div_ceil(QBLOCK);
+        assert!(a.xq.len() >= nblocks * QBLOCK && a.xq.len().is_multiple_of(NIB_CHUNK));
+        assert!(a.dx.len() >= nblocks && a.sumq.len() >= nblocks);
+        assert!(a.nib_xq.len() == a.xq.len());
+        assert!(a.nib_dx.len() * NIB_CHUNK == a.xq.len() * 16);
+        assert!(a.byte_dx.len() * BYTE_CHUNK == a.xq.len() * 16);
+        // Even / odd lanes of the block's 32 codes (`q0` lanes 0..16, `q1`
+        // lanes 16..32 of the two-register permute).
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         for b in 0..cols.div_ceil(QBLOCK) {
             let c0 = b * QBLOCK;
             let n = (cols - c0).min(QBLOCK);
@@ -195,14 +231,14 @@ mod avx512 {
             };
             let v0 = _mm512_maskz_loadu_ps(m0, x.as_ptr().add(c0));
             let v1 = _mm512_maskz_loadu_ps(m1, x.as_ptr().add(c0 + 16));
-            let amax = _mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1));
+            let amax = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1));
             // x * 0 is NaN exactly for NaN and infinities.
             let bad = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(
                 _mm512_mul_ps(v0, _mm512_setzero_ps()),
                 _mm512_mul_ps(v1, _mm512_setzero_ps()),
             );
             if bad != 0 {
-                a.dx[b] = f32::NAN;
+                set_dx(a, b, f32::NAN);
                 continue;
             }
             let amax = _mm512_reduce_max_ps(amax);
@@ -224,8 +260,73 @@ mod avx512 {
             let out = a.xq.as_mut_ptr().add(c0) as *mut __m128i;
             _mm_storeu_si128(out, _mm512_cvtepi32_epi8(q0));
             _mm_storeu_si128(out.add(1), _mm512_cvtepi32_epi8(q1));
-            a.dx[b] = amax / 127.0;
+            // 4-bit layout: per 128-column chunk the 64 even columns, then
+            // the 64 odd ones; block `j` of the chunk owns 16 of each.
+            let (k, j) = (c0 / NIB_CHUNK, (c0 % NIB_CHUNK) / QBLOCK);
+            let nib = a.nib_xq.as_mut_ptr().add(k * NIB_CHUNK + 16 * j);
+            let ev = _mm512_permutex2var_epi32(q0, even, q1);
+            let od = _mm512_permutex2var_epi32(q0, odd, q1);
+            _mm_storeu_si128(nib as *mut __m128i, _mm512_cvtepi32_epi8(ev));
+            _mm_storeu_si128(
+                nib.add(NIB_CHUNK / 2) as *mut __m128i,
+                _mm512_cvtepi32_epi8(od),
+            );
+            set_dx(a, b, amax / 127.0);
             a.sumq[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QuantAct;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// The SIMD quantizer writes the same codes, scales, sums and lane
+    /// tables as the portable code: odd lengths, an all-zero block, a NaN
+    /// block and an infinite one included.
+    #[test]
+    fn simd_quantizer_matches_portable() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let mut reused = QuantAct::default();
+        for cols in [1, 31, 32, 33, 127, 128, 129, 300, 1000, 4099] {
+            let mut x: Vec<f32> = (0..cols).map(|_| 3.0 * next()).collect();
+            if cols > 64 {
+                x[32..64].fill(0.0);
+            }
+            if cols > 100 {
+                x[97] = f32::NAN;
+            }
+            if cols > 200 {
+                x[190] = f32::NEG_INFINITY;
+            }
+            let want = QuantAct::new_portable(&x, true);
+            // Fresh buffers, and buffers reused from a longer row (stale
+            // codes and scales must not survive).
+            reused.fill(&x, true);
+            for got in [QuantAct::new(&x, true), reused.clone()] {
+                assert_eq!(got.cols, want.cols, "cols {cols}");
+                assert_eq!(got.xq, want.xq, "xq, cols {cols}");
+                assert_eq!(bits(&got.dx), bits(&want.dx), "dx, cols {cols}");
+                assert_eq!(got.sumq, want.sumq, "sumq, cols {cols}");
+                assert_eq!(got.nib_xq, want.nib_xq, "nib_xq, cols {cols}");
+                assert_eq!(bits(&got.nib_dx), bits(&want.nib_dx), "nib_dx, cols {cols}");
+                assert_eq!(
+                    bits(&got.byte_dx),
+                    bits(&want.byte_dx),
+                    "byte_dx, cols {cols}"
+                );
+            }
+            reused.fill(&vec![5.0; 5000], true);
         }
     }
 }

@@ -334,7 +334,13 @@ fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
     let stride = m.row_stride_bytes();
     let gpr = m.groups_per_row();
     let glen = m.group_len();
-    let act = QuantAct::new(x, true);
+    // The activation buffers are kept per calling thread between calls
+    // (taken, not borrowed: a nested GEMV on the same thread gets fresh ones).
+    thread_local! {
+        static ACT: std::cell::Cell<QuantAct> = std::cell::Cell::new(QuantAct::default());
+    }
+    let mut act = ACT.take();
+    act.fill(x, true);
     let gsum = act.group_sums(glen);
     // (codes, scales, zeros, lut4 table / zero / step)
     let (codes, scales, zeros, lut): (&[u8], &[f16], &[u8], _) = match m.packed() {
@@ -397,6 +403,7 @@ fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
             tasks.add_outliers(r0, o);
         }
     });
+    ACT.set(act);
 }
 
 fn dot_f32(path: KernelPath, w: &[f32], x: &[f32]) -> f32 {
