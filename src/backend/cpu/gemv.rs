@@ -157,8 +157,8 @@ pub(crate) fn gemv(
         });
         return;
     }
-    // Plain formats: blocks of `col_block()` columns; integer formats (AVX2
-    // and scalar; AVX-512 returned above): whole rows.
+    // Scalar path (and AVX2's plain formats): blocks of `col_block()`
+    // columns for the plain formats, whole rows for the integer ones.
     let block = col_block();
     let nb_plain = cols.div_ceil(block);
     let cb = |b: usize| (b * block, ((b + 1) * block).min(cols));
@@ -174,6 +174,10 @@ pub(crate) fn gemv(
             Packed::F32(v) => return multi_row_f32(&tasks, v, stride / 4, y),
             _ => return multi_row_int(&tasks, m, y),
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx2 && m.kind().is_grouped() {
+        return multi_row_int(&tasks, m, y);
     }
     match m.packed() {
         Packed::F32(v) => {
@@ -200,11 +204,10 @@ pub(crate) fn gemv(
             });
         }
         Packed::Q8(q) => {
-            let act = QuantAct::new(x, path != KernelPath::Scalar);
+            let act = QuantAct::new(x, false);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             tasks.blocked(y, 1, |r, _| {
                 q8_row(
-                    path,
                     &codes[r * stride..][..stride],
                     &q.scales[r * gpr..][..gpr],
                     glen,
@@ -213,14 +216,13 @@ pub(crate) fn gemv(
             });
         }
         Packed::Q4(q) => {
-            let act = QuantAct::new(x, path != KernelPath::Scalar);
+            let act = QuantAct::new(x, false);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             tasks.blocked(y, 1, |r, _| {
                 let nib = Nib::Q4 {
                     zeros: &q.zeros[r * gpr..][..gpr],
                 };
                 nib_row(
-                    path,
                     &codes[r * stride..][..stride],
                     &q.scales[r * gpr..][..gpr],
                     nib,
@@ -230,12 +232,11 @@ pub(crate) fn gemv(
             });
         }
         Packed::Lut4(q) => {
-            let act = QuantAct::new(x, path != KernelPath::Scalar);
+            let act = QuantAct::new(x, false);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             let (table, zero, step) = lut_u8(&q.codebook);
             tasks.blocked(y, 1, |r, _| {
                 step * nib_row(
-                    path,
                     &codes[r * stride..][..stride],
                     &q.scales[r * gpr..][..gpr],
                     Nib::Lut {
@@ -325,12 +326,17 @@ fn multi_row_half(tasks: &Tasks<'_>, w: &[u16], stride: usize, y: &mut [f32], bf
     });
 }
 
-/// q8 / q4 / lut4 GEMV on the AVX-512 path: [`pass_rows`] rows per pass
+/// The signature shared by `avx512::int_rows` and `avx2::int_rows`.
+#[cfg(target_arch = "x86_64")]
+type IntRows =
+    unsafe fn(&[u8], usize, &[f16], &[u8], &[f32], &[u8; 16], f32, usize, &QuantAct, &mut [f32]);
+
+/// q8 / q4 / lut4 GEMV on the AVX-512 and AVX2 paths: [`pass_rows`] rows per pass
 /// sharing the activation loads ([`avx512::int_rows`]), whole rows.
 #[cfg(target_arch = "x86_64")]
 fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
     let x = tasks.x;
-    use avx512::{int_rows, LUT4, Q4, Q8};
+    use avx512::{LUT4, Q4, Q8};
     let stride = m.row_stride_bytes();
     let gpr = m.groups_per_row();
     let glen = m.group_len();
@@ -357,6 +363,24 @@ fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
     };
     let (table, zconst, step) = lut.unwrap_or(([0; 16], 0.0, 1.0));
     let is_q8 = matches!(m.packed(), Packed::Q8(_));
+    // The 4-row and 1-row kernels of this path and format.
+    let pick = |four: bool| -> IntRows {
+        match (tasks.path == KernelPath::Avx512, four, is_q8, lut.is_some()) {
+            (true, true, true, _) => avx512::int_rows::<4, Q8>,
+            (true, true, false, false) => avx512::int_rows::<4, Q4>,
+            (true, true, false, true) => avx512::int_rows::<4, LUT4>,
+            (true, false, true, _) => avx512::int_rows::<1, Q8>,
+            (true, false, false, false) => avx512::int_rows::<1, Q4>,
+            (true, false, false, true) => avx512::int_rows::<1, LUT4>,
+            (false, true, true, _) => avx2::int_rows::<4, Q8>,
+            (false, true, false, false) => avx2::int_rows::<4, Q4>,
+            (false, true, false, true) => avx2::int_rows::<4, LUT4>,
+            (false, false, true, _) => avx2::int_rows::<1, Q8>,
+            (false, false, false, false) => avx2::int_rows::<1, Q4>,
+            (false, false, false, true) => avx2::int_rows::<1, LUT4>,
+        }
+    };
+    let (kernel4, kernel1) = (pick(true), pick(false));
     let pr = pass_rows();
     tasks.run_fused(y, |first, out| {
         for (i, o) in out.chunks_mut(pr).enumerate() {
@@ -370,32 +394,12 @@ fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
                 } else {
                     &zeros[r * gpr..]
                 };
-                // SAFETY: this is the AVX-512 path, checked against the CPU
-                // by the caller (`KernelPath::check`); `act` has its SIMD
-                // tables; the slices start at row `r` and the kernel checks
-                // their lengths.
-                unsafe {
-                    match (o.len(), is_q8, lut.is_some()) {
-                        (4, true, _) => {
-                            int_rows::<4, Q8>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
-                        }
-                        (4, false, false) => {
-                            int_rows::<4, Q4>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
-                        }
-                        (4, false, true) => int_rows::<4, LUT4>(
-                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
-                        ),
-                        (_, true, _) => {
-                            int_rows::<1, Q8>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
-                        }
-                        (_, false, false) => {
-                            int_rows::<1, Q4>(c, stride, s, z, &gsum, &table, zconst, glen, &act, o)
-                        }
-                        (_, false, true) => int_rows::<1, LUT4>(
-                            c, stride, s, z, &gsum, &table, zconst, glen, &act, o,
-                        ),
-                    }
-                }
+                let kernel = if o.len() == 4 { kernel4 } else { kernel1 };
+                // SAFETY: the kernel's path (AVX-512 or AVX2) was checked
+                // against the CPU by the caller (`KernelPath::check`); `act`
+                // has its SIMD tables; the slices start at row `r` and the
+                // kernel checks their lengths.
+                unsafe { kernel(c, stride, s, z, &gsum, &table, zconst, glen, &act, o) };
                 if lut.is_some() {
                     o.iter_mut().for_each(|v| *v *= step);
                 }
@@ -441,45 +445,21 @@ fn scalar_dot(w: impl Iterator<Item = f32>, x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// One q8 row (AVX2 or scalar; AVX-512 runs [`multi_row_int`]).
-fn q8_row(path: KernelPath, codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: features checked by the caller; `codes` is a whole padded
-        // row, `scales` the row's groups.
-        KernelPath::Avx2 => unsafe { avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q8) },
-        _ => scalar_int_row(act, glen, |c| codes[c] as i8 as i32, |_| 0.0, |g| scales[g]),
-    }
+/// One q8 row on the scalar path (the SIMD paths run [`multi_row_int`]).
+fn q8_row(codes: &[u8], scales: &[f16], glen: usize, act: &QuantAct) -> f32 {
+    scalar_int_row(act, glen, |c| codes[c] as i8 as i32, |_| 0.0, |g| scales[g])
 }
 
-fn nib_row(
-    path: KernelPath,
-    codes: &[u8],
-    scales: &[f16],
-    nib: Nib<'_>,
-    glen: usize,
-    act: &QuantAct,
-) -> f32 {
-    match (path, nib) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: features checked by the caller; `codes` is a whole padded
-        // row, `scales` / `zeros` the row's groups.
-        (KernelPath::Avx2, Nib::Q4 { zeros, .. }) => unsafe {
-            avx2::int_row(codes, scales, glen, act, avx2::Fmt::Q4(zeros))
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (KernelPath::Avx2, Nib::Lut { table, zero, .. }) => unsafe {
-            avx2::int_row(codes, scales, glen, act, avx2::Fmt::Lut(table, zero))
-        },
-        (_, Nib::Q4 { zeros, .. }) => scalar_int_row(
+fn nib_row(codes: &[u8], scales: &[f16], nib: Nib<'_>, glen: usize, act: &QuantAct) -> f32 {
+    match nib {
+        Nib::Q4 { zeros } => scalar_int_row(
             act,
             glen,
             |c| ((codes[c / 2] >> (4 * (c % 2))) & 0xF) as i32,
             |g| zeros[g] as f32,
             |g| scales[g],
         ),
-        (_, Nib::Lut { table, zero, .. }) => scalar_int_row(
+        Nib::Lut { table, zero } => scalar_int_row(
             act,
             glen,
             |c| table[((codes[c / 2] >> (4 * (c % 2))) & 0xF) as usize] as i32,
@@ -1050,7 +1030,8 @@ mod avx2 {
 
     use half::f16;
 
-    use super::super::act::{QuantAct, QBLOCK};
+    use super::super::act::{QuantAct, NIB_CHUNK, QBLOCK};
+    use super::avx512::{LUT4, Q4, Q8};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -1125,102 +1106,243 @@ mod avx2 {
         hsum(s) + tail
     }
 
-    /// Which integer format [`int_row`] reads.
-    #[derive(Clone, Copy)]
-    pub(super) enum Fmt<'a> {
-        Q8,
-        Q4(&'a [u8]),
-        Lut(&'a [u8; 16], f32),
+    /// Lane scales of one 64-column half chunk (columns `c0 .. c0 + 64`)
+    /// for the 4-bit kernels: lane `i` belongs to block `c0 / 32 + i / 4`.
+    /// `mode`: 2 = groups of 32 (two groups per half), 1 = one group spans
+    /// the half, 0 = anything else (lane by lane).
+    #[inline(always)]
+    unsafe fn half_scales(scales: &[f16], c0: usize, glen: usize, mode: u8) -> __m256 {
+        match mode {
+            2 => {
+                let bits = std::ptr::read_unaligned(scales.as_ptr().add(c0 / 32) as *const u32);
+                let s = _mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+                _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
+            }
+            1 => _mm256_set1_ps(f16_to_f32(scales[c0 / glen])),
+            _ => {
+                let mut s = [0.0f32; 8];
+                for (i, v) in s.iter_mut().enumerate() {
+                    *v = f16_to_f32(scales[(c0 + 32 * (i / 4)) / glen]);
+                }
+                _mm256_loadu_ps(s.as_ptr())
+            }
+        }
     }
 
-    /// One q8 / q4 / lut4 row: per block of 32 columns, 16-bit products
-    /// summed in pairs (`vpmaddwd`, exact), eight i32 lanes per block.
+    /// One f16 to f32 through F16C (the `half` crate converts in software
+    /// unless F16C is enabled at compile time).
+    #[inline(always)]
+    unsafe fn f16_to_f32(h: f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    }
+
+    /// The 8 i32 lane dots of 32 code bytes `w` (64 columns) with the even
+    /// (`xa`) and odd (`xb`) column activations: `vpmaddubsw` (u8 x i8, pairs
+    /// summed in i16) then `vpmaddwd`. q4 nibbles (<= 15) sum exactly in
+    /// i16; lut4 splits each table value into its two nibbles (`tlo`,
+    /// `thi`: `table = 16 · thi + tlo`) so neither product saturates.
+    #[inline(always)]
+    unsafe fn nib_dot<const F: u8>(
+        w: __m256i,
+        xa: __m256i,
+        xb: __m256i,
+        tlo: __m256i,
+        thi: __m256i,
+    ) -> __m256i {
+        let m = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let lo = _mm256_and_si256(w, m);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), m);
+        if F == LUT4 {
+            let a = _mm256_add_epi16(
+                _mm256_maddubs_epi16(_mm256_shuffle_epi8(tlo, lo), xa),
+                _mm256_maddubs_epi16(_mm256_shuffle_epi8(tlo, hi), xb),
+            );
+            let b = _mm256_add_epi16(
+                _mm256_maddubs_epi16(_mm256_shuffle_epi8(thi, lo), xa),
+                _mm256_maddubs_epi16(_mm256_shuffle_epi8(thi, hi), xb),
+            );
+            _mm256_add_epi32(
+                _mm256_madd_epi16(a, ones),
+                _mm256_madd_epi16(b, _mm256_set1_epi16(16)),
+            )
+        } else {
+            let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
+            _mm256_madd_epi16(p, ones)
+        }
+    }
+
+    /// `Σ_g s_g · z_g · gsum_g` over a row's groups, 8 at a time; `z_g` is
+    /// the q4 zero point, or lut4's constant zero when `zconst` is set.
+    #[inline(always)]
+    unsafe fn zero_term(
+        scales: &[f16],
+        zeros: &[u8],
+        zconst: Option<f32>,
+        gsum: &[f32],
+        gpr: usize,
+    ) -> f32 {
+        assert!(scales.len() >= gpr && gsum.len() >= gpr);
+        assert!(zconst.is_some() || zeros.len() >= gpr);
+        let mut acc = _mm256_setzero_ps();
+        let mut g = 0;
+        while g + 8 <= gpr {
+            let s = _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g) as *const __m128i));
+            let z = match zconst {
+                Some(z) => _mm256_set1_ps(z),
+                None => _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    zeros.as_ptr().add(g) as *const __m128i,
+                ))),
+            };
+            let w = _mm256_loadu_ps(gsum.as_ptr().add(g));
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(s, z), w, acc);
+            g += 8;
+        }
+        let mut t = hsum(acc);
+        while g < gpr {
+            let z = zconst.unwrap_or_else(|| zeros[g] as f32);
+            t += f16_to_f32(scales[g]) * z * gsum[g];
+            g += 1;
+        }
+        t
+    }
+
+    /// `R` consecutive rows of a q8 / q4 / lut4 matrix (`F`, as in
+    /// [`super::avx512::int_rows`], same arguments and result) on AVX2:
+    /// the activation chunk and its lane scales are loaded once for the
+    /// `R` rows, each row stream prefetches (into L2) its line of the next
+    /// pass, q8 uses signed codes (`vpsignb` makes the unsigned operand, so
+    /// no offset term) and the 4-bit zero points come off once per row.
     ///
     /// # Safety
-    /// The CPU supports AVX2 + FMA; `codes` holds the padded row; `scales`
-    /// (and the q4 zeros) the row's groups.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn int_row(
+    /// The CPU supports AVX2 + FMA + F16C; `act` was built with its SIMD
+    /// tables; `glen` is a multiple of 32 or the whole row.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn int_rows<const R: usize, const F: u8>(
         codes: &[u8],
+        stride: usize,
         scales: &[f16],
+        zeros: &[u8],
+        gsum: &[f32],
+        table: &[u8; 16],
+        zconst: f32,
         glen: usize,
         act: &QuantAct,
-        fmt: Fmt<'_>,
-    ) -> f32 {
+        out: &mut [f32],
+    ) {
         let cols = act.cols;
-        let full = cols / QBLOCK;
-        let bytes_per_block = if matches!(fmt, Fmt::Q8) { 32 } else { 16 };
-        assert!(codes.len() >= full * bytes_per_block);
-        let mask = _mm_set1_epi8(0x0F);
-        let table = match fmt {
-            Fmt::Lut(t, _) => _mm_loadu_si128(t.as_ptr() as *const __m128i),
-            _ => _mm_setzero_si128(),
+        let gpr = cols.div_ceil(glen);
+        let row_bytes = if F == Q8 {
+            cols
+        } else {
+            cols.div_ceil(QBLOCK) * QBLOCK / 2
         };
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..full {
-            let c0 = b * QBLOCK;
-            let (w0, w1) = match fmt {
-                Fmt::Q8 => {
-                    let p = codes.as_ptr().add(c0) as *const __m128i;
-                    (
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(p)),
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(1))),
-                    )
-                }
-                Fmt::Q4(_) | Fmt::Lut(..) => {
-                    let v = _mm_loadu_si128(codes.as_ptr().add(c0 / 2) as *const __m128i);
-                    let lo = _mm_and_si128(v, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
-                    let n0 = _mm_unpacklo_epi8(lo, hi);
-                    let n1 = _mm_unpackhi_epi8(lo, hi);
-                    if matches!(fmt, Fmt::Lut(..)) {
-                        (
-                            _mm256_cvtepu8_epi16(_mm_shuffle_epi8(table, n0)),
-                            _mm256_cvtepu8_epi16(_mm_shuffle_epi8(table, n1)),
-                        )
-                    } else {
-                        (_mm256_cvtepu8_epi16(n0), _mm256_cvtepu8_epi16(n1))
+        let padded = act.xq.len();
+        assert!(R >= 1 && out.len() == R);
+        assert!(stride >= row_bytes && codes.len() >= (R - 1) * stride + row_bytes);
+        assert!(scales.len() >= R * gpr && gsum.len() >= gpr);
+        assert!(F != Q4 || zeros.len() >= R * gpr);
+        assert!(padded >= cols && padded.is_multiple_of(NIB_CHUNK));
+        assert!(act.nib_xq.len() == padded && act.nib_dx.len() * 8 == padded);
+        assert!(act.byte_dx.len() * 4 == padded);
+        let pf = super::avx512::prefetch_ahead(R, stride);
+        let zero = _mm256_setzero_ps();
+        let mut acc = [[zero; 2]; R];
+        // Columns covered by the SIMD loop; the rest (< one step) is scalar.
+        let done;
+        if F == Q8 {
+            let ones = _mm256_set1_epi16(1);
+            let nb = cols / QBLOCK;
+            for b in 0..nb {
+                let x = _mm256_loadu_si256(act.xq.as_ptr().add(32 * b) as *const __m256i);
+                let d = _mm256_loadu_ps(act.byte_dx.as_ptr().add(8 * b));
+                let g = 32 * b / glen;
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let p = codes.as_ptr().add(r * stride + 32 * b);
+                    if pf != 0 && b % 2 == 0 {
+                        // A prefetch never faults, so the address may run past the matrix.
+                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf) as *const i8);
                     }
+                    let w = _mm256_loadu_si256(p as *const __m256i);
+                    let t = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)),
+                        ones,
+                    );
+                    let s = _mm256_set1_ps(f16_to_f32(scales[r * gpr + g]));
+                    a[b % 2] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(s, d), a[b % 2]);
                 }
-            };
-            let xp = act.xq.as_ptr().add(c0) as *const __m128i;
-            let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp));
-            let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(1)));
-            let d = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
-            let g = c0 / glen;
-            let z = match fmt {
-                Fmt::Q4(zeros) => zeros[g] as f32,
-                Fmt::Lut(_, z) => z,
-                Fmt::Q8 => 0.0,
-            };
-            let xs = _mm256_set1_ps(act.sumq[b] as f32 / 8.0);
-            let t = _mm256_fnmadd_ps(_mm256_set1_ps(z), xs, _mm256_cvtepi32_ps(d));
-            let sc = _mm256_set1_ps(scales[g].to_f32() * act.dx[b]);
-            acc = _mm256_fmadd_ps(t, sc, acc);
-        }
-        let mut tail = 0.0f32;
-        if full * QBLOCK < cols {
-            let b = full;
-            let c0 = b * QBLOCK;
-            let g = c0 / glen;
-            let mut d = 0i32;
-            let z = match fmt {
-                Fmt::Q4(zeros) => zeros[g] as f32,
-                Fmt::Lut(_, z) => z,
-                Fmt::Q8 => 0.0,
-            };
-            for c in c0..cols {
-                let nib = ((codes[c / 2] >> (4 * (c % 2))) & 0xF) as usize;
-                let w = match fmt {
-                    Fmt::Q8 => codes[c] as i8 as i32,
-                    Fmt::Q4(_) => nib as i32,
-                    Fmt::Lut(t, _) => t[nib] as i32,
-                };
-                d += w * act.xq[c] as i32;
             }
-            let t = d as f32 - z * act.sumq[b] as f32;
-            tail = t * (scales[g].to_f32() * act.dx[b]);
+            done = nb * QBLOCK;
+        } else {
+            let mode = if glen == 32 && cols > 32 {
+                2
+            } else if glen >= cols || glen.is_multiple_of(64) {
+                1
+            } else {
+                0
+            };
+            let tlo = _mm256_broadcastsi128_si256(_mm_and_si128(
+                _mm_loadu_si128(table.as_ptr() as *const __m128i),
+                _mm_set1_epi8(0x0F),
+            ));
+            let thi = _mm256_broadcastsi128_si256(_mm_and_si128(
+                _mm_srli_epi16::<4>(_mm_loadu_si128(table.as_ptr() as *const __m128i)),
+                _mm_set1_epi8(0x0F),
+            ));
+            let nk = cols / NIB_CHUNK;
+            for k in 0..nk {
+                let xp = act.nib_xq.as_ptr().add(NIB_CHUNK * k);
+                let xa0 = _mm256_loadu_si256(xp as *const __m256i);
+                let xa1 = _mm256_loadu_si256(xp.add(32) as *const __m256i);
+                let xb0 = _mm256_loadu_si256(xp.add(64) as *const __m256i);
+                let xb1 = _mm256_loadu_si256(xp.add(96) as *const __m256i);
+                let d0 = _mm256_loadu_ps(act.nib_dx.as_ptr().add(16 * k));
+                let d1 = _mm256_loadu_ps(act.nib_dx.as_ptr().add(16 * k + 8));
+                let c0 = NIB_CHUNK * k;
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let p = codes.as_ptr().add(r * stride + 64 * k);
+                    if pf != 0 {
+                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf) as *const i8);
+                    }
+                    let rs = &scales[r * gpr..][..gpr];
+                    let w0 = _mm256_loadu_si256(p as *const __m256i);
+                    let w1 = _mm256_loadu_si256(p.add(32) as *const __m256i);
+                    let t0 = nib_dot::<F>(w0, xa0, xb0, tlo, thi);
+                    let t1 = nib_dot::<F>(w1, xa1, xb1, tlo, thi);
+                    let s0 = half_scales(rs, c0, glen, mode);
+                    let s1 = half_scales(rs, c0 + 64, glen, mode);
+                    a[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t0), _mm256_mul_ps(s0, d0), a[0]);
+                    a[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t1), _mm256_mul_ps(s1, d1), a[1]);
+                }
+            }
+            done = nk * NIB_CHUNK;
         }
-        hsum(acc) + tail
+        for (r, (o, a)) in out.iter_mut().zip(acc).enumerate() {
+            let rs = &scales[r * gpr..][..gpr];
+            let row = &codes[r * stride..][..row_bytes];
+            // The last partial step, block by block, in integers.
+            let mut tail = 0.0f32;
+            for b in done / QBLOCK..cols.div_ceil(QBLOCK) {
+                let mut dot = 0i32;
+                for c in QBLOCK * b..(QBLOCK * (b + 1)).min(cols) {
+                    let nib = ((row[c / 2] >> (4 * (c % 2))) & 0xF) as usize;
+                    let w = match F {
+                        Q8 => row[c] as i8 as i32,
+                        Q4 => nib as i32,
+                        _ => table[nib] as i32,
+                    };
+                    dot += w * act.xq[c] as i32;
+                }
+                tail += dot as f32 * (f16_to_f32(rs[QBLOCK * b / glen]) * act.dx[b]);
+            }
+            let zt = match F {
+                Q4 => zero_term(rs, &zeros[r * gpr..][..gpr], None, gsum, gpr),
+                LUT4 => zero_term(rs, &[], Some(zconst), gsum, gpr),
+                _ => 0.0,
+            };
+            *o = hsum(_mm256_add_ps(a[0], a[1])) + tail - zt;
+        }
     }
 }
