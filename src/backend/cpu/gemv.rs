@@ -157,13 +157,13 @@ pub(crate) fn gemv(
         });
         return;
     }
-    // Scalar path (and AVX2's plain formats): blocks of `col_block()`
-    // columns for the plain formats, whole rows for the integer ones.
+    // Scalar path: blocks of `col_block()` columns for the plain formats,
+    // whole rows for the integer ones.
     let block = col_block();
     let nb_plain = cols.div_ceil(block);
     let cb = |b: usize| (b * block, ((b + 1) * block).min(cols));
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx512 {
+    if matches!(path, KernelPath::Avx512 | KernelPath::Avx2) {
         match m.packed() {
             Packed::F16(v) => {
                 return multi_row_half(&tasks, bytemuck::cast_slice(v), stride / 2, y, false)
@@ -174,10 +174,6 @@ pub(crate) fn gemv(
             Packed::F32(v) => return multi_row_f32(&tasks, v, stride / 4, y),
             _ => return multi_row_int(&tasks, m, y),
         }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx2 && m.kind().is_grouped() {
-        return multi_row_int(&tasks, m, y);
     }
     match m.packed() {
         Packed::F32(v) => {
@@ -192,7 +188,7 @@ pub(crate) fn gemv(
             let bits: &[u16] = bytemuck::cast_slice(v);
             tasks.blocked(y, nb_plain, |r, b| {
                 let (c0, c1) = cb(b);
-                dot_half(path, &bits[r * s + c0..r * s + c1], &x[c0..c1], false)
+                dot_half(&bits[r * s + c0..r * s + c1], &x[c0..c1], false)
             });
         }
         Packed::Bf16(v) => {
@@ -200,7 +196,7 @@ pub(crate) fn gemv(
             let bits: &[u16] = bytemuck::cast_slice(v);
             tasks.blocked(y, nb_plain, |r, b| {
                 let (c0, c1) = cb(b);
-                dot_half(path, &bits[r * s + c0..r * s + c1], &x[c0..c1], true)
+                dot_half(&bits[r * s + c0..r * s + c1], &x[c0..c1], true)
             });
         }
         Packed::Q8(q) => {
@@ -272,7 +268,7 @@ fn pass_rows() -> usize {
     })
 }
 
-/// f32 / f16 / bf16 GEMV on the AVX-512 path: [`pass_rows`] rows per pass
+/// f32 / f16 / bf16 GEMV on the AVX-512 and AVX2 paths: [`pass_rows`] rows per pass
 /// sharing the activation loads, whole rows. `kernel(rows, out)` gets the
 /// elements from the pass's first row on and 4 or 1 outputs.
 #[cfg(target_arch = "x86_64")]
@@ -298,14 +294,16 @@ fn multi_row_plain<T: Sync>(
 /// f32 rows through [`multi_row_plain`].
 #[cfg(target_arch = "x86_64")]
 fn multi_row_f32(tasks: &Tasks<'_>, w: &[f32], stride: usize, y: &mut [f32]) {
-    let x = tasks.x;
+    let (x, avx512) = (tasks.x, tasks.path == KernelPath::Avx512);
     multi_row_plain(tasks, w, stride, y, |wr, o| {
         // SAFETY: the AVX-512 path, checked against the CPU by the caller
         // (`KernelPath::check`); the kernel checks the lengths.
         unsafe {
-            match o.len() {
-                4 => avx512::f32_rows::<4>(wr, stride, x, o),
-                _ => avx512::f32_rows::<1>(wr, stride, x, o),
+            match (avx512, o.len()) {
+                (true, 4) => avx512::f32_rows::<4>(wr, stride, x, o),
+                (true, _) => avx512::f32_rows::<1>(wr, stride, x, o),
+                (false, 4) => avx2::f32_rows::<4>(wr, stride, x, o),
+                (false, _) => avx2::f32_rows::<1>(wr, stride, x, o),
             }
         }
     });
@@ -314,13 +312,15 @@ fn multi_row_f32(tasks: &Tasks<'_>, w: &[f32], stride: usize, y: &mut [f32]) {
 /// f16 / bf16 rows through [`multi_row_plain`].
 #[cfg(target_arch = "x86_64")]
 fn multi_row_half(tasks: &Tasks<'_>, w: &[u16], stride: usize, y: &mut [f32], bf16: bool) {
-    let x = tasks.x;
+    let (x, avx512) = (tasks.x, tasks.path == KernelPath::Avx512);
     multi_row_plain(tasks, w, stride, y, |wr, o| {
         // SAFETY: as in `multi_row_f32`.
         unsafe {
-            match o.len() {
-                4 => avx512::half_rows::<4>(wr, stride, x, bf16, o),
-                _ => avx512::half_rows::<1>(wr, stride, x, bf16, o),
+            match (avx512, o.len()) {
+                (true, 4) => avx512::half_rows::<4>(wr, stride, x, bf16, o),
+                (true, _) => avx512::half_rows::<1>(wr, stride, x, bf16, o),
+                (false, 4) => avx2::half_rows::<4>(wr, stride, x, bf16, o),
+                (false, _) => avx2::half_rows::<1>(wr, stride, x, bf16, o),
             }
         }
     });
@@ -423,16 +423,13 @@ fn dot_f32(path: KernelPath, w: &[f32], x: &[f32]) -> f32 {
     }
 }
 
-fn dot_half(path: KernelPath, w: &[u16], x: &[f32], bf16: bool) -> f32 {
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: features checked by the caller; equal lengths.
-        KernelPath::Avx512 => unsafe { avx512::dot_half(w, x, bf16) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        KernelPath::Avx2 => unsafe { avx2::dot_half(w, x, bf16) },
-        _ if bf16 => scalar_dot(w.iter().map(|&b| half::bf16::from_bits(b).to_f32()), x),
-        _ => scalar_dot(w.iter().map(|&b| f16::from_bits(b).to_f32()), x),
+/// f16 / bf16 dot product on the scalar path (the SIMD paths run
+/// [`multi_row_half`]).
+fn dot_half(w: &[u16], x: &[f32], bf16: bool) -> f32 {
+    if bf16 {
+        scalar_dot(w.iter().map(|&b| half::bf16::from_bits(b).to_f32()), x)
+    } else {
+        scalar_dot(w.iter().map(|&b| f16::from_bits(b).to_f32()), x)
     }
 }
 
@@ -551,37 +548,6 @@ mod avx512 {
         } else {
             _mm512_cvtph_ps(v)
         }
-    }
-
-    /// Sum of `half(w[i]) * x[i]` for f16 (`bf16 == false`) or bf16 bits.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512 F/BW/VL; `w.len() == x.len()`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    pub(super) unsafe fn dot_half(w: &[u16], x: &[f32], bf16: bool) -> f32 {
-        assert_eq!(w.len(), x.len());
-        let n = x.len();
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= n {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let o = i + 16 * j;
-                let wv = widen(_mm256_loadu_si256(wp.add(o) as *const __m256i), bf16);
-                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(o)), *a);
-            }
-            i += 64;
-        }
-        while i < n {
-            let k = (n - i).min(16);
-            let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
-            let wv = widen(_mm256_maskz_loadu_epi16(m, wp.add(i) as *const i16), bf16);
-            let xv = _mm512_maskz_loadu_ps(m, xp.add(i));
-            acc[0] = _mm512_fmadd_ps(wv, xv, acc[0]);
-            i += k;
-        }
-        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        _mm512_reduce_add_ps(s)
     }
 
     /// Lane `i` takes element `i * g / 16` (`g` consecutive groups per chunk).
@@ -1068,42 +1034,111 @@ mod avx2 {
         hsum(s) + tail
     }
 
-    /// Sum of `half(w[i]) * x[i]` for f16 (`bf16 == false`) or bf16 bits.
+    /// 8 f16 (`bf16 == false`) or bf16 values widened to f32.
+    #[inline(always)]
+    unsafe fn widen8(h: __m128i, bf16: bool) -> __m256 {
+        if bf16 {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        } else {
+            _mm256_cvtph_ps(h)
+        }
+    }
+
+    /// `out[r] = Σ w[r·stride + i] · x[i]` for `R` consecutive f32 rows
+    /// sharing the activation loads, with the next-pass L2 prefetch.
     ///
     /// # Safety
-    /// The CPU supports AVX2 + FMA + F16C; `w.len() == x.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_half(w: &[u16], x: &[f32], bf16: bool) -> f32 {
-        assert_eq!(w.len(), x.len());
+    /// The CPU supports AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn f32_rows<const R: usize>(
+        w: &[f32],
+        stride: usize,
+        x: &[f32],
+        out: &mut [f32],
+    ) {
         let n = x.len();
+        assert!(R >= 1 && out.len() == R);
+        assert!(stride >= n && w.len() >= (R - 1) * stride + n);
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let pf = super::avx512::prefetch_ahead(R, 4 * stride) / 4;
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut i = 0;
+        while i + 16 <= n {
+            let x0 = _mm256_loadu_ps(xp.add(i));
+            let x1 = _mm256_loadu_ps(xp.add(i + 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = wp.add(r * stride + i);
+                if pf != 0 {
+                    // A prefetch never faults, so the address may run past the matrix.
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf) as *const i8);
+                }
+                a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, a[0]);
+                a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), x1, a[1]);
+            }
+            i += 16;
+        }
+        for (r, (o, a)) in out.iter_mut().zip(acc).enumerate() {
+            let row = &w[r * stride..][..n];
+            let tail: f32 = (i..n).map(|c| row[c] * x[c]).sum();
+            *o = hsum(_mm256_add_ps(a[0], a[1])) + tail;
+        }
+    }
+
+    /// `out[r] = Σ half(w[r·stride + i]) · x[i]` for `R` consecutive rows
+    /// of f16 (`bf16 == false`) or bf16 bits, sharing the activation loads,
+    /// with the next-pass L2 prefetch.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 + FMA + F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn half_rows<const R: usize>(
+        w: &[u16],
+        stride: usize,
+        x: &[f32],
+        bf16: bool,
+        out: &mut [f32],
+    ) {
+        let n = x.len();
+        assert!(R >= 1 && out.len() == R);
+        assert!(stride >= n && w.len() >= (R - 1) * stride + n);
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let pf = super::avx512::prefetch_ahead(R, 2 * stride) / 2;
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let mut i = 0;
         while i + 32 <= n {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let o = i + 8 * j;
-                let h = _mm_loadu_si128(wp.add(o) as *const __m128i);
-                let wv = if bf16 {
-                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-                } else {
-                    _mm256_cvtph_ps(h)
-                };
-                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(o)), *a);
+            let xs = [
+                _mm256_loadu_ps(xp.add(i)),
+                _mm256_loadu_ps(xp.add(i + 8)),
+                _mm256_loadu_ps(xp.add(i + 16)),
+                _mm256_loadu_ps(xp.add(i + 24)),
+            ];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = wp.add(r * stride + i);
+                if pf != 0 {
+                    // A prefetch never faults, so the address may run past the matrix.
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf) as *const i8);
+                }
+                for (j, xv) in xs.iter().enumerate() {
+                    let h = _mm_loadu_si128(p.add(8 * j) as *const __m128i);
+                    a[j % 2] = _mm256_fmadd_ps(widen8(h, bf16), *xv, a[j % 2]);
+                }
             }
             i += 32;
         }
-        let mut tail = 0.0f32;
-        while i < n {
-            let v = if bf16 {
-                half::bf16::from_bits(w[i]).to_f32()
-            } else {
-                f16::from_bits(w[i]).to_f32()
-            };
-            tail += v * x[i];
-            i += 1;
+        for (r, (o, a)) in out.iter_mut().zip(acc).enumerate() {
+            let row = &w[r * stride..][..n];
+            let tail: f32 = (i..n)
+                .map(|c| {
+                    let v = if bf16 {
+                        half::bf16::from_bits(row[c]).to_f32()
+                    } else {
+                        f16_to_f32(f16::from_bits(row[c]))
+                    };
+                    v * x[c]
+                })
+                .sum();
+            *o = hsum(_mm256_add_ps(a[0], a[1])) + tail;
         }
-        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        hsum(s) + tail
     }
 
     /// Lane scales of one 64-column half chunk (columns `c0 .. c0 + 64`)
