@@ -10,7 +10,9 @@
 //! `QUANTSCOPE_BENCH_FULL=0` skips the batch-512 GEMMs (about a minute);
 //! `QUANTSCOPE_BENCH_ONLY=<text>` runs only the cases whose name contains it
 //! (e.g. `gemv q4`); `QUANTSCOPE_BENCH_HOT=1` times one cache-resident
-//! 512x14336 matrix (L3) instead (the kernels' compute rate).
+//! 512x14336 matrix (L3) instead (the kernels' compute rate;
+//! `QUANTSCOPE_BENCH_HOT_SHAPE=64x4096` picks another shape, e.g. one that
+//! fits L2).
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -283,8 +285,17 @@ fn cpu_kernels(c: &mut Criterion) {
         FormatKind::Lut4,
     ];
     let mut results = Vec::new();
+    let hot_shape = std::env::var("QUANTSCOPE_BENCH_HOT_SHAPE")
+        .ok()
+        .and_then(|v| {
+            let (r, c) = v.trim().split_once('x')?;
+            Some((r.parse::<usize>().ok()?, c.parse::<usize>().ok()?))
+        })
+        .filter(|&(r, c)| r > 0 && c > 0)
+        .unwrap_or((512, 14336));
+    let hot_shapes = [hot_shape];
     let shapes: &[(usize, usize)] = if hot() {
-        &[(512, 14336)]
+        &hot_shapes
     } else {
         &[(4096, 4096), (4096, 14336)]
     };

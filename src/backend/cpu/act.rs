@@ -57,7 +57,8 @@ impl QuantAct {
     }
 
     /// Like [`QuantAct::new`], reusing this value's buffers (a GEMV per
-    /// token should not allocate and fault in fresh pages every call).
+    /// token should not allocate and fault in fresh pages every call). The
+    /// lane tables are always written; `lanes` allows the AVX-512 quantizer.
     pub(crate) fn fill(&mut self, x: &[f32], lanes: bool) {
         #[cfg(target_arch = "x86_64")]
         if lanes && super::kernel::KernelPath::Avx512.is_supported() {
@@ -68,7 +69,56 @@ impl QuantAct {
             unsafe { avx512::quantize(x, self) };
             return;
         }
-        *self = QuantAct::new_portable(x, lanes);
+        self.fill_portable(x);
+    }
+
+    /// `dx` of block `b`, also into the block's entries of the lane
+    /// tables: 4 lanes of `nib_dx`, 8 of `byte_dx`.
+    #[inline(always)]
+    fn set_dx(&mut self, b: usize, d: f32) {
+        self.dx[b] = d;
+        self.nib_dx[4 * b..4 * b + 4].fill(d);
+        self.byte_dx[8 * b..8 * b + 8].fill(d);
+    }
+
+    /// The portable quantizer: the same rule as the SIMD one, into reused
+    /// buffers, writing the lane tables block by block (no second pass).
+    fn fill_portable(&mut self, x: &[f32]) {
+        self.reset(x.len());
+        for (b, blk) in x.chunks(QBLOCK).enumerate() {
+            // `x * 0` is 0 for finite x and NaN otherwise: one vectorizable pass.
+            let finite = blk.iter().fold(0.0f32, |m, &v| m + v * 0.0) == 0.0;
+            let amax = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            if !finite {
+                // Keep NaN / infinity visible in the output instead of rounding it away.
+                self.set_dx(b, f32::NAN);
+                continue;
+            }
+            if amax == 0.0 {
+                continue;
+            }
+            let inv = 127.0 / amax;
+            let mut s = 0i32;
+            let codes = &mut self.xq[b * QBLOCK..(b + 1) * QBLOCK];
+            for (q, &v) in codes.iter_mut().zip(blk) {
+                // Round half to even by the 1.5 * 2^23 trick (|v * inv| <= 127):
+                // `round_ties_even` is a libm call on baseline x86-64.
+                let r = (v * inv + ROUND_MAGIC) - ROUND_MAGIC;
+                let c = r.clamp(-127.0, 127.0) as i8;
+                *q = c;
+                s += c as i32;
+            }
+            // 4-bit layout: per 128-column chunk the 64 even columns, then
+            // the 64 odd ones; block `j` of the chunk owns 16 of each.
+            let (k, j) = (b * QBLOCK / NIB_CHUNK, b % (NIB_CHUNK / QBLOCK));
+            let base = k * NIB_CHUNK + 16 * j;
+            for m in 0..QBLOCK / 2 {
+                self.nib_xq[base + m] = codes[2 * m];
+                self.nib_xq[base + NIB_CHUNK / 2 + m] = codes[2 * m + 1];
+            }
+            self.set_dx(b, amax / 127.0);
+            self.sumq[b] = s;
+        }
     }
 
     /// Zeroed buffers (SIMD tables included) for a row of `cols` columns.
@@ -91,6 +141,9 @@ impl QuantAct {
         self.sumq.resize(padded / QBLOCK, 0);
     }
 
+    /// The reference quantizer the tests compare every path with: fresh
+    /// buffers, lane tables built in a separate pass from their definition.
+    #[cfg(test)]
     fn new_portable(x: &[f32], lanes: bool) -> QuantAct {
         let cols = x.len();
         let padded = round_up(cols.max(1), NIB_CHUNK);
@@ -149,7 +202,8 @@ impl QuantAct {
             .collect()
     }
 
-    /// The SIMD tables from the codes and scales (portable).
+    /// The SIMD tables from the codes and scales, by their definition.
+    #[cfg(test)]
     fn build_lanes(&mut self) {
         let padded = self.xq.len();
         self.nib_xq = vec![0; padded];
@@ -187,15 +241,6 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{QuantAct, BYTE_CHUNK, NIB_CHUNK, QBLOCK};
-
-    /// `dx` of block `b` into the block's entries of the lane tables:
-    /// 4 lanes of `nib_dx`, 8 of `byte_dx`.
-    #[inline(always)]
-    fn set_dx(a: &mut QuantAct, b: usize, d: f32) {
-        a.dx[b] = d;
-        a.nib_dx[4 * b..4 * b + 4].fill(d);
-        a.byte_dx[8 * b..8 * b + 8].fill(d);
-    }
 
     /// Quantizes `x` into `a` block by block (same rule as the portable code:
     /// `dx = absmax / 127`, codes `rne(x · 127 / absmax)`; `vcvtps2dq` rounds
@@ -238,7 +283,7 @@ mod avx512 {
                 _mm512_mul_ps(v1, _mm512_setzero_ps()),
             );
             if bad != 0 {
-                set_dx(a, b, f32::NAN);
+                a.set_dx(b, f32::NAN);
                 continue;
             }
             let amax = _mm512_reduce_max_ps(amax);
@@ -271,7 +316,7 @@ mod avx512 {
                 nib.add(NIB_CHUNK / 2) as *mut __m128i,
                 _mm512_cvtepi32_epi8(od),
             );
-            set_dx(a, b, amax / 127.0);
+            a.set_dx(b, amax / 127.0);
             a.sumq[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
         }
     }
@@ -285,9 +330,9 @@ mod tests {
         v.iter().map(|f| f.to_bits()).collect()
     }
 
-    /// The SIMD quantizer writes the same codes, scales, sums and lane
-    /// tables as the portable code: odd lengths, an all-zero block, a NaN
-    /// block and an infinite one included.
+    /// The SIMD and portable quantizers write the same codes, scales, sums
+    /// and lane tables as the reference: odd lengths, an all-zero block, a
+    /// NaN block and an infinite one included.
     #[test]
     fn simd_quantizer_matches_portable() {
         let mut seed = 0x1234_5678_9abc_def0u64;
@@ -313,7 +358,11 @@ mod tests {
             // Fresh buffers, and buffers reused from a longer row (stale
             // codes and scales must not survive).
             reused.fill(&x, true);
-            for got in [QuantAct::new(&x, true), reused.clone()] {
+            for got in [
+                QuantAct::new(&x, true),
+                QuantAct::new(&x, false),
+                reused.clone(),
+            ] {
                 assert_eq!(got.cols, want.cols, "cols {cols}");
                 assert_eq!(got.xq, want.xq, "xq, cols {cols}");
                 assert_eq!(bits(&got.dx), bits(&want.dx), "dx, cols {cols}");
