@@ -140,6 +140,19 @@ impl ReadProbe {
         ReadProbe { buf }
     }
 
+    /// Reads the whole buffer once, one contiguous part per rayon thread
+    /// (untimed: evicts the caches before a cold-cache measurement).
+    pub fn read_once(&self) {
+        let path = KernelPath::best();
+        let part = self.buf.len().div_ceil(rayon::current_num_threads().max(1));
+        std::hint::black_box(
+            self.buf
+                .par_chunks(part)
+                .map(|c| sum_read(path, c))
+                .reduce(|| 0, u64::wrapping_add),
+        );
+    }
+
     /// Median bandwidth of `runs` reads of the buffer, split into one
     /// contiguous part per rayon thread, all threads at once.
     pub fn measure(&self, runs: usize) -> Bandwidth {
