@@ -191,12 +191,13 @@ pub(crate) fn decode_segment(
     dst: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    let done = if path == KernelPath::Avx512 {
+    let done = match path {
         // SAFETY: the path was checked against the CPU's features by the
         // caller; the function checks its own bounds.
-        unsafe { avx512::decode_units(m, r, k0, dst) }
-    } else {
-        0
+        KernelPath::Avx512 => unsafe { avx512::decode_units(m, r, k0, dst) },
+        // SAFETY: as above.
+        KernelPath::Avx2 => unsafe { avx2::decode_units(m, r, k0, dst) },
+        _ => 0,
     };
     #[cfg(not(target_arch = "x86_64"))]
     let done = {
@@ -460,9 +461,120 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{KC, LANES, NR};
+    use super::{scale_of, KC, LANES, NR, UNIT};
+    use crate::format::{Packed, QuantizedMatrix};
 
-    /// AVX2 micro-kernel: rows in groups of 3, `3 x 32` accumulators (12 ymm).
+    /// Entries `i` (0..16) of the 16-value table `cb0 ++ cb1`: two 8-entry
+    /// permutes (low 3 bits), picked by bit 3.
+    #[inline(always)]
+    unsafe fn lookup16(cb0: __m256, cb1: __m256, i: __m256i) -> __m256 {
+        _mm256_blendv_ps(
+            _mm256_permutevar8x32_ps(cb0, i),
+            _mm256_permutevar8x32_ps(cb1, i),
+            _mm256_castsi256_ps(_mm256_slli_epi32::<28>(i)),
+        )
+    }
+
+    /// [`super::avx512::decode_units`] on AVX2 (same values, bit for bit).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn decode_units(
+        m: &QuantizedMatrix,
+        r: usize,
+        k0: usize,
+        d: &mut [f32],
+    ) -> usize {
+        let n = (d.len() / UNIT).min(m.cols().saturating_sub(k0) / UNIT);
+        let stride = m.row_stride_bytes();
+        let glen = m.group_len();
+        let g_row = r * m.groups_per_row();
+        let out = d.as_mut_ptr();
+        match m.packed() {
+            Packed::F32(v) => {
+                assert!(v.len() >= r * stride / 4 + k0 + n * UNIT);
+                let p = v.as_ptr().add(r * stride / 4 + k0);
+                for i in 0..4 * n {
+                    _mm256_storeu_ps(out.add(8 * i), _mm256_loadu_ps(p.add(8 * i)));
+                }
+            }
+            Packed::F16(v) => {
+                assert!(v.len() >= r * stride / 2 + k0 + n * UNIT);
+                let p = v.as_ptr().add(r * stride / 2 + k0) as *const __m128i;
+                for i in 0..4 * n {
+                    _mm256_storeu_ps(out.add(8 * i), _mm256_cvtph_ps(_mm_loadu_si128(p.add(i))));
+                }
+            }
+            Packed::Bf16(v) => {
+                assert!(v.len() >= r * stride / 2 + k0 + n * UNIT);
+                let p = v.as_ptr().add(r * stride / 2 + k0) as *const __m128i;
+                for i in 0..4 * n {
+                    let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(i)));
+                    _mm256_storeu_ps(
+                        out.add(8 * i),
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w)),
+                    );
+                }
+            }
+            Packed::Q8(q) => {
+                assert!(q.codes.len() >= r * stride + k0 + n * UNIT);
+                let p = q.codes.as_ptr().add(r * stride + k0);
+                for u in 0..n {
+                    let s = _mm256_set1_ps(scale_of(&q.scales, g_row + (k0 + u * UNIT) / glen));
+                    for h in 0..4 {
+                        let b = _mm_loadl_epi64(p.add(UNIT * u + 8 * h) as *const __m128i);
+                        let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                        _mm256_storeu_ps(out.add(UNIT * u + 8 * h), _mm256_mul_ps(w, s));
+                    }
+                }
+            }
+            Packed::Q4(q) => {
+                assert!(q.codes.len() * 4 >= r * stride + (k0 + n * UNIT) / 2);
+                let p = (q.codes.as_ptr() as *const u8).add(r * stride + k0 / 2);
+                let low = _mm256_set1_epi32(0xF);
+                for u in 0..n {
+                    let g = g_row + (k0 + u * UNIT) / glen;
+                    let s = _mm256_set1_ps(scale_of(&q.scales, g));
+                    let z = _mm256_set1_ps(q.zeros[g] as f32);
+                    let o = out.add(UNIT * u);
+                    for h in 0..2 {
+                        let b = _mm_loadl_epi64(p.add(16 * u + 8 * h) as *const __m128i);
+                        let v = _mm256_cvtepu8_epi32(b);
+                        let lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, low));
+                        let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v));
+                        _mm256_storeu_ps(o.add(8 * h), _mm256_mul_ps(_mm256_sub_ps(lo, z), s));
+                        _mm256_storeu_ps(o.add(16 + 8 * h), _mm256_mul_ps(_mm256_sub_ps(hi, z), s));
+                    }
+                }
+            }
+            Packed::Lut4(q) => {
+                assert!(q.codes.len() * 4 >= r * stride + (k0 + n * UNIT) / 2);
+                let p = (q.codes.as_ptr() as *const u8).add(r * stride + k0 / 2);
+                let low = _mm256_set1_epi32(0xF);
+                let cb0 = _mm256_loadu_ps(q.codebook.as_ptr());
+                let cb1 = _mm256_loadu_ps(q.codebook.as_ptr().add(8));
+                for u in 0..n {
+                    let g = g_row + (k0 + u * UNIT) / glen;
+                    let s = _mm256_set1_ps(scale_of(&q.scales, g));
+                    let o = out.add(UNIT * u);
+                    for h in 0..2 {
+                        let b = _mm_loadl_epi64(p.add(16 * u + 8 * h) as *const __m128i);
+                        let v = _mm256_cvtepu8_epi32(b);
+                        let lo = lookup16(cb0, cb1, _mm256_and_si256(v, low));
+                        let hi = lookup16(cb0, cb1, _mm256_srli_epi32::<4>(v));
+                        _mm256_storeu_ps(o.add(8 * h), _mm256_mul_ps(lo, s));
+                        _mm256_storeu_ps(o.add(16 + 8 * h), _mm256_mul_ps(hi, s));
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// AVX2 micro-kernel: per 16-row batch chunk, weight rows in groups of
+    /// 6, `6 x 16` accumulators (12 ymm) + 2 activation loads + 1 broadcast:
+    /// 15 of the 16 ymm registers, no spills (a `3 x 32` tile needed 17).
     ///
     /// # Safety
     /// The CPU supports AVX2 + FMA; bounds as asserted by `super::micro`.
@@ -479,32 +591,34 @@ mod avx2 {
         b0: usize,
         valid: usize,
     ) {
-        let (w, pa, pb) = (wp.as_ptr(), xa.as_ptr(), xb.as_ptr());
+        const ROWS: usize = 6;
+        let w = wp.as_ptr();
         let t = tile.as_mut_ptr();
-        let nv = if two { 4 } else { 2 };
-        for r0 in (0..NR).step_by(3) {
-            let mut acc = [[_mm256_setzero_ps(); 4]; 3];
-            for k in 0..kc {
-                let x = [
-                    _mm256_loadu_ps(pa.add(k * LANES)),
-                    _mm256_loadu_ps(pa.add(k * LANES + 8)),
-                    _mm256_loadu_ps(pb.add(k * LANES)),
-                    _mm256_loadu_ps(pb.add(k * LANES + 8)),
-                ];
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let wv = _mm256_set1_ps(*w.add((r0 + i) * KC + k));
-                    for v in 0..nv {
-                        a[v] = _mm256_fmadd_ps(wv, x[v], a[v]);
-                    }
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                if r0 + i >= valid {
+        let halves: &[&[f32]] = if two { &[xa, xb] } else { &[xa] };
+        for (h, xs) in halves.iter().enumerate() {
+            let px = xs.as_ptr();
+            for r0 in (0..NR).step_by(ROWS) {
+                if r0 >= valid {
                     break;
                 }
-                for (v, av) in a.iter().enumerate().take(nv) {
-                    let d = t.add((r0 + i) * ld + b0 + 8 * v);
-                    _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), *av));
+                let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+                for k in 0..kc {
+                    let x0 = _mm256_loadu_ps(px.add(k * LANES));
+                    let x1 = _mm256_loadu_ps(px.add(k * LANES + 8));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_set1_ps(*w.add((r0 + i) * KC + k));
+                        a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
+                        a[1] = _mm256_fmadd_ps(wv, x1, a[1]);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    if r0 + i >= valid {
+                        break;
+                    }
+                    for (v, av) in a.iter().enumerate() {
+                        let d = t.add((r0 + i) * ld + b0 + h * LANES + 8 * v);
+                        _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), *av));
+                    }
                 }
             }
         }
