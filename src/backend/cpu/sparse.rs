@@ -82,20 +82,42 @@ mod avx512 {
     /// below `x.len()`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     pub(super) unsafe fn add_rows(o: &Outliers, x: &[f32], rows: &[u32], out: &mut [f32]) {
+        // Four rows in lockstep: four independent gather-FMA chains (one
+        // row at a time left each row's chain and reduction exposed).
+        const G: usize = 4;
         let (vp, ip) = (o.values.as_ptr(), o.col_idx.as_ptr());
-        for (r, y) in out.iter_mut().enumerate() {
-            let (mut i, b) = (rows[r] as usize, rows[r + 1] as usize);
-            let mut acc = _mm512_setzero_ps();
-            while i < b {
-                let k = (b - i).min(16);
-                let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
-                let ix = _mm512_maskz_loadu_epi32(m, ip.add(i) as *const i32);
-                let w = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, vp.add(i) as *const i16));
-                let xv = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, ix, x.as_ptr());
-                acc = _mm512_fmadd_ps(w, xv, acc);
-                i += k;
+        for (q, ys) in out.chunks_mut(G).enumerate() {
+            let r0 = q * G;
+            let mut pos = [0usize; G];
+            let mut end = [0usize; G];
+            for j in 0..ys.len() {
+                pos[j] = rows[r0 + j] as usize;
+                end[j] = rows[r0 + j + 1] as usize;
             }
-            *y += _mm512_reduce_add_ps(acc);
+            let mut acc = [_mm512_setzero_ps(); G];
+            loop {
+                let mut live = false;
+                for j in 0..G {
+                    let i = pos[j];
+                    if i >= end[j] {
+                        continue;
+                    }
+                    live = true;
+                    let k = (end[j] - i).min(16);
+                    let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+                    let ix = _mm512_maskz_loadu_epi32(m, ip.add(i) as *const i32);
+                    let w = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, vp.add(i) as *const i16));
+                    let xv = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, ix, x.as_ptr());
+                    acc[j] = _mm512_fmadd_ps(w, xv, acc[j]);
+                    pos[j] = i + k;
+                }
+                if !live {
+                    break;
+                }
+            }
+            for (y, a) in ys.iter_mut().zip(acc) {
+                *y += _mm512_reduce_add_ps(a);
+            }
         }
     }
 }
