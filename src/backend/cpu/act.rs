@@ -60,6 +60,8 @@ impl QuantAct {
     /// token should not allocate and fault in fresh pages every call). The
     /// lane tables are always written; `lanes` allows the AVX-512 quantizer.
     pub(crate) fn fill(&mut self, x: &[f32], lanes: bool) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = lanes;
         #[cfg(target_arch = "x86_64")]
         if lanes && super::kernel::KernelPath::Avx512.is_supported() {
             self.reset(x.len());

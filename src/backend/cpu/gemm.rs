@@ -17,6 +17,7 @@
 //! For 4-bit formats each 32-column unit is decoded in nibble order (the 16
 //! even columns, then the 16 odd ones) and X is packed in the same order.
 
+#[cfg(target_arch = "x86_64")]
 use half::f16;
 use rayon::prelude::*;
 
@@ -199,7 +200,14 @@ pub(crate) fn decode_segment(
         KernelPath::Avx2 => unsafe { avx2::decode_units(m, r, k0, dst) },
         _ => 0,
     };
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    let done = match path {
+        // SAFETY: the path was checked against the CPU's features by the
+        // caller; the function checks its own bounds.
+        KernelPath::Neon => unsafe { neon::decode_units(m, r, k0, dst) },
+        _ => 0,
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let done = {
         let _ = path;
         0
@@ -252,6 +260,9 @@ fn micro(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         KernelPath::Avx2 => unsafe { avx2::micro(kc, wp, xa, xb, two, tile, ld, b0, valid) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        KernelPath::Neon => unsafe { neon::micro(kc, wp, xa, xb, two, tile, ld, b0, valid) },
         _ => micro_scalar(kc, wp, xa, xb, two, tile, ld, b0, valid),
     }
 }
@@ -295,6 +306,10 @@ fn micro_scalar(
 fn scale_of(scales: &[f16], g: usize) -> f32 {
     scales[g].to_f32()
 }
+
+#[cfg(target_arch = "aarch64")]
+#[path = "gemm_neon.rs"]
+mod neon;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

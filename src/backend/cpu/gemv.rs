@@ -27,6 +27,34 @@ use super::kernel::KernelPath;
 use super::sparse;
 use crate::format::{Outliers, Packed, QuantizedMatrix};
 
+/// q4 codes for the `int_rows` kernels.
+const Q4: u8 = 0;
+/// lut4 codes for the `int_rows` kernels.
+const LUT4: u8 = 1;
+/// q8 codes for the `int_rows` kernels.
+const Q8: u8 = 2;
+
+/// How far ahead of the current chunk each row stream prefetches into
+/// L2, in bytes, for a pass of `rows` rows of `stride` bytes: by default
+/// the same chunk of the rows one pass ahead (`rows · stride`, i.e. what
+/// the next pass will read). The hardware prefetcher alone stops at
+/// every 4 KiB page and, with one stream per core, left the kernels at
+/// 0.5-0.7 of the read probe on Zen 4; a prefetch one pass ahead brings
+/// them to the probe's rate (see `docs/PERFORMANCE.md`).
+/// `QUANTSCOPE_GEMV_PREFETCH=<bytes>` sets a fixed distance instead
+/// (`0`: no software prefetch), for tuning experiments.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn prefetch_ahead(rows: usize, stride: usize) -> usize {
+    static PF: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let fixed = *PF.get_or_init(|| {
+        std::env::var("QUANTSCOPE_GEMV_PREFETCH")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map(|v| v.min(1 << 20) / 64 * 64)
+    });
+    fixed.unwrap_or(rows * stride)
+}
+
 /// Outputs per rayon task: a multiple of 16 (64 bytes of f32) so tasks never
 /// share a cache line of `y`, and a few tasks per thread for balance.
 fn rows_per_task(rows: usize) -> usize {
@@ -162,8 +190,11 @@ pub(crate) fn gemv(
     let block = col_block();
     let nb_plain = cols.div_ceil(block);
     let cb = |b: usize| (b * block, ((b + 1) * block).min(cols));
-    #[cfg(target_arch = "x86_64")]
-    if matches!(path, KernelPath::Avx512 | KernelPath::Avx2) {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if matches!(
+        path,
+        KernelPath::Avx512 | KernelPath::Avx2 | KernelPath::Neon
+    ) {
         match m.packed() {
             Packed::F16(v) => {
                 return multi_row_half(&tasks, bytemuck::cast_slice(v), stride / 2, y, false)
@@ -250,10 +281,10 @@ pub(crate) fn gemv(
 /// Rows per pass of the multi-row AVX-512 GEMV. Four rows per pass share
 /// the activation loads and keep four weight streams in flight; measured on
 /// Zen 4 (2 vCPUs, 2026-12-01) with the next-pass L2 prefetch
-/// ([`avx512::prefetch_ahead`]) this reads DRAM at the probe's rate for
+/// ([`prefetch_ahead`]) this reads DRAM at the probe's rate for
 /// 2 KiB and 7 KiB rows alike, where one row per pass stays near 0.6 of it.
 /// `QUANTSCOPE_GEMV_ROWS=1|4` overrides it (for tuning experiments).
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn pass_rows() -> usize {
     static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| {
@@ -271,7 +302,7 @@ fn pass_rows() -> usize {
 /// f32 / f16 / bf16 GEMV on the AVX-512 and AVX2 paths: [`pass_rows`] rows per pass
 /// sharing the activation loads, whole rows. `kernel(rows, out)` gets the
 /// elements from the pass's first row on and 4 or 1 outputs.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn multi_row_plain<T: Sync>(
     tasks: &Tasks<'_>,
     w: &[T],
@@ -292,12 +323,16 @@ fn multi_row_plain<T: Sync>(
 }
 
 /// f32 rows through [`multi_row_plain`].
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn multi_row_f32(tasks: &Tasks<'_>, w: &[f32], stride: usize, y: &mut [f32]) {
-    let (x, avx512) = (tasks.x, tasks.path == KernelPath::Avx512);
+    let x = tasks.x;
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = tasks.path == KernelPath::Avx512;
     multi_row_plain(tasks, w, stride, y, |wr, o| {
-        // SAFETY: the AVX-512 path, checked against the CPU by the caller
-        // (`KernelPath::check`); the kernel checks the lengths.
+        // SAFETY: the path (AVX-512 or AVX2; NEON on aarch64) was checked
+        // against the CPU by the caller (`KernelPath::check`); the kernel
+        // checks the lengths.
+        #[cfg(target_arch = "x86_64")]
         unsafe {
             match (avx512, o.len()) {
                 (true, 4) => avx512::f32_rows::<4>(wr, stride, x, o),
@@ -306,15 +341,26 @@ fn multi_row_f32(tasks: &Tasks<'_>, w: &[f32], stride: usize, y: &mut [f32]) {
                 (false, _) => avx2::f32_rows::<1>(wr, stride, x, o),
             }
         }
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            match o.len() {
+                4 => neon::f32_rows::<4>(wr, stride, x, o),
+                _ => neon::f32_rows::<1>(wr, stride, x, o),
+            }
+        }
     });
 }
 
 /// f16 / bf16 rows through [`multi_row_plain`].
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn multi_row_half(tasks: &Tasks<'_>, w: &[u16], stride: usize, y: &mut [f32], bf16: bool) {
-    let (x, avx512) = (tasks.x, tasks.path == KernelPath::Avx512);
+    let x = tasks.x;
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = tasks.path == KernelPath::Avx512;
     multi_row_plain(tasks, w, stride, y, |wr, o| {
         // SAFETY: as in `multi_row_f32`.
+        #[cfg(target_arch = "x86_64")]
         unsafe {
             match (avx512, o.len()) {
                 (true, 4) => avx512::half_rows::<4>(wr, stride, x, bf16, o),
@@ -323,20 +369,27 @@ fn multi_row_half(tasks: &Tasks<'_>, w: &[u16], stride: usize, y: &mut [f32], bf
                 (false, _) => avx2::half_rows::<1>(wr, stride, x, bf16, o),
             }
         }
+        // SAFETY: as in `multi_row_f32`.
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            match o.len() {
+                4 => neon::half_rows::<4>(wr, stride, x, bf16, o),
+                _ => neon::half_rows::<1>(wr, stride, x, bf16, o),
+            }
+        }
     });
 }
 
-/// The signature shared by `avx512::int_rows` and `avx2::int_rows`.
-#[cfg(target_arch = "x86_64")]
+/// The signature shared by the `int_rows` kernels (AVX-512, AVX2, NEON).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 type IntRows =
     unsafe fn(&[u8], usize, &[f16], &[u8], &[f32], &[u8; 16], f32, usize, &QuantAct, &mut [f32]);
 
 /// q8 / q4 / lut4 GEMV on the AVX-512 and AVX2 paths: [`pass_rows`] rows per pass
 /// sharing the activation loads ([`avx512::int_rows`]), whole rows.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
     let x = tasks.x;
-    use avx512::{LUT4, Q4, Q8};
     let stride = m.row_stride_bytes();
     let gpr = m.groups_per_row();
     let glen = m.group_len();
@@ -366,6 +419,18 @@ fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
     let (table, zconst, step) = lut.unwrap_or(([0; 16], 0.0, 1.0));
     let is_q8 = matches!(m.packed(), Packed::Q8(_));
     // The 4-row and 1-row kernels of this path and format.
+    #[cfg(target_arch = "aarch64")]
+    let pick = |four: bool| -> IntRows {
+        match (four, is_q8, lut.is_some()) {
+            (true, true, _) => neon::int_rows::<4, Q8>,
+            (true, false, false) => neon::int_rows::<4, Q4>,
+            (true, false, true) => neon::int_rows::<4, LUT4>,
+            (false, true, _) => neon::int_rows::<1, Q8>,
+            (false, false, false) => neon::int_rows::<1, Q4>,
+            (false, false, true) => neon::int_rows::<1, LUT4>,
+        }
+    };
+    #[cfg(target_arch = "x86_64")]
     let pick = |four: bool| -> IntRows {
         match (tasks.path == KernelPath::Avx512, four, is_q8, lut.is_some()) {
             (true, true, true, _) => avx512::int_rows::<4, Q8>,
@@ -503,6 +568,10 @@ fn groups_per_chunk(glen: usize, cols: usize, chunk_cols: usize) -> usize {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+#[path = "gemv_neon.rs"]
+pub(super) mod neon;
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -510,7 +579,7 @@ mod avx512 {
     use half::f16;
 
     use super::super::act::{QuantAct, BYTE_CHUNK, NIB_CHUNK, QBLOCK};
-    use super::groups_per_chunk;
+    use super::{groups_per_chunk, prefetch_ahead, LUT4, Q4, Q8};
 
     /// Sum of `w[i] * x[i]`.
     ///
@@ -629,33 +698,6 @@ mod avx512 {
             g += n;
         }
         _mm512_reduce_add_ps(acc)
-    }
-
-    /// q4 codes for [`int_rows`].
-    pub(super) const Q4: u8 = 0;
-    /// lut4 codes for [`int_rows`].
-    pub(super) const LUT4: u8 = 1;
-    /// q8 codes for [`int_rows`].
-    pub(super) const Q8: u8 = 2;
-
-    /// How far ahead of the current chunk each row stream prefetches into
-    /// L2, in bytes, for a pass of `rows` rows of `stride` bytes: by default
-    /// the same chunk of the rows one pass ahead (`rows · stride`, i.e. what
-    /// the next pass will read). The hardware prefetcher alone stops at
-    /// every 4 KiB page and, with one stream per core, left the kernels at
-    /// 0.5-0.7 of the read probe on Zen 4; a prefetch one pass ahead brings
-    /// them to the probe's rate (see `docs/PERFORMANCE.md`).
-    /// `QUANTSCOPE_GEMV_PREFETCH=<bytes>` sets a fixed distance instead
-    /// (`0`: no software prefetch), for tuning experiments.
-    pub(super) fn prefetch_ahead(rows: usize, stride: usize) -> usize {
-        static PF: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-        let fixed = *PF.get_or_init(|| {
-            std::env::var("QUANTSCOPE_GEMV_PREFETCH")
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .map(|v| v.min(1 << 20) / 64 * 64)
-        });
-        fixed.unwrap_or(rows * stride)
     }
 
     /// What [`rows_step`] needs besides the chunk index and the lane scales.
@@ -999,7 +1041,7 @@ mod avx2 {
     use half::f16;
 
     use super::super::act::{QuantAct, NIB_CHUNK, QBLOCK};
-    use super::avx512::{LUT4, Q4, Q8};
+    use super::{LUT4, Q4, Q8};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -1062,7 +1104,7 @@ mod avx2 {
         assert!(R >= 1 && out.len() == R);
         assert!(stride >= n && w.len() >= (R - 1) * stride + n);
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let pf = super::avx512::prefetch_ahead(R, 4 * stride) / 4;
+        let pf = super::prefetch_ahead(R, 4 * stride) / 4;
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let mut i = 0;
         while i + 16 <= n {
@@ -1104,7 +1146,7 @@ mod avx2 {
         assert!(R >= 1 && out.len() == R);
         assert!(stride >= n && w.len() >= (R - 1) * stride + n);
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let pf = super::avx512::prefetch_ahead(R, 2 * stride) / 2;
+        let pf = super::prefetch_ahead(R, 2 * stride) / 2;
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let mut i = 0;
         while i + 32 <= n {
@@ -1283,7 +1325,7 @@ mod avx2 {
         assert!(padded >= cols && padded.is_multiple_of(NIB_CHUNK));
         assert!(act.nib_xq.len() == padded && act.nib_dx.len() * 8 == padded);
         assert!(act.byte_dx.len() * 4 == padded);
-        let pf = super::avx512::prefetch_ahead(R, stride);
+        let pf = super::prefetch_ahead(R, stride);
         let zero = _mm256_setzero_ps();
         let mut acc = [[zero; 2]; R];
         // Columns covered by the SIMD loop; the rest (< one step) is scalar.

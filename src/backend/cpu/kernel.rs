@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 
 use crate::backend::{BackendError, BackendKind};
 
-/// Environment variable that forces a kernel path: `scalar`, `avx2` or `avx512`.
+/// Environment variable that forces a kernel path: `scalar`, `neon`, `avx2`
+/// or `avx512`.
 pub const KERNEL_ENV: &str = "QUANTSCOPE_CPU_KERNEL";
 
 /// A CPU kernel implementation.
@@ -17,6 +18,9 @@ pub const KERNEL_ENV: &str = "QUANTSCOPE_CPU_KERNEL";
 pub enum KernelPath {
     /// Portable Rust, no intrinsics: the reference every SIMD path is tested against.
     Scalar,
+    /// aarch64 NEON with the dot-product extension (`sdot`, Armv8.2+: Apple
+    /// M-series, Graviton 2+, Neoverse, Cortex-A76+); 128-bit.
+    Neon,
     /// x86-64 AVX2 + FMA + F16C (256-bit).
     Avx2,
     /// x86-64 AVX-512 F/BW + VNNI (512-bit, `vpdpbusd` integer dot products).
@@ -24,13 +28,20 @@ pub enum KernelPath {
 }
 
 impl KernelPath {
-    /// Every path, slowest first.
-    pub const ALL: [KernelPath; 3] = [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512];
+    /// Every path, slowest first (a CPU supports the scalar path and those of
+    /// its own architecture).
+    pub const ALL: [KernelPath; 4] = [
+        KernelPath::Scalar,
+        KernelPath::Neon,
+        KernelPath::Avx2,
+        KernelPath::Avx512,
+    ];
 
-    /// `scalar`, `avx2` or `avx512`.
+    /// `scalar`, `neon`, `avx2` or `avx512`.
     pub fn name(self) -> &'static str {
         match self {
             KernelPath::Scalar => "scalar",
+            KernelPath::Neon => "neon",
             KernelPath::Avx2 => "avx2",
             KernelPath::Avx512 => "avx512",
         }
@@ -53,7 +64,12 @@ impl KernelPath {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::Neon => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
@@ -126,7 +142,7 @@ impl std::str::FromStr for KernelPath {
             .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
                 BackendError::Invalid(format!(
-                    "unknown CPU kernel path '{s}' (expected scalar, avx2 or avx512)"
+                    "unknown CPU kernel path '{s}' (expected scalar, neon, avx2 or avx512)"
                 ))
             })
     }
