@@ -125,8 +125,6 @@ fn random_matrix(
 /// One printed result.
 struct Row {
     case: String,
-    /// Bytes of the matrix (codes, scales, zero points, outliers).
-    bytes: f64,
     median_s: f64,
     rate: String,
     fraction: f64,
@@ -230,7 +228,6 @@ fn bench_case(
     let row = if batch == 1 {
         Row {
             case,
-            bytes: bytes as f64,
             median_s: med,
             rate: format!("{:.1} GB/s", bytes as f64 / med / 1e9),
             fraction: floor.bandwidth_fraction(bytes as f64, med),
@@ -239,7 +236,6 @@ fn bench_case(
     } else {
         Row {
             case,
-            bytes: bytes as f64,
             median_s: med,
             rate: format!("{:.1} GFLOP/s", flops / med / 1e9),
             fraction: floor.compute_fraction(flops, med),
@@ -328,19 +324,68 @@ fn cpu_kernels(c: &mut Criterion) {
             r.fraction
         );
     }
-    // What the outliers cost next to their share of the bytes.
-    for r in results.iter().filter(|r| r.case.contains("outliers")) {
-        let dense = r.case.replace("+0.5% outliers", "");
-        if let Some(d) = results.iter().find(|d| d.case == dense) {
-            println!(
-                "{}: {:+.1} % time for {:+.1} % bytes over {}",
-                r.case,
-                100.0 * (r.median_s / d.median_s - 1.0),
-                100.0 * (r.bytes / d.bytes - 1.0),
-                d.case
-            );
+    // What the outliers cost next to their share of the bytes: paired runs
+    // (the same matrices with and without outliers, alternately), because
+    // two separate cases a second apart differ by more than the effect.
+    let only = std::env::var("QUANTSCOPE_BENCH_ONLY").unwrap_or_default();
+    for &shape in shapes {
+        let case = format!("gemv q4+0.5% outliers {}x{}", shape.0, shape.1);
+        if case.contains(only.as_str()) {
+            outlier_overhead(shape, 0.005);
         }
     }
+}
+
+/// Times `pairs` alternating GEMVs of q4 matrices without and with
+/// `frac` outliers (the same dense parts, rotated through 4x the LLC) and
+/// prints the median of the paired time ratios next to the bytes ratio.
+fn outlier_overhead((rows, cols): (usize, usize), frac: f64) {
+    let llc = llc_bytes().unwrap_or(32 << 20);
+    let probe = random_matrix(FormatKind::Q4, rows, cols, 1, frac);
+    let count = if hot() {
+        1
+    } else {
+        (4 * llc).div_ceil(probe.storage_bytes().total()).max(2)
+    };
+    let with: Vec<QuantizedMatrix> = (0..count)
+        .map(|i| random_matrix(FormatKind::Q4, rows, cols, 1 + i as u64, frac))
+        .collect();
+    let without: Vec<QuantizedMatrix> = (0..count)
+        .map(|i| random_matrix(FormatKind::Q4, rows, cols, 1 + i as u64, 0.0))
+        .collect();
+    let mut g = SplitMix(7);
+    let x: Vec<f32> = (0..cols).map(|_| g.unit()).collect();
+    let mut y = vec![0.0f32; rows];
+    let mut run = |m: &QuantizedMatrix| -> f64 {
+        let t = Instant::now();
+        if let Err(e) = matmul_into(m, &x, 1, &mut y) {
+            panic!("outlier overhead: {e}");
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let pairs = 60;
+    let mut ratios = Vec::with_capacity(pairs);
+    for i in 0..pairs + 4 {
+        let k = i % count;
+        // Alternate which one goes first so neither always follows the other.
+        let (a, b) = if i % 2 == 0 {
+            (run(&without[k]), run(&with[k]))
+        } else {
+            let b = run(&with[k]);
+            (run(&without[k]), b)
+        };
+        if i >= 4 {
+            ratios.push(b / a);
+        }
+    }
+    let bytes_with = with[0].storage_bytes().total() as f64;
+    let bytes_without = without[0].storage_bytes().total() as f64;
+    println!(
+        "gemv q4 {rows}x{cols} with {:.1} % outliers: {:+.1} % time (median of {pairs} paired runs) for {:+.1} % bytes",
+        frac * 100.0,
+        100.0 * (median(ratios) - 1.0),
+        100.0 * (bytes_with / bytes_without - 1.0),
+    );
 }
 
 criterion_group!(benches, cpu_kernels);

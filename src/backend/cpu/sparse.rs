@@ -76,6 +76,30 @@ mod avx512 {
 
     use crate::format::Outliers;
 
+    /// Up to 16 outliers of one row: `acc += values · x[cols]`, advancing
+    /// `pos` (nothing once `pos == end`).
+    #[inline(always)]
+    unsafe fn step(
+        vp: *const half::f16,
+        ip: *const u32,
+        x: &[f32],
+        pos: &mut usize,
+        end: usize,
+        acc: &mut __m512,
+    ) {
+        let i = *pos;
+        if i >= end {
+            return;
+        }
+        let k = (end - i).min(16);
+        let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+        let ix = _mm512_maskz_loadu_epi32(m, ip.add(i) as *const i32);
+        let w = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, vp.add(i) as *const i16));
+        let xv = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, ix, x.as_ptr());
+        *acc = _mm512_fmadd_ps(w, xv, *acc);
+        *pos = i + k;
+    }
+
     /// # Safety
     /// The CPU supports AVX-512 F; `rows` are `out.len() + 1` row pointers
     /// into `o` whose entries are in bounds, and every column index is
@@ -94,27 +118,21 @@ mod avx512 {
                 pos[j] = rows[r0 + j] as usize;
                 end[j] = rows[r0 + j + 1] as usize;
             }
-            let mut acc = [_mm512_setzero_ps(); G];
-            loop {
-                let mut live = false;
-                for j in 0..G {
-                    let i = pos[j];
-                    if i >= end[j] {
-                        continue;
-                    }
-                    live = true;
-                    let k = (end[j] - i).min(16);
-                    let m: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
-                    let ix = _mm512_maskz_loadu_epi32(m, ip.add(i) as *const i32);
-                    let w = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, vp.add(i) as *const i16));
-                    let xv = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, ix, x.as_ptr());
-                    acc[j] = _mm512_fmadd_ps(w, xv, acc[j]);
-                    pos[j] = i + k;
-                }
-                if !live {
-                    break;
-                }
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+            );
+            // Four named accumulators (an indexed array stayed on the stack:
+            // every FMA went through a store and a reload).
+            while pos[0] < end[0] || pos[1] < end[1] || pos[2] < end[2] || pos[3] < end[3] {
+                step(vp, ip, x, &mut pos[0], end[0], &mut a0);
+                step(vp, ip, x, &mut pos[1], end[1], &mut a1);
+                step(vp, ip, x, &mut pos[2], end[2], &mut a2);
+                step(vp, ip, x, &mut pos[3], end[3], &mut a3);
             }
+            let acc = [a0, a1, a2, a3];
             for (y, a) in ys.iter_mut().zip(acc) {
                 *y += _mm512_reduce_add_ps(a);
             }
