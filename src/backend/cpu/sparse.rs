@@ -40,6 +40,13 @@ pub(crate) fn add_outliers(
 /// `r0 + i`, for one activation row `x` (the GEMV adds a task's rows this
 /// way, pass by pass, right after their dense part).
 pub(crate) fn add_rows(path: KernelPath, o: &Outliers, x: &[f32], r0: usize, out: &mut [f32]) {
+    // The next run of rows' outliers, into cache while the caller streams
+    // its next dense pass (their loads otherwise miss at every pass).
+    let next = (r0 + out.len()).min(o.row_ptr.len() - 1);
+    let last = (next + out.len()).min(o.row_ptr.len() - 1);
+    let (na, nb) = (o.row_ptr[next] as usize, o.row_ptr[last] as usize);
+    prefetch_range(o.col_idx[na..nb].as_ptr() as *const u8, 4 * (nb - na));
+    prefetch_range(o.values[na..nb].as_ptr() as *const u8, 2 * (nb - na));
     let rows = &o.row_ptr[r0..r0 + out.len() + 1];
     let (a, b) = (rows[0] as usize, rows[out.len()] as usize);
     // `o` was validated against the matrix (every column index < cols ==
@@ -68,6 +75,23 @@ pub(crate) fn add_rows(path: KernelPath, o: &Outliers, x: &[f32], r0: usize, out
             }
         }
     }
+}
+
+/// Prefetches `len` bytes from `p` into L1 (a hint: no effect on results).
+#[inline]
+fn prefetch_range(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut off = 0;
+        while off < len {
+            // SAFETY: a prefetch never faults; `p + off` is inside the slice.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
 }
 
 #[cfg(target_arch = "x86_64")]
