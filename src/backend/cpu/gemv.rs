@@ -554,6 +554,79 @@ fn scalar_int_row(
     acc
 }
 
+/// The integer code of column `c` of a packed row for format `f` (q8: the
+/// signed code; q4: the nibble; lut4: the nibble's 8-bit table value).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline]
+fn int_code(f: u8, row: &[u8], table: &[u8; 16], c: usize) -> i32 {
+    let nib = ((row[c / 2] >> (4 * (c % 2))) & 0xF) as usize;
+    match f {
+        Q8 => row[c] as i8 as i32,
+        Q4 => nib as i32,
+        _ => table[nib] as i32,
+    }
+}
+
+/// `Σ_b dot_b · s_g(b) · dx_b` over the blocks from column `c0` (a block
+/// boundary) to the end of the row, in exact integers per block: the part
+/// of a row the SIMD `int_rows` kernels leave after their last full step.
+/// `scale(g)` is group `g`'s scale as f32.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn int_tail(
+    f: u8,
+    row: &[u8],
+    table: &[u8; 16],
+    scale: impl Fn(usize) -> f32,
+    glen: usize,
+    act: &QuantAct,
+    c0: usize,
+) -> f32 {
+    let cols = act.cols;
+    (c0 / QBLOCK..cols.div_ceil(QBLOCK))
+        .map(|b| {
+            let dot: i32 = (QBLOCK * b..(QBLOCK * (b + 1)).min(cols))
+                .map(|c| int_code(f, row, table, c) * act.xq[c] as i32)
+                .sum();
+            dot as f32 * (scale(QBLOCK * b / glen) * act.dx[b])
+        })
+        .sum()
+}
+
+/// Checks what the AVX2 and NEON `int_rows` kernels rely on (`r` rows of
+/// format `f` from `codes`, their scales, zero points and the activation
+/// tables) and returns `(groups per row, code bytes per row)`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[allow(clippy::too_many_arguments)]
+fn int_rows_args(
+    f: u8,
+    r: usize,
+    codes: &[u8],
+    stride: usize,
+    scales: &[f16],
+    zeros: &[u8],
+    gsum: &[f32],
+    glen: usize,
+    act: &QuantAct,
+    out: &[f32],
+) -> (usize, usize) {
+    let cols = act.cols;
+    let gpr = cols.div_ceil(glen);
+    let row_bytes = if f == Q8 {
+        cols
+    } else {
+        cols.div_ceil(QBLOCK) * QBLOCK / 2
+    };
+    let padded = act.xq.len();
+    assert!(r >= 1 && out.len() == r);
+    assert!(stride >= row_bytes && codes.len() >= (r - 1) * stride + row_bytes);
+    assert!(scales.len() >= r * gpr && gsum.len() >= gpr);
+    assert!(f != Q4 || zeros.len() >= r * gpr);
+    assert!(padded >= cols && padded.is_multiple_of(super::act::NIB_CHUNK));
+    assert!(act.nib_xq.len() == padded && act.nib_dx.len() * 8 == padded);
+    assert!(act.byte_dx.len() * 4 == padded && act.dx.len() >= cols.div_ceil(QBLOCK));
+    (gpr, row_bytes)
+}
+
 /// How a 512-bit chunk's lanes map to weight groups: `1` (one group for the
 /// whole chunk), `2` or `4` (consecutive groups, equal lanes each), or `0`
 /// (anything else: filled lane by lane).
@@ -1311,20 +1384,8 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let cols = act.cols;
-        let gpr = cols.div_ceil(glen);
-        let row_bytes = if F == Q8 {
-            cols
-        } else {
-            cols.div_ceil(QBLOCK) * QBLOCK / 2
-        };
-        let padded = act.xq.len();
-        assert!(R >= 1 && out.len() == R);
-        assert!(stride >= row_bytes && codes.len() >= (R - 1) * stride + row_bytes);
-        assert!(scales.len() >= R * gpr && gsum.len() >= gpr);
-        assert!(F != Q4 || zeros.len() >= R * gpr);
-        assert!(padded >= cols && padded.is_multiple_of(NIB_CHUNK));
-        assert!(act.nib_xq.len() == padded && act.nib_dx.len() * 8 == padded);
-        assert!(act.byte_dx.len() * 4 == padded);
+        let (gpr, row_bytes) =
+            super::int_rows_args(F, R, codes, stride, scales, zeros, gsum, glen, act, out);
         let pf = super::prefetch_ahead(R, stride);
         let zero = _mm256_setzero_ps();
         let mut acc = [[zero; 2]; R];
@@ -1402,20 +1463,7 @@ mod avx2 {
             let rs = &scales[r * gpr..][..gpr];
             let row = &codes[r * stride..][..row_bytes];
             // The last partial step, block by block, in integers.
-            let mut tail = 0.0f32;
-            for b in done / QBLOCK..cols.div_ceil(QBLOCK) {
-                let mut dot = 0i32;
-                for c in QBLOCK * b..(QBLOCK * (b + 1)).min(cols) {
-                    let nib = ((row[c / 2] >> (4 * (c % 2))) & 0xF) as usize;
-                    let w = match F {
-                        Q8 => row[c] as i8 as i32,
-                        Q4 => nib as i32,
-                        _ => table[nib] as i32,
-                    };
-                    dot += w * act.xq[c] as i32;
-                }
-                tail += dot as f32 * (f16_to_f32(rs[QBLOCK * b / glen]) * act.dx[b]);
-            }
+            let tail = super::int_tail(F, row, table, |g| f16_to_f32(rs[g]), glen, act, done);
             let zt = match F {
                 Q4 => zero_term(rs, &zeros[r * gpr..][..gpr], None, gsum, gpr),
                 LUT4 => zero_term(rs, &[], Some(zconst), gsum, gpr),

@@ -105,18 +105,8 @@ pub(super) unsafe fn int_rows<const R: usize, const F: u8>(
     out: &mut [f32],
 ) {
     let cols = act.cols;
-    let gpr = cols.div_ceil(glen);
-    let row_bytes = if F == Q8 {
-        cols
-    } else {
-        cols.div_ceil(QBLOCK) * QBLOCK / 2
-    };
-    assert!(R >= 1 && out.len() == R);
-    assert!(stride >= row_bytes && codes.len() >= (R - 1) * stride + row_bytes);
-    assert!(scales.len() >= R * gpr && gsum.len() >= gpr);
-    assert!(F != Q4 || zeros.len() >= R * gpr);
-    assert!(act.xq.len() >= cols && act.xq.len().is_multiple_of(NIB_CHUNK));
-    assert!(act.nib_xq.len() == act.xq.len() && act.dx.len() >= cols.div_ceil(QBLOCK));
+    let (gpr, row_bytes) =
+        super::int_rows_args(F, R, codes, stride, scales, zeros, gsum, glen, act, out);
     let pf = prefetch_ahead(R, stride);
     let mut sf: [Vec<f32>; R] = std::array::from_fn(|_| Vec::new());
     for (r, v) in sf.iter_mut().enumerate() {
@@ -183,20 +173,7 @@ pub(super) unsafe fn int_rows<const R: usize, const F: u8>(
     for (r, (o, a)) in out.iter_mut().zip(acc).enumerate() {
         let row = &codes[r * stride..][..row_bytes];
         // The partial last block, in integers.
-        let mut tail = 0.0f32;
-        if nb * QBLOCK < cols {
-            let mut dot = 0i32;
-            for c in nb * QBLOCK..cols {
-                let nib = ((row[c / 2] >> (4 * (c % 2))) & 0xF) as usize;
-                let w = match F {
-                    Q8 => row[c] as i8 as i32,
-                    Q4 => nib as i32,
-                    _ => table[nib] as i32,
-                };
-                dot += w * act.xq[c] as i32;
-            }
-            tail = dot as f32 * (sf[r][nb * QBLOCK / glen] * act.dx[nb]);
-        }
+        let tail = super::int_tail(F, row, table, |g| sf[r][g], glen, act, nb * QBLOCK);
         // Zero points: `Σ_g s_g · z_g · gsum_g` (q8 codes are signed: none).
         let zt: f32 = match F {
             Q4 => {
