@@ -64,23 +64,6 @@ pub(in crate::backend::cpu) unsafe fn f16_to_f32(h: f16) -> f32 {
     vgetq_lane_f32::<0>(cvt_f16x4(vdup_n_u16(h.to_bits())))
 }
 
-/// A row's group scales as f32, 4 at a time.
-#[inline(always)]
-unsafe fn widen_scales(s: &[f16], out: &mut Vec<f32>) {
-    out.clear();
-    out.resize(s.len(), 0.0);
-    let mut g = 0;
-    while g + 4 <= s.len() {
-        let h = vld1_u16(s.as_ptr().add(g) as *const u16);
-        vst1q_f32(out.as_mut_ptr().add(g), cvt_f16x4(h));
-        g += 4;
-    }
-    while g < s.len() {
-        out[g] = f16_to_f32(s[g]);
-        g += 1;
-    }
-}
-
 /// `R` consecutive rows of a q8 / q4 / lut4 matrix (`F`); the arguments
 /// and the result are those of the x86 `int_rows` kernels (lut4 still to be
 /// multiplied by its codebook step). Per 32-column block and row: one or
@@ -108,10 +91,9 @@ pub(super) unsafe fn int_rows<const R: usize, const F: u8>(
     let (gpr, row_bytes) =
         super::int_rows_args(F, R, codes, stride, scales, zeros, gsum, glen, act, out);
     let pf = prefetch_ahead(R, stride);
-    let mut sf: [Vec<f32>; R] = std::array::from_fn(|_| Vec::new());
-    for (r, v) in sf.iter_mut().enumerate() {
-        widen_scales(&scales[r * gpr..][..gpr], v);
-    }
+    // Row `r`'s scale of group `g` as f32 (one `fcvtl` where it is used: no
+    // per-pass buffer).
+    let sf = |r: usize, g: usize| f16_to_f32(scales[r * gpr + g]);
     let nib_mask = vdupq_n_u8(0x0F);
     let tlo = vandq_u8(vld1q_u8(table.as_ptr()), nib_mask);
     let thi = vshrq_n_u8::<4>(vld1q_u8(table.as_ptr()));
@@ -166,21 +148,21 @@ pub(super) unsafe fn int_rows<const R: usize, const F: u8>(
                     )
                 }
             };
-            let s = *sf[r].get_unchecked(g) * dx;
+            let s = sf(r, g) * dx;
             a[b % 2] = vfmaq_n_f32(a[b % 2], vcvtq_f32_s32(d), s);
         }
     }
     for (r, (o, a)) in out.iter_mut().zip(acc).enumerate() {
         let row = &codes[r * stride..][..row_bytes];
         // The partial last block, in integers.
-        let tail = super::int_tail(F, row, table, |g| sf[r][g], glen, act, nb * QBLOCK);
+        let tail = super::int_tail(F, row, table, |g| sf(r, g), glen, act, nb * QBLOCK);
         // Zero points: `Σ_g s_g · z_g · gsum_g` (q8 codes are signed: none).
         let zt: f32 = match F {
             Q4 => {
                 let z = &zeros[r * gpr..][..gpr];
-                (0..gpr).map(|g| sf[r][g] * z[g] as f32 * gsum[g]).sum()
+                (0..gpr).map(|g| sf(r, g) * z[g] as f32 * gsum[g]).sum()
             }
-            LUT4 => (0..gpr).map(|g| sf[r][g] * zconst * gsum[g]).sum(),
+            LUT4 => (0..gpr).map(|g| sf(r, g) * zconst * gsum[g]).sum(),
             _ => 0.0,
         };
         *o = vaddvq_f32(vaddq_f32(a[0], a[1])) + tail - zt;
