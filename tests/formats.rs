@@ -81,9 +81,12 @@ proptest! {
                 let s8 = p8.scales[g].to_f32();
                 prop_assert!((x - d8.row(r)[c]).abs() <= 0.5 * s8 * 1.0001 + 1e-6, "q8 {} {}", x, d8.row(r)[c]);
                 let s4 = p4.scales[g].to_f32();
-                // The integer zero point and the f16 scale can move the ends of
-                // the grid by a hair: at most 15 · s · 2^-11 / 2 beyond half a step.
-                prop_assert!((x - d4.row(r)[c]).abs() <= 0.5 * s4 * (1.0 + 15.0 / 2048.0) + 1e-6, "q4 {} {}", x, d4.row(r)[c]);
+                // Rounding the zero point leaves the far end of the range up to
+                // half a step from the grid; rounding the scale to f16 (relative
+                // error <= 2^-11) moves that end by up to 15 · s · 2^-11 more.
+                // (Seen: 0.5037 s at rows 2, cols 230, g32.)
+                let bound = s4 * (0.5 + 15.0 / 2048.0 * 1.001) + 1e-6;
+                prop_assert!((x - d4.row(r)[c]).abs() <= bound, "q4 {} {} (scale {})", x, d4.row(r)[c], s4);
             }
             let stride = q8.row_stride_bytes();
             prop_assert!(p8.codes[r * stride + cols..(r + 1) * stride].iter().all(|&b| b == 0));
