@@ -4,7 +4,9 @@
 //! activation scales.
 
 use half::f16;
-use quantscope::backend::cpu::{bandwidth, matmul_opts, matmul_with, GemvActivations, KernelPath};
+use quantscope::backend::cpu::{
+    bandwidth, matmul_opts, matmul_outliers_into, matmul_with, GemvActivations, KernelPath,
+};
 use quantscope::format::{
     pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers,
     QuantizedMatrix, NF4_CODEBOOK,
@@ -228,6 +230,79 @@ fn many_outliers_per_row_on_every_path() {
         assert!(o.outliers().is_some_and(|o| o.nnz() > 30 * 44));
         check(&o, 1, seed);
         check(&o, 3, seed);
+    }
+}
+
+/// The sparse part alone, on every path: `y(with outliers) - y(without)`
+/// (the same dense part, so it cancels) against the f64 sum of the
+/// outliers, for row lengths that make the SIMD steps start and end
+/// anywhere: empty rows, rows shorter and longer than a step, rows that
+/// fill the matrix, runs of rows inside one step.
+#[test]
+fn outlier_rows_of_every_length_on_every_path() {
+    let (rows, cols) = (37, 300);
+    let counts = [
+        0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 0, 0, 5, 100, 299, 300, 2,
+    ];
+    let w = weights(rows, cols, 40);
+    let mut r = rng(41);
+    let lists: Vec<Vec<(u32, f16)>> = (0..rows)
+        .map(|row| {
+            let n = counts[row % counts.len()];
+            // `n` distinct sorted columns.
+            let mut cs: Vec<u32> = (0..cols as u32).collect();
+            for i in 0..n {
+                let j = r.random_range(i..cols);
+                cs.swap(i, j);
+            }
+            let mut cs = cs[..n].to_vec();
+            cs.sort_unstable();
+            cs.into_iter()
+                .map(|c| (c, f16::from_f32(r.random_range(-8.0..8.0))))
+                .collect()
+        })
+        .collect();
+    let o = Outliers::from_rows(&lists);
+    for dense in [
+        pack_q4(&w, GroupSize::Cols(32)).unwrap(),
+        pack_q8(&w, GroupSize::Cols(64)).unwrap(),
+        pack_plain(&w, FormatKind::F16).unwrap(),
+    ] {
+        let sparse = dense.clone().with_outliers(o.clone()).unwrap();
+        for batch in [1, 3] {
+            let x = gaussian(batch * cols, 42 + batch as u64);
+            for path in KernelPath::available() {
+                let with = run(path, &sparse, &x, batch);
+                let without = run(path, &dense, &x, batch);
+                // The sparse part alone, added to what `y` held.
+                let y0 = gaussian(batch * rows, 43);
+                let mut alone = y0.clone();
+                matmul_outliers_into(path, &sparse, &x, batch, &mut alone).unwrap();
+                for b in 0..batch {
+                    for (row, list) in lists.iter().enumerate() {
+                        let xb = &x[b * cols..(b + 1) * cols];
+                        let (want, mag) = list.iter().fold((0.0f64, 0.0f64), |(s, m), &(c, v)| {
+                            let t = v.to_f64() * xb[c as usize] as f64;
+                            (s + t, m + t.abs())
+                        });
+                        let i = b * rows + row;
+                        let got = with[i] as f64 - without[i] as f64;
+                        let tol = 1e-5 * (mag + (with[i] as f64).abs() + 1.0);
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{} batch {batch} on {path}, row {row} ({} outliers): {got} vs {want}",
+                            dense.label(),
+                            list.len()
+                        );
+                        let got = alone[i] as f64 - y0[i] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (mag + (y0[i] as f64).abs() + 1.0),
+                            "sparse part alone, batch {batch} on {path}, row {row}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 

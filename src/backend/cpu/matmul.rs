@@ -57,14 +57,45 @@ pub enum GemvActivations {
     F32,
 }
 
-/// [`matmul_with`] with an explicit choice of GEMV activations.
-pub fn matmul_opts(
+/// The sparse part alone: adds `X · Oᵀ` for `m`'s outliers `O` into `y`
+/// (nothing when `m` has none), with `X` scaled by `m`'s activation scale
+/// as [`matmul_with`] does. `matmul_with` = dense part + this; use it to see
+/// what the outliers cost apart from the dense product.
+pub fn matmul_outliers_into(
     path: KernelPath,
-    act: GemvActivations,
     m: &QuantizedMatrix,
     x: &[f32],
     batch: usize,
     y: &mut [f32],
+) -> Result<(), BackendError> {
+    check_args(path, m, x, batch, y)?;
+    let (rows, cols) = (m.rows(), m.cols());
+    if let Some(o) = m.outliers() {
+        let x = scaled(m, x);
+        sparse::add_outliers(path, o, &x, cols, rows, y);
+    }
+    Ok(())
+}
+
+/// `x` times `m`'s activation scale, row by row (borrowed when it has none).
+fn scaled<'a>(m: &QuantizedMatrix, x: &'a [f32]) -> Cow<'a, [f32]> {
+    match m.act_scale() {
+        Some(a) => Cow::Owned(
+            x.chunks(m.cols())
+                .flat_map(|row| row.iter().zip(a).map(|(v, s)| v * s))
+                .collect(),
+        ),
+        None => Cow::Borrowed(x),
+    }
+}
+
+/// The path runs here and the lengths fit `m`.
+fn check_args(
+    path: KernelPath,
+    m: &QuantizedMatrix,
+    x: &[f32],
+    batch: usize,
+    y: &[f32],
 ) -> Result<(), BackendError> {
     path.check()?;
     let (rows, cols) = (m.rows(), m.cols());
@@ -83,14 +114,21 @@ pub fn matmul_opts(
             y.len()
         )));
     }
-    let x: Cow<'_, [f32]> = match m.act_scale() {
-        Some(a) => Cow::Owned(
-            x.chunks(cols)
-                .flat_map(|row| row.iter().zip(a).map(|(v, s)| v * s))
-                .collect(),
-        ),
-        None => Cow::Borrowed(x),
-    };
+    Ok(())
+}
+
+/// [`matmul_with`] with an explicit choice of GEMV activations.
+pub fn matmul_opts(
+    path: KernelPath,
+    act: GemvActivations,
+    m: &QuantizedMatrix,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+) -> Result<(), BackendError> {
+    check_args(path, m, x, batch, y)?;
+    let (rows, cols) = (m.rows(), m.cols());
+    let x = scaled(m, x);
     if batch == 1 {
         // The GEMV adds the outliers task by task.
         gemv::gemv(path, m, &x, y, act == GemvActivations::Int8);

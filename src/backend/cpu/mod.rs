@@ -32,7 +32,9 @@ use super::{
 use crate::format::{nearest_level, pack_q4, pack_q8, FormatKind, Matrix, Packed, QuantizedMatrix};
 
 pub use kernel::{KernelPath, KERNEL_ENV};
-pub use matmul::{matmul, matmul_into, matmul_opts, matmul_with, GemvActivations};
+pub use matmul::{
+    matmul, matmul_into, matmul_opts, matmul_outliers_into, matmul_with, GemvActivations,
+};
 
 /// Host CPU backend.
 pub struct CpuBackend {
