@@ -12,7 +12,8 @@
 //! (e.g. `gemv q4`); `QUANTSCOPE_BENCH_HOT=1` times one cache-resident
 //! 512x14336 matrix (L3) instead (the kernels' compute rate;
 //! `QUANTSCOPE_BENCH_HOT_SHAPE=64x4096` picks another shape, e.g. one that
-//! fits L2).
+//! fits L2). The outlier overhead is measured last, from
+//! `QUANTSCOPE_BENCH_PAIRS` (default 200) paired runs.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use half::{bf16, f16};
 use quantscope::backend::cpu::bandwidth::{
     llc_bytes, measure_fma_rate, probe_bytes, Floor, ReadProbe,
 };
-use quantscope::backend::cpu::{matmul_into, KernelPath};
+use quantscope::backend::cpu::{matmul_into, matmul_outliers_into, KernelPath};
 use quantscope::format::{
     FormatKind, GroupSize, Lut4, Outliers, Packed, QuantizedMatrix, NF4_CODEBOOK, Q4, Q8,
 };
@@ -356,35 +357,68 @@ fn outlier_overhead((rows, cols): (usize, usize), frac: f64) {
     let mut g = SplitMix(7);
     let x: Vec<f32> = (0..cols).map(|_| g.unit()).collect();
     let mut y = vec![0.0f32; rows];
-    let mut run = |m: &QuantizedMatrix| -> f64 {
+    let path = KernelPath::selected();
+    let mut run = |m: &QuantizedMatrix, sparse_only: bool| -> f64 {
         let t = Instant::now();
-        if let Err(e) = matmul_into(m, &x, 1, &mut y) {
+        let r = if sparse_only {
+            matmul_outliers_into(path, m, &x, 1, &mut y)
+        } else {
+            matmul_into(m, &x, 1, &mut y)
+        };
+        if let Err(e) = r {
             panic!("outlier overhead: {e}");
         }
         t.elapsed().as_secs_f64()
     };
-    let pairs = 60;
+    // `QUANTSCOPE_BENCH_PAIRS` (default 200): the median moves by a few
+    // points between rounds of 60 on a shared machine.
+    let pairs = std::env::var("QUANTSCOPE_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n >= 4)
+        .unwrap_or(200);
     let mut ratios = Vec::with_capacity(pairs);
+    // The sparse pass alone (its own parallel pass over the rows) against
+    // the dense GEMV it was paired with: what the outliers cost when
+    // nothing overlaps them.
+    let mut alone = Vec::with_capacity(pairs);
     for i in 0..pairs + 4 {
         let k = i % count;
         // Alternate which one goes first so neither always follows the other.
         let (a, b) = if i % 2 == 0 {
-            (run(&without[k]), run(&with[k]))
+            (run(&without[k], false), run(&with[k], false))
         } else {
-            let b = run(&with[k]);
-            (run(&without[k]), b)
+            let b = run(&with[k], false);
+            (run(&without[k], false), b)
         };
+        let s = run(&with[(k + 1) % count], true);
         if i >= 4 {
             ratios.push(b / a);
+            alone.push((s / a, s));
         }
     }
+    let nnz = with[0].outliers().map_or(0, |o| o.nnz()) as f64;
+    let sparse_frac = median(alone.iter().map(|p| p.0).collect());
+    let sparse_s = median(alone.iter().map(|p| p.1).collect());
     let bytes_with = with[0].storage_bytes().total() as f64;
     let bytes_without = without[0].storage_bytes().total() as f64;
+    ratios.sort_by(f64::total_cmp);
+    let mid = 100.0 * (median(ratios.clone()) - 1.0);
+    let quartile = |q: usize| 100.0 * (ratios[(ratios.len() - 1) * q / 4] - 1.0);
     println!(
-        "gemv q4 {rows}x{cols} with {:.1} % outliers: {:+.1} % time (median of {pairs} paired runs) for {:+.1} % bytes",
+        "gemv q4 {rows}x{cols} with {:.1} % outliers: {:+.1} % time (median of {pairs} paired runs; quartiles {:+.1} / {:+.1} %) for {:+.1} % bytes",
         frac * 100.0,
-        100.0 * (median(ratios) - 1.0),
+        mid,
+        quartile(1),
+        quartile(3),
         100.0 * (bytes_with / bytes_without - 1.0),
+    );
+    println!(
+        "  the sparse part alone: {:.1} % of the dense GEMV's time ({:.0} us, {:.2} ns per outlier on {} threads)",
+        100.0 * sparse_frac,
+        sparse_s * 1e6,
+        sparse_s * 1e9 / nnz,
+        rayon::current_num_threads(),
     );
 }
 
