@@ -306,6 +306,15 @@ fn cpu_kernels(c: &mut Criterion) {
         for kind in kinds {
             bench_case(c, &probe_buf, &mut results, kind, shape, 32, 0.0);
         }
+        bench_case(
+            c,
+            &probe_buf,
+            &mut results,
+            FormatKind::Q4,
+            shape,
+            32,
+            0.005,
+        );
     }
     if std::env::var("QUANTSCOPE_BENCH_FULL").map_or(true, |v| v != "0") {
         for kind in [FormatKind::F32, FormatKind::Q8, FormatKind::Q4] {

@@ -48,22 +48,22 @@ pub(crate) struct QuantAct {
 }
 
 impl QuantAct {
-    /// Quantizes `x` (one activation row); `lanes` also builds the SIMD
-    /// tables. Every path produces the same codes and scales.
-    pub(crate) fn new(x: &[f32], lanes: bool) -> QuantAct {
+    /// Quantizes `x` (one activation row) with its SIMD lane tables;
+    /// `simd` allows the AVX-512 quantizer where the CPU has it. Every
+    /// quantizer produces the same codes and scales.
+    pub(crate) fn new(x: &[f32], simd: bool) -> QuantAct {
         let mut a = QuantAct::default();
-        a.fill(x, lanes);
+        a.fill(x, simd);
         a
     }
 
     /// Like [`QuantAct::new`], reusing this value's buffers (a GEMV per
-    /// token should not allocate and fault in fresh pages every call). The
-    /// lane tables are always written; `lanes` allows the AVX-512 quantizer.
-    pub(crate) fn fill(&mut self, x: &[f32], lanes: bool) {
+    /// token should not allocate and fault in fresh pages every call).
+    pub(crate) fn fill(&mut self, x: &[f32], simd: bool) {
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = lanes;
+        let _ = simd;
         #[cfg(target_arch = "x86_64")]
-        if lanes && super::kernel::KernelPath::Avx512.is_supported() {
+        if simd && super::kernel::KernelPath::Avx512.is_supported() {
             self.reset(x.len());
             // SAFETY: the CPU supports AVX-512 (checked above); `reset`
             // sized and zeroed every buffer for `x`. The kernel writes the
