@@ -429,6 +429,26 @@ fn outlier_overhead((rows, cols): (usize, usize), frac: f64) {
         sparse_s * 1e9 / nnz,
         rayon::current_num_threads(),
     );
+    // The sparse part alone at batch 32 (a GEMM's outlier pass).
+    let batch = 32;
+    let xb: Vec<f32> = (0..batch * cols).map(|_| g.unit()).collect();
+    let mut yb = vec![0.0f32; batch * rows];
+    let times: Vec<f64> = (0..24)
+        .map(|i| {
+            let t = Instant::now();
+            if let Err(e) = matmul_outliers_into(path, &with[i % count], &xb, batch, &mut yb) {
+                panic!("outlier overhead: {e}");
+            }
+            t.elapsed().as_secs_f64()
+        })
+        .skip(4)
+        .collect();
+    let t = median(times);
+    println!(
+        "  the sparse part alone at batch {batch}: {:.2} ms, {:.3} ns per outlier and batch row",
+        t * 1e3,
+        t * 1e9 / (nnz * batch as f64),
+    );
 }
 
 criterion_group!(benches, cpu_kernels);
