@@ -16,7 +16,8 @@
 //! their last gather). Each outlier costs two dependent loads (column,
 //! then activation), about what 10-20 dense 4-bit weights cost, so the
 //! sparse part costs more than its 6 bytes' share of a memory-bound GEMV
-//! (see `docs/PERFORMANCE.md`).
+//! (see `docs/PERFORMANCE.md`). NEON goes row by row, four entries per
+//! step (`fcvtl`, single-lane loads, one FMA).
 
 use rayon::prelude::*;
 
@@ -75,6 +76,9 @@ pub(crate) fn add_rows(path: KernelPath, o: &Outliers, x: &[f32], r0: usize, out
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         KernelPath::Avx2 => unsafe { avx2::add_rows(o, x, rows, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above (NEON is baseline on aarch64).
+        KernelPath::Neon => unsafe { neon::add_rows(o, x, rows, out) },
         _ => {
             for (i, yr) in out.iter_mut().enumerate() {
                 let (a, b) = (rows[i] as usize, rows[i + 1] as usize);
@@ -290,6 +294,59 @@ mod avx2 {
             for (y, s) in ys.iter_mut().zip(sums) {
                 *y += s;
             }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::super::gemv::neon::{cvt_f16x4, f16_to_f32};
+    use crate::format::Outliers;
+
+    /// Row by row, four entries per step: `fcvtl` of four f16 values, the
+    /// activations by single-lane loads (`ld1 {v.s}[i]`), one FMA; the
+    /// row's last 0-3 entries scalar. (The portable path converts each f16
+    /// in software.)
+    ///
+    /// # Safety
+    /// NEON; `rows` are `out.len() + 1` row pointers into `o` whose
+    /// entries are in bounds, and every column index is below `x.len()`.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn add_rows(o: &Outliers, x: &[f32], rows: &[u32], out: &mut [f32]) {
+        let (vp, ip, xp) = (
+            o.values.as_ptr() as *const u16,
+            o.col_idx.as_ptr(),
+            x.as_ptr(),
+        );
+        for (r, y) in out.iter_mut().enumerate() {
+            let (mut i, b) = (rows[r] as usize, rows[r + 1] as usize);
+            let (mut a0, mut a1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+            let step = |i: usize, acc: float32x4_t| {
+                let w = cvt_f16x4(vld1_u16(vp.add(i)));
+                let mut v = vdupq_n_f32(0.0);
+                v = vld1q_lane_f32::<0>(xp.add(*ip.add(i) as usize), v);
+                v = vld1q_lane_f32::<1>(xp.add(*ip.add(i + 1) as usize), v);
+                v = vld1q_lane_f32::<2>(xp.add(*ip.add(i + 2) as usize), v);
+                v = vld1q_lane_f32::<3>(xp.add(*ip.add(i + 3) as usize), v);
+                vfmaq_f32(acc, w, v)
+            };
+            while i + 8 <= b {
+                a0 = step(i, a0);
+                a1 = step(i + 4, a1);
+                i += 8;
+            }
+            if i + 4 <= b {
+                a0 = step(i, a0);
+                i += 4;
+            }
+            let mut s = vaddvq_f32(vaddq_f32(a0, a1));
+            while i < b {
+                s += f16_to_f32(*o.values.get_unchecked(i)) * *xp.add(*ip.add(i) as usize);
+                i += 1;
+            }
+            *y += s;
         }
     }
 }
