@@ -109,6 +109,27 @@ fn prefetch_range(p: *const u8, len: usize) {
     let _ = (p, len);
 }
 
+/// The CSR positions of a run of four rows starting at row `r0` (the
+/// first of `n <= 4` rows of `out`): each row's start, then the run's end.
+/// Rows past `n` are empty runs at the end.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn run_bounds(rows: &[u32], r0: usize, n: usize) -> [usize; 5] {
+    std::array::from_fn(|j| rows[r0 + j.min(n)] as usize)
+}
+
+/// Adds four lane sums (`[Σ a, Σ b, Σ c, Σ d]`, see `avx2::hsum4`) into
+/// the run's outputs.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn add_sums(sums: std::arch::x86_64::__m128, ys: &mut [f32]) {
+    let mut v = [0.0f32; 4];
+    std::arch::x86_64::_mm_storeu_ps(v.as_mut_ptr(), sums);
+    for (y, s) in ys.iter_mut().zip(v) {
+        *y += s;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -163,11 +184,9 @@ mod avx512 {
     unsafe fn hsum4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
         let half = |v: __m512| {
             let h = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-            let s = _mm256_add_ps(_mm512_castps512_ps256(v), h);
-            _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s))
+            _mm256_add_ps(_mm512_castps512_ps256(v), h)
         };
-        let (a, b, c, d) = (half(a), half(b), half(c), half(d));
-        _mm_hadd_ps(_mm_hadd_ps(a, b), _mm_hadd_ps(c, d))
+        super::avx2::hsum4(half(a), half(b), half(c), half(d))
     }
 
     /// # Safety
@@ -183,11 +202,7 @@ mod avx512 {
         let (vp, ip, xp) = (o.values.as_ptr(), o.col_idx.as_ptr(), x.as_ptr());
         let zero = _mm512_setzero_ps();
         for (q, ys) in out.chunks_mut(4).enumerate() {
-            let r0 = 4 * q;
-            // Rows past the end of `out` are empty runs.
-            let b = |j: usize| rows[r0 + j.min(ys.len())] as usize;
-            let (b1, b2, b3, end) = (b(1), b(2), b(3), b(4));
-            let mut pos = b(0);
+            let [mut pos, b1, b2, b3, end] = super::run_bounds(rows, 4 * q, ys.len());
             let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
             while pos < end {
                 let k = (end - pos).min(16);
@@ -210,11 +225,7 @@ mod avx512 {
                 a3 = _mm512_mask_add_ps(a3, m & !m3, a3, p);
                 pos += k;
             }
-            let mut sums = [0.0f32; 4];
-            _mm_storeu_ps(sums.as_mut_ptr(), hsum4(a0, a1, a2, a3));
-            for (y, s) in ys.iter_mut().zip(sums) {
-                *y += s;
-            }
+            super::add_sums(hsum4(a0, a1, a2, a3), ys);
         }
     }
 }
@@ -236,7 +247,7 @@ mod avx2 {
 
     /// The lane sums of four vectors: `[Σ a, Σ b, Σ c, Σ d]`.
     #[inline(always)]
-    unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+    pub(super) unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
         let half = |v: __m256| _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let (a, b, c, d) = (half(a), half(b), half(c), half(d));
         _mm_hadd_ps(_mm_hadd_ps(a, b), _mm_hadd_ps(c, d))
@@ -258,10 +269,7 @@ mod avx2 {
         };
         let zero = _mm256_setzero_ps();
         for (q, ys) in out.chunks_mut(4).enumerate() {
-            let r0 = 4 * q;
-            let b = |j: usize| rows[r0 + j.min(ys.len())] as usize;
-            let (b1, b2, b3, end) = (b(1), b(2), b(3), b(4));
-            let mut pos = b(0);
+            let [mut pos, b1, b2, b3, end] = super::run_bounds(rows, 4 * q, ys.len());
             let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
             while pos < end {
                 let k = (end - pos).min(8);
@@ -289,11 +297,7 @@ mod avx2 {
                 a3 = _mm256_add_ps(a3, _mm256_andnot_ps(m3, p));
                 pos += k;
             }
-            let mut sums = [0.0f32; 4];
-            _mm_storeu_ps(sums.as_mut_ptr(), hsum4(a0, a1, a2, a3));
-            for (y, s) in ys.iter_mut().zip(sums) {
-                *y += s;
-            }
+            super::add_sums(hsum4(a0, a1, a2, a3), ys);
         }
     }
 }
