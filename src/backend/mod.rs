@@ -10,9 +10,16 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod ops;
 pub mod params;
+mod plan;
+mod table;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+
+pub use ops::{Activation, Op, OpTimings, TensorHandle, TensorInit};
+pub use params::MatmulParams;
+pub use plan::{x_stride, GEMM_MIN_BATCH};
 
 use std::sync::Arc;
 
@@ -210,30 +217,6 @@ impl MatrixHandle {
     }
 }
 
-/// Looks up the device-side entry of `h` in a backend's matrix table,
-/// refusing handles of another backend and freed or unknown ids.
-pub(crate) fn lookup_handle<T>(
-    table: &std::sync::Mutex<std::collections::HashMap<u64, Arc<T>>>,
-    h: &MatrixHandle,
-    backend: BackendKind,
-) -> Result<Arc<T>, BackendError> {
-    if h.backend() != backend {
-        return Err(BackendError::Invalid(format!(
-            "handle belongs to the {} backend, not {backend}",
-            h.backend()
-        )));
-    }
-    table
-        .lock()
-        .map_err(|_| BackendError::Device {
-            backend,
-            message: "matrix table lock poisoned by an earlier panic".into(),
-        })?
-        .get(&h.id())
-        .cloned()
-        .ok_or_else(|| BackendError::Invalid(format!("unknown or freed matrix {}", h.id())))
-}
-
 /// Checks the arguments of [`Backend::assign_levels`]: an f32 matrix of
 /// values and 1..=256 finite, ascending levels.
 pub fn check_assign_inputs(values: &MatrixHandle, levels: &[f32]) -> Result<(), BackendError> {
@@ -243,6 +226,42 @@ pub fn check_assign_inputs(values: &MatrixHandle, levels: &[f32]) -> Result<(), 
         ));
     }
     cpu::check_levels(levels)
+}
+
+/// Checks a new tensor's first contents against its shape.
+pub fn check_tensor_init(
+    rows: usize,
+    cols: usize,
+    init: &TensorInit<'_>,
+) -> Result<(), BackendError> {
+    let n = rows
+        .checked_mul(cols)
+        .filter(|n| n.checked_mul(4).is_some())
+        .ok_or_else(|| BackendError::Invalid(format!("tensor {rows}x{cols} is too large")))?;
+    if let TensorInit::Data(d) = init {
+        if d.len() != n {
+            return Err(BackendError::Invalid(format!(
+                "tensor {rows}x{cols} needs {n} values, got {}",
+                d.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every op of a list for `backend` and that it [`Backend::supports`]
+/// each, before anything runs.
+pub fn check_ops(backend: &dyn Backend, ops: &[Op<'_>]) -> Result<(), BackendError> {
+    for op in ops {
+        op.check(backend.kind())?;
+        if !backend.supports(op) {
+            return Err(BackendError::Unsupported {
+                backend: backend.kind(),
+                what: format!("the {} op at these sizes", op.name()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Device memory as the backend sees it.
@@ -343,11 +362,64 @@ pub trait Backend: Send + Sync {
     /// Dequantizes a matrix on the device: `rows x cols` effective weights, row-major.
     fn dequantize(&self, h: &MatrixHandle) -> Result<Vec<f32>, BackendError>;
 
-    /// `Y = X · Wᵀ` with `X` of `batch x cols` and `Y` of `batch x rows`, row-major.
-    fn matmul(&self, h: &MatrixHandle, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError>;
+    /// `Y = X · Wᵀ` with `X` of `batch x cols` and `Y` of `batch x rows`,
+    /// row-major: X uploaded as a tensor, one [`Op::Linear`], Y read back.
+    fn matmul(&self, h: &MatrixHandle, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
+        h.check_input(x, batch)?;
+        let xt = self.tensor(batch, h.cols(), TensorInit::Data(x))?;
+        let yt = match self.tensor(batch, h.rows(), TensorInit::Poison) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.free_tensor(xt);
+                return Err(e);
+            }
+        };
+        let op = Op::Linear {
+            x: &xt,
+            w: h,
+            bias: None,
+            y: &yt,
+        };
+        let y = self.run(&[op]).and_then(|()| self.read(&yt));
+        let freed = self.free_tensor(xt).and(self.free_tensor(yt));
+        let y = y?;
+        freed?;
+        Ok(y)
+    }
 
     /// Releases a matrix.
     fn free(&self, h: MatrixHandle) -> Result<(), BackendError>;
+
+    /// A new `rows x cols` f32 tensor on the device (see [`TensorInit`]).
+    fn tensor(
+        &self,
+        rows: usize,
+        cols: usize,
+        init: TensorInit<'_>,
+    ) -> Result<TensorHandle, BackendError>;
+
+    /// Replaces a tensor's values with `data` (`rows * cols`, row-major).
+    fn write_tensor(&self, t: &TensorHandle, data: &[f32]) -> Result<(), BackendError>;
+
+    /// A tensor's values, `rows * cols` row-major, after every op submitted
+    /// before has finished.
+    fn read(&self, t: &TensorHandle) -> Result<Vec<f32>, BackendError>;
+
+    /// Releases a tensor.
+    fn free_tensor(&self, t: TensorHandle) -> Result<(), BackendError>;
+
+    /// Whether this backend can run `op` (its kind and its sizes). The
+    /// caller reports an op it cannot run as "n/a"; nothing falls back.
+    fn supports(&self, op: &Op<'_>) -> bool;
+
+    /// Runs `ops` in order, in one command buffer / stream where the device
+    /// has one. Each op is checked ([`Op::check`]) and [`Self::supports`]ed
+    /// before anything runs.
+    fn run(&self, ops: &[Op<'_>]) -> Result<(), BackendError>;
+
+    /// Runs `ops` like [`Self::run`] and returns the device time of each op
+    /// from the device's own clock where it has one (timestamps, events).
+    fn run_timed(&self, ops: &[Op<'_>]) -> Result<OpTimings, BackendError>;
 
     /// Memory in use.
     fn memory(&self) -> MemoryReport;

@@ -15,19 +15,20 @@ mod gemm;
 mod gemv;
 pub mod kernel;
 mod matmul;
+pub mod ops;
 mod sparse;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use super::table::{HandleTable, MemCounter};
 use super::{
-    Backend, BackendError, BackendKind, Bandwidth, DeviceInfo, KernelTiming, LevelAssignment,
-    MatrixHandle, MemoryReport, RtnSpec, TimingSource,
+    check_ops, check_tensor_init, Backend, BackendError, BackendKind, Bandwidth, DeviceInfo,
+    KernelTiming, LevelAssignment, MatrixHandle, MemoryReport, Op, OpTimings, RtnSpec,
+    TensorHandle, TensorInit, TimingSource,
 };
 use crate::format::{nearest_level, pack_q4, pack_q8, FormatKind, Matrix, Packed, QuantizedMatrix};
 
@@ -39,10 +40,9 @@ pub use matmul::{
 /// Host CPU backend.
 pub struct CpuBackend {
     gemv_act: GemvActivations,
-    matrices: Mutex<HashMap<u64, Arc<QuantizedMatrix>>>,
-    next_id: AtomicU64,
-    live: AtomicU64,
-    peak: AtomicU64,
+    matrices: HandleTable<QuantizedMatrix>,
+    tensors: HandleTable<RwLock<Vec<f32>>>,
+    mem: MemCounter,
 }
 
 impl Default for CpuBackend {
@@ -68,15 +68,85 @@ impl CpuBackend {
     pub fn with_gemv_activations(gemv_act: GemvActivations) -> Self {
         CpuBackend {
             gemv_act,
-            matrices: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            live: AtomicU64::new(0),
-            peak: AtomicU64::new(0),
+            matrices: HandleTable::new(BackendKind::Cpu),
+            tensors: HandleTable::new(BackendKind::Cpu),
+            mem: MemCounter::default(),
         }
     }
 
     fn get(&self, h: &MatrixHandle) -> Result<Arc<QuantizedMatrix>, BackendError> {
-        super::lookup_handle(&self.matrices, h, BackendKind::Cpu)
+        self.matrices.get(h)
+    }
+
+    fn get_tensor(&self, t: &TensorHandle) -> Result<Arc<RwLock<Vec<f32>>>, BackendError> {
+        self.tensors.get(t)
+    }
+
+    /// Runs one checked op.
+    fn run_op(&self, op: &Op<'_>) -> Result<(), BackendError> {
+        // Inputs are read-locked, the output write-locked: `Op::check`
+        // refused an output that is also an input, so this cannot deadlock.
+        let out = self.get_tensor(op.output())?;
+        let mut inputs = Vec::new();
+        for t in op.inputs() {
+            inputs.push(self.get_tensor(t)?);
+        }
+        let guards = inputs
+            .iter()
+            .map(|t| t.read().map_err(|_| poisoned()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ins: Vec<&[f32]> = guards.iter().map(|g| g.as_slice()).collect();
+        let mut y = out.write().map_err(|_| poisoned())?;
+        let y = y.as_mut_slice();
+        match *op {
+            Op::Linear { x, w, bias, .. } => {
+                let m = self.get(w)?;
+                matmul_opts(
+                    KernelPath::selected(),
+                    self.gemv_act,
+                    &m,
+                    ins[0],
+                    x.rows(),
+                    y,
+                )?;
+                if bias.is_some() {
+                    let b = ins[1];
+                    y.par_chunks_mut(b.len()).for_each(|row| {
+                        for (o, &v) in row.iter_mut().zip(b) {
+                            *o += v;
+                        }
+                    });
+                }
+            }
+            Op::LayerNorm { x, eps, .. } => {
+                ops::layer_norm(ins[0], ins[1], ins[2], eps, x.cols(), y)
+            }
+            Op::Activation { kind, .. } => ops::activation(kind, ins[0], y),
+            Op::Add { a, .. } => ops::add(ins[0], ins[1], a.cols(), y),
+            Op::Softmax { x, mask, scale, .. } => {
+                ops::softmax(ins[0], mask.map(|_| ins[1]), scale, x.cols(), y)
+            }
+            Op::Attention {
+                q,
+                mask,
+                seqs,
+                heads,
+                ..
+            } => ops::attention(
+                ins[0],
+                ins[1],
+                ins[2],
+                mask.map(|_| ins[3]),
+                seqs,
+                heads,
+                q.cols(),
+                y,
+            ),
+            Op::TakeRows {
+                x, offset, step, ..
+            } => ops::take_rows(ins[0], offset, step, x.cols(), y),
+        }
+        Ok(())
     }
 }
 
@@ -145,13 +215,8 @@ impl Backend for CpuBackend {
 
     fn upload(&self, m: &QuantizedMatrix) -> Result<MatrixHandle, BackendError> {
         let bytes = m.storage_bytes().total() as u64;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.matrices
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert(id, Arc::new(m.clone()));
-        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.peak.fetch_max(live, Ordering::Relaxed);
+        let id = self.matrices.insert(m.clone())?;
+        self.mem.add(bytes);
         Ok(MatrixHandle::new(id, BackendKind::Cpu, m, bytes))
     }
 
@@ -165,38 +230,80 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
-    fn matmul(&self, h: &MatrixHandle, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
-        h.check_input(x, batch)?;
-        let m = self.get(h)?;
-        let mut y = vec![0.0f32; batch * m.rows()];
-        matmul_opts(KernelPath::selected(), self.gemv_act, &m, x, batch, &mut y)?;
-        Ok(y)
+    fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
+        self.matrices.remove(&h)?;
+        self.mem.sub(h.bytes());
+        Ok(())
     }
 
-    fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
-        let removed = self
-            .matrices
-            .lock()
-            .map_err(|_| poisoned())?
-            .remove(&h.id());
-        match removed {
-            Some(_) => {
-                self.live.fetch_sub(h.bytes(), Ordering::Relaxed);
-                Ok(())
-            }
-            None => Err(BackendError::Invalid(format!(
-                "unknown or freed matrix {}",
-                h.id()
-            ))),
+    fn tensor(
+        &self,
+        rows: usize,
+        cols: usize,
+        init: TensorInit<'_>,
+    ) -> Result<TensorHandle, BackendError> {
+        check_tensor_init(rows, cols, &init)?;
+        let n = rows * cols;
+        let data = match init {
+            TensorInit::Zeros => vec![0.0f32; n],
+            TensorInit::Poison => vec![f32::NAN; n],
+            TensorInit::Data(d) => d.to_vec(),
+        };
+        let id = self.tensors.insert(RwLock::new(data))?;
+        self.mem.add(4 * n as u64);
+        Ok(TensorHandle::new(id, BackendKind::Cpu, rows, cols))
+    }
+
+    fn write_tensor(&self, t: &TensorHandle, data: &[f32]) -> Result<(), BackendError> {
+        check_tensor_init(t.rows(), t.cols(), &TensorInit::Data(data))?;
+        let v = self.get_tensor(t)?;
+        v.write().map_err(|_| poisoned())?.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&self, t: &TensorHandle) -> Result<Vec<f32>, BackendError> {
+        let v = self.get_tensor(t)?;
+        let data = v.read().map_err(|_| poisoned())?.clone();
+        Ok(data)
+    }
+
+    fn free_tensor(&self, t: TensorHandle) -> Result<(), BackendError> {
+        self.tensors.remove(&t)?;
+        self.mem.sub(4 * t.len() as u64);
+        Ok(())
+    }
+
+    fn supports(&self, _op: &Op<'_>) -> bool {
+        true
+    }
+
+    fn run(&self, ops: &[Op<'_>]) -> Result<(), BackendError> {
+        check_ops(self, ops)?;
+        ops.iter().try_for_each(|op| self.run_op(op))
+    }
+
+    fn run_timed(&self, ops: &[Op<'_>]) -> Result<OpTimings, BackendError> {
+        check_ops(self, ops)?;
+        let start = Instant::now();
+        let mut per_op_s = Vec::with_capacity(ops.len());
+        for op in ops {
+            let t = Instant::now();
+            self.run_op(op)?;
+            per_op_s.push(t.elapsed().as_secs_f64());
         }
+        Ok(OpTimings {
+            per_op_s,
+            total_s: start.elapsed().as_secs_f64(),
+            source: TimingSource::WallClock,
+        })
     }
 
     fn memory(&self) -> MemoryReport {
         let mut sys = sysinfo::System::new();
         sys.refresh_memory();
         MemoryReport {
-            live_bytes: self.live.load(Ordering::Relaxed),
-            peak_bytes: self.peak.load(Ordering::Relaxed),
+            live_bytes: self.mem.live(),
+            peak_bytes: self.mem.peak(),
             reserved_bytes: None,
             device_used_bytes: Some(sys.used_memory()),
             device_total_bytes: Some(sys.total_memory()),

@@ -26,7 +26,6 @@ pub mod nvml;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
@@ -37,20 +36,19 @@ use cudarc::nvrtc::Ptx;
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-use super::params::{AssignParams, MatmulParams, QuantizeParams, FLAG_ACT_SCALE, FLAG_OUTLIERS};
+use super::params::{AssignParams, MatmulParams, QuantizeParams};
+use super::plan::{rtn_result, rtn_shape, x_stride, DenseStep, MatmulPlan};
+use super::table::{HandleTable, MemCounter};
 use super::{
     Backend, BackendError, BackendKind, Bandwidth, DeviceInfo, KernelTiming, LevelAssignment,
-    MatrixHandle, MemoryReport, RtnSpec, TimingSource,
+    MatrixHandle, MemoryReport, Op, OpTimings, RtnSpec, TensorHandle, TensorInit, TimingSource,
 };
-use crate::format::{FormatKind, Matrix, Packed, QuantizedMatrix, Q4, Q8};
+use crate::format::{FormatKind, Matrix, Packed, QuantizedMatrix};
 
 use nvml::{NvmlDevice, NvmlFacts};
 
 /// Environment variable choosing the CUDA device ordinal (default 0).
 pub const DEVICE_ENV: &str = "QUANTSCOPE_CUDA_DEVICE";
-
-/// Batches below this run the GEMV kernels, from it on the GEMM kernels.
-pub const GEMM_MIN_BATCH: usize = 8;
 
 // SAFETY: plain `#[repr(C)]` structs of u32 fields, the same layout as the
 // structs of kernels/common.cuh that the kernels take by value.
@@ -89,6 +87,14 @@ fn drv(what: &'static str) -> impl Fn(DriverError) -> BackendError {
     move |e| device_error(format!("{what}: {e}"))
 }
 
+/// The answer of the tensor verbs until the CUDA forward-pass kernels land.
+fn no_tensor_ops() -> BackendError {
+    BackendError::Unsupported {
+        backend: BackendKind::Cuda,
+        what: "device tensors (forward-pass ops)".into(),
+    }
+}
+
 fn poisoned() -> BackendError {
     device_error("internal lock poisoned by an earlier panic".into())
 }
@@ -98,23 +104,6 @@ fn to_u32(v: usize, what: &str) -> Result<u32, BackendError> {
         backend: BackendKind::Cuda,
         what: format!("{what} = {v} (kernels index with 32-bit integers)"),
     })
-}
-
-/// Live and peak bytes of every device buffer the backend holds.
-#[derive(Default)]
-struct MemCounter {
-    live: AtomicU64,
-    peak: AtomicU64,
-}
-
-impl MemCounter {
-    fn add(&self, bytes: u64) {
-        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.peak.fetch_max(live, Ordering::Relaxed);
-    }
-    fn sub(&self, bytes: u64) {
-        self.live.fetch_sub(bytes, Ordering::Relaxed);
-    }
 }
 
 /// A device buffer whose bytes are counted while it lives.
@@ -174,11 +163,6 @@ pub fn gemv_rows_per_warp(kind: FormatKind) -> u32 {
     }
 }
 
-/// Row stride (floats) of X as the GEMV / GEMM kernels read it.
-fn x_stride(cols: usize) -> usize {
-    cols.div_ceil(32) * 32
-}
-
 /// 1-D launch of `n` work items, 256 threads per block, grid-stride beyond
 /// `max_blocks` blocks.
 fn grid_stride(n: u64, max_blocks: u32) -> LaunchConfig {
@@ -200,8 +184,7 @@ pub struct CudaBackend {
     multiprocessors: u32,
     nvml: NvmlDevice,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    matrices: Mutex<HashMap<u64, Arc<DeviceMatrix>>>,
-    next_id: AtomicU64,
+    matrices: HandleTable<DeviceMatrix>,
     mem: Arc<MemCounter>,
 }
 
@@ -325,8 +308,7 @@ impl CudaBackend {
             multiprocessors,
             nvml,
             modules: Mutex::new(HashMap::new()),
-            matrices: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            matrices: HandleTable::new(BackendKind::Cuda),
             mem: Arc::new(MemCounter::default()),
         })
     }
@@ -573,7 +555,7 @@ impl CudaBackend {
     }
 
     fn get(&self, h: &MatrixHandle) -> Result<Arc<DeviceMatrix>, BackendError> {
-        super::lookup_handle(&self.matrices, h, BackendKind::Cuda)
+        self.matrices.get(h)
     }
 
     // ---- launches ---------------------------------------------------------
@@ -592,7 +574,8 @@ impl CudaBackend {
         let mut p = m.params;
         p.batch = to_u32(batch, "batch")?;
         let xs = x_stride(m.cols()) as u64;
-        let input: &Buf<f32> = if p.flags & FLAG_ACT_SCALE != 0 {
+        let plan = MatmulPlan::new(&p, batch, false);
+        let input: &Buf<f32> = if plan.scale_input {
             let Some(xo) = scaled else {
                 return Err(BackendError::Invalid(
                     "internal: no scratch buffer for the activation scale".into(),
@@ -613,7 +596,7 @@ impl CudaBackend {
         } else {
             x
         };
-        let (entry, cfg) = if batch < GEMM_MIN_BATCH {
+        let (entry, cfg) = if plan.dense != DenseStep::Gemm {
             (
                 format!("gemv_{}", m.kind.name()),
                 LaunchConfig {
@@ -639,10 +622,10 @@ impl CudaBackend {
                 },
             )
         };
-        let stem = if batch < GEMM_MIN_BATCH {
-            "gemv"
-        } else {
+        let stem = if plan.dense == DenseStep::Gemm {
             "gemm"
+        } else {
+            "gemv"
         };
         let f = self.function(stem, &entry)?;
         let mut b = self.stream.launch_builder(&f);
@@ -659,7 +642,7 @@ impl CudaBackend {
         // kernels/common.cuh for these params (checked at upload), y holds
         // batch * rows floats.
         unsafe { b.launch(cfg) }.map_err(|e| device_error(format!("launch {entry}: {e}")))?;
-        if p.flags & FLAG_OUTLIERS != 0 {
+        if plan.outliers {
             let f = self.function("sparse", "outliers_add")?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p)
@@ -944,11 +927,7 @@ impl Backend for CudaBackend {
             act_scale,
         };
         let bytes = dm.bytes();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.matrices
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert(id, Arc::new(dm));
+        let id = self.matrices.insert(dm)?;
         Ok(MatrixHandle::new(id, BackendKind::Cuda, m, bytes))
     }
 
@@ -982,7 +961,7 @@ impl Backend for CudaBackend {
         h.check_input(x, batch)?;
         let m = self.get(h)?;
         let xd = self.upload_input(x, batch, m.cols())?;
-        let mut scaled = if m.params.flags & FLAG_ACT_SCALE != 0 {
+        let mut scaled = if m.params.flags & super::params::FLAG_ACT_SCALE != 0 {
             Some(self.zeros::<f32>(batch * x_stride(m.cols()))?)
         } else {
             None
@@ -993,25 +972,41 @@ impl Backend for CudaBackend {
     }
 
     fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
-        if h.backend() != BackendKind::Cuda {
-            return Err(BackendError::Invalid(format!(
-                "handle belongs to the {} backend, not cuda",
-                h.backend()
-            )));
-        }
-        let removed = self
-            .matrices
-            .lock()
-            .map_err(|_| poisoned())?
-            .remove(&h.id());
-        match removed {
-            // Dropping the buffers frees them (stream-ordered) and uncounts them.
-            Some(_) => Ok(()),
-            None => Err(BackendError::Invalid(format!(
-                "unknown or freed matrix {}",
-                h.id()
-            ))),
-        }
+        // Dropping the buffers frees them (stream-ordered) and uncounts them.
+        self.matrices.remove(&h).map(drop)
+    }
+
+    fn tensor(
+        &self,
+        _rows: usize,
+        _cols: usize,
+        _init: TensorInit<'_>,
+    ) -> Result<TensorHandle, BackendError> {
+        Err(no_tensor_ops())
+    }
+
+    fn write_tensor(&self, _t: &TensorHandle, _data: &[f32]) -> Result<(), BackendError> {
+        Err(no_tensor_ops())
+    }
+
+    fn read(&self, _t: &TensorHandle) -> Result<Vec<f32>, BackendError> {
+        Err(no_tensor_ops())
+    }
+
+    fn free_tensor(&self, _t: TensorHandle) -> Result<(), BackendError> {
+        Err(no_tensor_ops())
+    }
+
+    fn supports(&self, _op: &Op<'_>) -> bool {
+        false
+    }
+
+    fn run(&self, _ops: &[Op<'_>]) -> Result<(), BackendError> {
+        Err(no_tensor_ops())
+    }
+
+    fn run_timed(&self, _ops: &[Op<'_>]) -> Result<OpTimings, BackendError> {
+        Err(no_tensor_ops())
     }
 
     fn memory(&self) -> MemoryReport {
@@ -1020,8 +1015,8 @@ impl Backend for CudaBackend {
             Err(_) => (None, None),
         };
         MemoryReport {
-            live_bytes: self.mem.live.load(Ordering::Relaxed),
-            peak_bytes: self.mem.peak.load(Ordering::Relaxed),
+            live_bytes: self.mem.live(),
+            peak_bytes: self.mem.peak(),
             reserved_bytes: self.pool_reserved_bytes(),
             device_used_bytes: free.zip(total).map(|(f, t)| t.saturating_sub(f)),
             device_total_bytes: total,
@@ -1029,31 +1024,9 @@ impl Backend for CudaBackend {
     }
 
     fn quantize(&self, w: &Matrix, spec: RtnSpec) -> Result<QuantizedMatrix, BackendError> {
-        let (entry, kind) = match spec.kind {
-            FormatKind::Q8 => ("quantize_q8", FormatKind::Q8),
-            FormatKind::Q4 => ("quantize_q4", FormatKind::Q4),
-            other => {
-                return Err(BackendError::Unsupported {
-                    backend: BackendKind::Cuda,
-                    what: format!("round-to-nearest quantization to {other}"),
-                })
-            }
-        };
-        let group = spec.group.validate()?;
-        let (rows, cols) = (w.rows(), w.cols());
-        let stride = kind.row_stride_bytes(cols);
-        let (glen, gpr) = (group.len(cols), group.groups_per_row(cols));
-        let groups = rows * gpr;
-        let p = QuantizeParams {
-            rows: to_u32(rows, "rows")?,
-            cols: to_u32(cols, "cols")?,
-            format: kind as u32,
-            row_stride_words: to_u32(stride / 4, "row stride")?,
-            group_len: to_u32(glen, "group length")?,
-            groups_per_row: to_u32(gpr, "groups per row")?,
-            _pad0: 0,
-            _pad1: 0,
-        };
+        let shape = rtn_shape(BackendKind::Cuda, w.rows(), w.cols(), spec)?;
+        let (rows, stride, groups) = (w.rows(), shape.stride_bytes, shape.groups);
+        let p = shape.params;
         let blocks = to_u32(groups.div_ceil(8), "quantize blocks")?;
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
@@ -1064,8 +1037,8 @@ impl Backend for CudaBackend {
         // Codes start zeroed: the kernels never write the row padding.
         let mut codes = self.zeros::<u32>(rows * stride / 4)?;
         let mut scales = self.zeros::<u16>(groups)?;
-        let f = self.function("quantize", entry)?;
-        let packed = if kind == FormatKind::Q8 {
+        let zeros = if spec.kind == FormatKind::Q8 {
+            let f = self.function("quantize", "quantize_q8")?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p)
                 .arg(&wd.slice)
@@ -1075,19 +1048,10 @@ impl Backend for CudaBackend {
             // u32* codes, u16* scales): w holds rows * cols floats, codes
             // rows * stride bytes, scales one per group.
             unsafe { b.launch(cfg) }.map_err(drv("launch quantize_q8"))?;
-            let words = self.download(&codes, rows * stride / 4)?;
-            let codes: Vec<i8> = words
-                .iter()
-                .flat_map(|w| w.to_le_bytes())
-                .map(|b| b as i8)
-                .collect();
-            let scales = self.download(&scales, groups)?;
-            Packed::Q8(Q8 {
-                scales: scales.into_iter().map(f16::from_bits).collect(),
-                codes,
-            })
+            Vec::new()
         } else {
             let mut zeros = self.zeros::<u8>(groups)?;
+            let f = self.function("quantize", "quantize_q4")?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p)
                 .arg(&wd.slice)
@@ -1097,16 +1061,20 @@ impl Backend for CudaBackend {
             // SAFETY: matches quantize_q4(QuantizeParams, const float* w,
             // u32* codes, u16* scales, u8* zeros), sizes as above.
             unsafe { b.launch(cfg) }.map_err(drv("launch quantize_q4"))?;
-            let codes = self.download(&codes, rows * stride / 4)?;
-            let scales = self.download(&scales, groups)?;
-            let zeros = self.download(&zeros, groups)?;
-            Packed::Q4(Q4 {
-                scales: scales.into_iter().map(f16::from_bits).collect(),
-                zeros,
-                codes,
-            })
+            self.download(&zeros, groups)?
         };
-        Ok(QuantizedMatrix::new(rows, cols, group, packed)?)
+        let words = self.download(&codes, rows * stride / 4)?;
+        let code_bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let scale_bits = self.download(&scales, groups)?;
+        rtn_result(
+            spec.kind,
+            rows,
+            w.cols(),
+            shape.group,
+            &code_bytes,
+            &scale_bits,
+            zeros,
+        )
     }
 
     fn assign_levels(
@@ -1139,7 +1107,7 @@ impl Backend for CudaBackend {
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
         let xd = self.upload_input(&x, batch, m.cols())?;
-        let mut scaled = if m.params.flags & FLAG_ACT_SCALE != 0 {
+        let mut scaled = if m.params.flags & super::params::FLAG_ACT_SCALE != 0 {
             Some(self.zeros::<f32>(batch * x_stride(m.cols()))?)
         } else {
             None

@@ -19,20 +19,21 @@
 
 mod shaders;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use half::f16;
 use rand::{Rng, SeedableRng};
 
-use super::params::{AssignParams, MatmulParams, QuantizeParams, FLAG_ACT_SCALE, FLAG_OUTLIERS};
+use super::params::{AssignParams, MatmulParams, FLAG_ACT_SCALE, FLAG_OUTLIERS};
+use super::plan::{rtn_result, rtn_shape, x_stride, DenseStep, MatmulPlan};
+use super::table::{HandleTable, MemCounter};
 use super::{
     Backend, BackendError, BackendKind, Bandwidth, DeviceInfo, KernelTiming, LevelAssignment,
-    MatrixHandle, MemoryReport, RtnSpec, TimingSource,
+    MatrixHandle, MemoryReport, Op, OpTimings, RtnSpec, TensorHandle, TensorInit, TimingSource,
 };
-use crate::format::{FormatKind, Matrix, Packed, QuantizedMatrix, Q4, Q8};
+use half::f16;
+
+use crate::format::{FormatKind, Matrix, Packed, QuantizedMatrix};
 use shaders::{Family, Pipelines};
 
 /// How long one wait for the device may take before it counts as lost.
@@ -41,9 +42,6 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bytes copied between timed runs to evict the weights from a GPU's
 /// last-level cache (H100/H200: 50 MiB of L2).
 const FLUSH_BYTES: u64 = 128 << 20;
-
-/// Batches below this use the GEMV kernels, from here the tiled GEMM.
-pub const GEMM_MIN_BATCH: usize = 8;
 
 const BACKEND: BackendKind = BackendKind::Wgpu;
 
@@ -124,23 +122,16 @@ pub(crate) struct Caps {
     timestamps_in_encoders: bool,
 }
 
-/// Bytes of live buffers, and the highest value seen.
-#[derive(Debug, Default)]
-struct Counters {
-    live: AtomicU64,
-    peak: AtomicU64,
-}
-
 /// A device buffer whose bytes are counted while it lives.
 struct Tracked {
     buf: wgpu::Buffer,
     size: u64,
-    counters: Arc<Counters>,
+    counters: Arc<MemCounter>,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.counters.live.fetch_sub(self.size, Ordering::Relaxed);
+        self.counters.sub(self.size);
         self.buf.destroy();
     }
 }
@@ -170,9 +161,8 @@ pub struct WgpuBackend {
     caps: Caps,
     limits: wgpu::Limits,
     pipelines: Pipelines,
-    matrices: Mutex<HashMap<u64, Arc<DeviceMatrix>>>,
-    next_id: AtomicU64,
-    counters: Arc<Counters>,
+    matrices: HandleTable<DeviceMatrix>,
+    counters: Arc<MemCounter>,
     lost: Arc<Mutex<Option<String>>>,
     errors: Arc<Mutex<Vec<String>>>,
     dummy: Tracked,
@@ -348,7 +338,7 @@ impl WgpuBackend {
             compute_capability: None,
             features: feature_names,
         };
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(MemCounter::default());
         let pipelines = Pipelines::new(&device);
         let dummy = Self::make_buffer(
             &device,
@@ -365,13 +355,20 @@ impl WgpuBackend {
             caps,
             limits,
             pipelines,
-            matrices: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            matrices: HandleTable::new(BACKEND),
             counters,
             lost,
             errors,
             dummy,
         })
+    }
+
+    /// The answer of the tensor verbs until the WGSL forward-pass kernels land.
+    fn no_tensor_ops(&self) -> BackendError {
+        BackendError::Unsupported {
+            backend: BACKEND,
+            what: "device tensors (forward-pass ops)".into(),
+        }
     }
 
     /// Whether the portable (core WGSL) kernels are in use for every optional feature.
@@ -384,7 +381,7 @@ impl WgpuBackend {
     fn make_buffer(
         device: &wgpu::Device,
         limits: &wgpu::Limits,
-        counters: &Arc<Counters>,
+        counters: &Arc<MemCounter>,
         what: &str,
         size: u64,
         usage: wgpu::BufferUsages,
@@ -417,8 +414,7 @@ impl WgpuBackend {
             usage,
             mapped_at_creation: false,
         });
-        let live = counters.live.fetch_add(size, Ordering::Relaxed) + size;
-        counters.peak.fetch_max(live, Ordering::Relaxed);
+        counters.add(size);
         Ok(Tracked {
             buf,
             size,
@@ -646,14 +642,14 @@ impl WgpuBackend {
         }
     }
 
-    fn run(&self, dispatches: &[Dispatch]) -> Result<(), BackendError> {
+    fn run_dispatches(&self, dispatches: &[Dispatch]) -> Result<(), BackendError> {
         let mut enc = self.encoder();
         Self::record(&mut enc, dispatches, None);
         self.submit(enc)
     }
 
     fn get(&self, h: &MatrixHandle) -> Result<Arc<DeviceMatrix>, BackendError> {
-        super::lookup_handle(&self.matrices, h, BACKEND)
+        self.matrices.get(h)
     }
 
     /// The storage bindings 1..=6 of a matrix kernel.
@@ -686,15 +682,16 @@ impl WgpuBackend {
         params.batch = batch as u32;
         let uniform = self.uniform("matmul params", &params)?;
         let xs = x_stride(params.cols as usize);
+        let plan = MatmulPlan::new(&params, batch, self.caps.packed);
         let mut dispatches = Vec::new();
         let mut keep = Vec::new();
-        let scaled = match m.act {
-            Some(_) => Some(self.buffer(
+        let scaled = match plan.scale_input {
+            true => Some(self.buffer(
                 "scaled input",
                 (batch * xs * 4) as u64,
                 wgpu::BufferUsages::STORAGE,
             )?),
-            None => None,
+            false => None,
         };
         if let Some(scaled) = &scaled {
             let n = (batch * xs).div_ceil(256) as u32;
@@ -709,7 +706,7 @@ impl WgpuBackend {
         let input = scaled.as_ref().map(|b| &b.buf).unwrap_or(&x.buf);
         let bindings = self.matrix_bindings(m, input, &y.buf);
         let kind = m.kind;
-        if batch < GEMM_MIN_BATCH && kind == FormatKind::Q8 && self.caps.packed {
+        if plan.dense == DenseStep::GemvDp4 {
             // X to int8 blocks, then integer dot products (gemv_dp4.wgsl).
             let nblk = batch * xs / 16;
             let xq = self.buffer(
@@ -734,7 +731,7 @@ impl WgpuBackend {
                 self.groups_1d(params.rows),
             )?);
             keep.push(xq);
-        } else if batch < GEMM_MIN_BATCH {
+        } else if plan.dense == DenseStep::Gemv {
             dispatches.push(self.dispatch_with(
                 Family::Gemv,
                 gemv_entry(kind),
@@ -764,7 +761,7 @@ impl WgpuBackend {
                 (gx, gy, 1),
             )?);
         }
-        if m.csr.is_some() {
+        if plan.outliers {
             let n = (batch * params.rows as usize).div_ceil(256) as u32;
             dispatches.push(self.dispatch(
                 Family::Sparse,
@@ -828,7 +825,7 @@ impl WgpuBackend {
         };
         // Warm-up: first use compiles, caches fill.
         for _ in 0..2 {
-            self.run(dispatches)?;
+            self.run_dispatches(dispatches)?;
         }
         self.wait()?;
         if self.caps.timestamps {
@@ -868,7 +865,7 @@ impl WgpuBackend {
             self.submit(enc)?;
             self.wait()?;
             let t = Instant::now();
-            self.run(dispatches)?;
+            self.run_dispatches(dispatches)?;
             self.wait()?;
             samples.push(t.elapsed().as_secs_f64());
         }
@@ -877,11 +874,6 @@ impl WgpuBackend {
             source: TimingSource::WallClock,
         })
     }
-}
-
-/// Row stride of the device copy of X, in f32.
-fn x_stride(cols: usize) -> usize {
-    cols.div_ceil(32) * 32
 }
 
 fn gemv_entry(kind: FormatKind) -> &'static str {
@@ -1002,11 +994,7 @@ impl Backend for WgpuBackend {
             csr,
             act,
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.matrices
-            .lock()
-            .map_err(|_| device_error("matrix table lock poisoned".into()))?
-            .insert(id, Arc::new(dm));
+        let id = self.matrices.insert(dm)?;
         Ok(MatrixHandle::new(id, BACKEND, m, bytes))
     }
 
@@ -1029,7 +1017,7 @@ impl Backend for WgpuBackend {
             &self.matrix_bindings(&m, &self.dummy.buf, &y.buf),
             self.groups_1d(m.params.rows),
         )?;
-        self.run(&[d])?;
+        self.run_dispatches(&[d])?;
         self.read_f32(&y, n)
     }
 
@@ -1047,36 +1035,52 @@ impl Backend for WgpuBackend {
         )?;
         self.poison(&y);
         let (dispatches, _keep) = self.matmul_plan(&m, &xb, &y, batch)?;
-        self.run(&dispatches)?;
+        self.run_dispatches(&dispatches)?;
         self.read_f32(&y, n)
     }
 
     fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
-        if h.backend() != BACKEND {
-            return Err(BackendError::Invalid(format!(
-                "handle belongs to the {} backend, not wgpu",
-                h.backend()
-            )));
-        }
-        let removed = self
-            .matrices
-            .lock()
-            .map_err(|_| device_error("matrix table lock poisoned".into()))?
-            .remove(&h.id());
-        match removed {
-            Some(_) => Ok(()),
-            None => Err(BackendError::Invalid(format!(
-                "unknown or freed matrix {}",
-                h.id()
-            ))),
-        }
+        self.matrices.remove(&h).map(drop)
+    }
+
+    fn tensor(
+        &self,
+        _rows: usize,
+        _cols: usize,
+        _init: TensorInit<'_>,
+    ) -> Result<TensorHandle, BackendError> {
+        Err(self.no_tensor_ops())
+    }
+
+    fn write_tensor(&self, _t: &TensorHandle, _data: &[f32]) -> Result<(), BackendError> {
+        Err(self.no_tensor_ops())
+    }
+
+    fn read(&self, _t: &TensorHandle) -> Result<Vec<f32>, BackendError> {
+        Err(self.no_tensor_ops())
+    }
+
+    fn free_tensor(&self, _t: TensorHandle) -> Result<(), BackendError> {
+        Err(self.no_tensor_ops())
+    }
+
+    fn supports(&self, _op: &Op<'_>) -> bool {
+        false
+    }
+
+    fn run(&self, _ops: &[Op<'_>]) -> Result<(), BackendError> {
+        Err(self.no_tensor_ops())
+    }
+
+    fn run_timed(&self, _ops: &[Op<'_>]) -> Result<OpTimings, BackendError> {
+        Err(self.no_tensor_ops())
     }
 
     fn memory(&self) -> MemoryReport {
         let report = self.device.generate_allocator_report();
         MemoryReport {
-            live_bytes: self.counters.live.load(Ordering::Relaxed),
-            peak_bytes: self.counters.peak.load(Ordering::Relaxed),
+            live_bytes: self.counters.live(),
+            peak_bytes: self.counters.peak(),
             reserved_bytes: report.as_ref().map(|r| r.total_reserved_bytes),
             device_used_bytes: report.as_ref().map(|r| r.total_allocated_bytes),
             device_total_bytes: None,
@@ -1084,26 +1088,12 @@ impl Backend for WgpuBackend {
     }
 
     fn quantize(&self, w: &Matrix, spec: RtnSpec) -> Result<QuantizedMatrix, BackendError> {
+        let shape = rtn_shape(BACKEND, w.rows(), w.cols(), spec)?;
         let entry = match spec.kind {
             FormatKind::Q8 => "quantize_q8",
-            FormatKind::Q4 => "quantize_q4",
-            other => {
-                return Err(BackendError::Unsupported {
-                    backend: BACKEND,
-                    what: format!("round-to-nearest quantization to {other}"),
-                })
-            }
+            _ => "quantize_q4",
         };
-        let group = spec.group.validate()?;
-        let (rows, cols) = (w.rows(), w.cols());
-        let stride = spec.kind.row_stride_bytes(cols);
-        let (glen, gpr) = (group.len(cols), group.groups_per_row(cols));
-        let groups = rows * gpr;
-        if groups > u32::MAX as usize || rows * cols > u32::MAX as usize {
-            return Err(BackendError::Invalid(format!(
-                "{rows}x{cols} is too large for 32-bit indexing"
-            )));
-        }
+        let (rows, stride, groups) = (w.rows(), shape.stride_bytes, shape.groups);
         let src = self.storage_with(
             "quantize input",
             bytemuck::cast_slice(w.data()),
@@ -1113,17 +1103,7 @@ impl Backend for WgpuBackend {
         let codes = self.buffer("quantized codes", (rows * stride) as u64, rw)?;
         let scales = self.buffer("quantized scales", (groups * 4) as u64, rw)?;
         let zeros = self.buffer("quantized zeros", (groups * 4) as u64, rw)?;
-        let params = QuantizeParams {
-            rows: rows as u32,
-            cols: cols as u32,
-            format: spec.kind as u32,
-            row_stride_words: (stride / 4) as u32,
-            group_len: glen as u32,
-            groups_per_row: gpr as u32,
-            _pad0: 0,
-            _pad1: 0,
-        };
-        let uniform = self.uniform("quantize params", &params)?;
+        let uniform = self.uniform("quantize params", &shape.params)?;
         let d = self.dispatch(
             Family::Quantize,
             entry,
@@ -1131,31 +1111,31 @@ impl Backend for WgpuBackend {
             &[&src.buf, &codes.buf, &scales.buf, &zeros.buf],
             self.groups_1d(groups as u32),
         )?;
-        self.run(&[d])?;
+        self.run_dispatches(&[d])?;
         let code_bytes = self.read_back(&codes, (rows * stride) as u64)?;
-        let scale_bits = self.read_u32(&scales, groups)?;
-        let scales: Vec<f16> = scale_bits
+        // Scales and zero points are written one per u32 word.
+        let scale_bits: Vec<u16> = self
+            .read_u32(&scales, groups)?
             .iter()
-            .map(|&b| f16::from_bits(b as u16))
+            .map(|&b| b as u16)
             .collect();
-        let packed = if spec.kind == FormatKind::Q8 {
-            Packed::Q8(Q8 {
-                scales,
-                codes: bytemuck::cast_slice(&code_bytes).to_vec(),
-            })
-        } else {
-            let zeros: Vec<u8> = self
-                .read_u32(&zeros, groups)?
+        let zeros: Vec<u8> = if spec.kind == FormatKind::Q4 {
+            self.read_u32(&zeros, groups)?
                 .iter()
                 .map(|&z| z as u8)
-                .collect();
-            Packed::Q4(Q4 {
-                scales,
-                zeros,
-                codes: bytemuck::pod_collect_to_vec(&code_bytes),
-            })
+                .collect()
+        } else {
+            Vec::new()
         };
-        Ok(QuantizedMatrix::new(rows, cols, group, packed)?)
+        rtn_result(
+            spec.kind,
+            rows,
+            w.cols(),
+            shape.group,
+            &code_bytes,
+            &scale_bits,
+            zeros,
+        )
     }
 
     fn assign_levels(
@@ -1218,7 +1198,7 @@ impl Backend for WgpuBackend {
             &bind,
             self.groups_1d(blocks as u32),
         )?;
-        self.run(&[d0, d1, d2])?;
+        self.run_dispatches(&[d0, d1, d2])?;
         let part_sums = self.read_f32(&sums, blocks * k)?;
         let part_counts = self.read_u32(&counts, blocks * k)?;
         let mut out_sums = vec![0.0f64; k];
