@@ -92,3 +92,61 @@ pub struct AssignParams {
     /// Unused, keeps the block 16-byte aligned.
     pub _pad0: u32,
 }
+
+/// `OpParams::kind` of an activation: GELU (erf form).
+pub const ACT_GELU: u32 = 0;
+/// `OpParams::kind` of an activation: quick-GELU.
+pub const ACT_QUICK_GELU: u32 = 1;
+
+/// Parameters of the row-wise and elementwise forward-pass kernels
+/// (`shaders/ops.wgsl`, `kernels/ops.cu`: `layer_norm`, `gelu`,
+/// `quick_gelu`, `add`, `bias_add`, `softmax`, `take_rows`). Device tensors
+/// are stored as `rows x stride` floats, `stride = x_stride(cols)`, the
+/// padding zero and never written by a kernel.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+pub struct OpParams {
+    /// Rows of the output.
+    pub rows: u32,
+    /// Valid columns of every operand.
+    pub cols: u32,
+    /// Row stride in floats of every operand (`x_stride(cols)`).
+    pub stride: u32,
+    /// `add`: rows of `b` (broadcast, row `r % aux_rows`); `softmax`: rows
+    /// of `x` per mask row (0: no mask); `take_rows`: the row step.
+    pub aux_rows: u32,
+    /// `take_rows`: the first row taken.
+    pub offset: u32,
+    /// `gelu` / `quick_gelu`: [`ACT_GELU`] or [`ACT_QUICK_GELU`] (for a
+    /// kernel that serves both).
+    pub kind: u32,
+    /// `layer_norm`: epsilon; `softmax`: the scale applied to the scores.
+    pub eps_or_scale: f32,
+    /// Unused, keeps the block 16-byte aligned.
+    pub _pad0: u32,
+}
+
+/// Parameters of the fused `attention` kernel (`shaders/ops.wgsl`,
+/// `kernels/ops.cu`): `seqs` sequences of `seq_len` rows, `heads` heads of
+/// `head_dim` columns; q, k, v, y rows of `stride` floats; the mask (when
+/// `has_mask` is 1) has one row of `x_stride(seq_len)` floats per sequence.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+pub struct AttentionParams {
+    /// Sequences in the batch.
+    pub seqs: u32,
+    /// Rows (tokens) per sequence.
+    pub seq_len: u32,
+    /// Heads.
+    pub heads: u32,
+    /// Columns per head.
+    pub head_dim: u32,
+    /// Row stride of q, k, v and y in floats (`x_stride(heads * head_dim)`).
+    pub stride: u32,
+    /// 1 when a key mask is bound.
+    pub has_mask: u32,
+    /// `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// Unused, keeps the block 16-byte aligned.
+    pub _pad0: u32,
+}
