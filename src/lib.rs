@@ -10,8 +10,10 @@
 //! - [`vector`]: the vector quantization study (`quantscope vector`).
 #![warn(missing_docs)]
 
+pub mod analyze;
 pub mod backend;
 pub mod format;
+pub mod hardware;
 pub mod io;
 pub mod metrics;
 pub mod quant;

@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// List the compiled-in backends, whether each can run here, and its device.
     Devices(cli::devices::Args),
+    /// The hardware profile: CPU, RAM, NVIDIA GPUs (NVML), wgpu adapters and
+    /// their features, and which backends open here.
+    Hardware(cli::hardware::Args),
     /// Time one format's matmul kernel on a backend against the device's
     /// measured bandwidth and FMA rate.
     Profile(cli::profile::Args),
@@ -33,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(a) => cli::devices::run(a),
+        Command::Hardware(a) => cli::hardware::run(a),
         Command::Profile(a) => cli::profile::run(a),
         Command::Quantize(a) => cli::quantize::run(a),
         Command::Vector(a) => cli::vector::run(a),
