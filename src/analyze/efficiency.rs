@@ -16,7 +16,9 @@ use super::schema::{Efficiency, ParetoFronts, Priority, Scores, StrategyResult};
 /// Min-max normalization of `v` within `[lo, hi]`, `higher_better` or not.
 fn normalize(v: f64, lo: f64, hi: f64, higher_better: bool) -> f64 {
     let range = hi - lo;
-    if !(range > 1e-15 * hi.abs().max(lo.abs()).max(1e-300)) {
+    // A flat (or NaN) range says nothing: everyone gets 1.
+    let flat = range.is_nan() || range <= 1e-15 * hi.abs().max(lo.abs()).max(1e-300);
+    if flat {
         return 1.0;
     }
     let n = (v - lo) / range;

@@ -37,7 +37,7 @@ fn neighbours(rows: &[&[f32]], i: usize, k: usize) -> Vec<usize> {
 /// Mean overlap of the top-`k` neighbour sets, quantized vs reference
 /// (`k` capped at `n - 1`); `None` with fewer than 3 inputs.
 pub fn topk_agreement(reference: &[f32], got: &[f32], n: usize, k: usize) -> Option<f64> {
-    if n < 3 || reference.len() != got.len() || reference.len() % n != 0 {
+    if n < 3 || reference.len() != got.len() || !reference.len().is_multiple_of(n) {
         return None;
     }
     let dim = reference.len() / n;

@@ -36,7 +36,7 @@ fn violation(r: &StrategyResult, c: &Constraints) -> Option<String> {
         }
     }
     if let Some(min) = c.min_accuracy {
-        if !(r.accuracy >= min) {
+        if !meets(r.accuracy, min) {
             return Some(format!(
                 "retention {:.5} is below --min-accuracy {min}",
                 r.accuracy
@@ -44,6 +44,11 @@ fn violation(r: &StrategyResult, c: &Constraints) -> Option<String> {
         }
     }
     None
+}
+
+/// `accuracy >= min`, false for NaN.
+fn meets(accuracy: f64, min: f64) -> bool {
+    accuracy.partial_cmp(&min).is_some_and(|o| o != Ordering::Less)
 }
 
 fn gb(bytes: u64) -> String {
@@ -205,7 +210,7 @@ pub fn recommend(
     if let Some(min) = c.min_accuracy {
         let below: Vec<String> = results
             .iter()
-            .filter(|r| !(r.accuracy >= min))
+            .filter(|r| !meets(r.accuracy, min))
             .map(|r| format!("{} on {} ({:.5})", r.strategy, r.backend, r.accuracy))
             .collect();
         if !below.is_empty() {
@@ -282,7 +287,7 @@ fn binding(results: &[StrategyResult], c: &Constraints) -> String {
             pool
         };
         if let Some(r) = pool.iter().max_by(|a, b| a.accuracy.total_cmp(&b.accuracy)) {
-            if !(r.accuracy >= min) {
+            if !meets(r.accuracy, min) {
                 parts.push(format!(
                     "--min-accuracy binds: the most accurate{} pair, {} on {}, retains {:.5}, \
                      {:.5} below {min}",
