@@ -48,7 +48,9 @@ fn violation(r: &StrategyResult, c: &Constraints) -> Option<String> {
 
 /// `accuracy >= min`, false for NaN.
 fn meets(accuracy: f64, min: f64) -> bool {
-    accuracy.partial_cmp(&min).is_some_and(|o| o != Ordering::Less)
+    accuracy
+        .partial_cmp(&min)
+        .is_some_and(|o| o != Ordering::Less)
 }
 
 fn gb(bytes: u64) -> String {
