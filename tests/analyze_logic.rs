@@ -53,6 +53,7 @@ fn result(strategy: &str, backend: BackendKind, acc: f64, bytes: u64, t: f64) ->
         efficiency: Efficiency::default(),
         timeline: MemoryTimeline::default(),
         warnings: vec![],
+        output_digest: String::new(),
     }
 }
 

@@ -308,6 +308,11 @@ pub struct StrategyResult {
     pub timeline: MemoryTimeline,
     /// What to know about this result.
     pub warnings: Vec<String>,
+    /// FNV-1a 64 of the pooled outputs' bits over the evaluation inputs (first
+    /// timed pass): a re-run or an exported model on the same backend must
+    /// give the same digest.
+    #[serde(default)]
+    pub output_digest: String,
 }
 
 impl StrategyResult {
