@@ -229,31 +229,44 @@ fn softmax(lane: Lane) {
 // ---- attention -----------------------------------------------------------------
 //
 // Fused multi-head attention: one workgroup per (query tile of TQ = 8
-// queries, head, sequence), dispatch (ceil(S / 8), heads, seqs). Per workgroup:
-// 1. the tile's queries (TQ x d) go to workgroup memory;
-// 2. scores: one invocation per key computes that key's dot products with all
-//    TQ queries at once (each key value is loaded once per workgroup, the
-//    queries are broadcast reads), scaled, into a TQ x S_MAX score tile in
-//    workgroup memory;
-// 3. softmax of each of the TQ score rows by 32 invocations (max, exp, sum,
-//    normalize; masked keys get exactly 0, a query with every key masked gets
-//    zeros);
-// 4. P·V: invocation (query i = lid / 32, column c = lid % 32 + 32 k) sums
-//    p_ij · v_j[c] over the keys, consecutive invocations reading consecutive
-//    columns of a value row.
-// Limits: S <= S_MAX = 512 keys, d <= D_MAX = 128; 21 KiB of workgroup memory
-// (the host's `supports` checks the device limit).
+// queries, head, sequence), dispatch (ceil(S / 8), heads, seqs). The scores
+// never leave workgroup memory. Per workgroup:
+// 1. the tile's queries go to workgroup memory, column-major ([c][i]: the 8
+//    queries' values of one column are two vec4);
+// 2. scores: one invocation per key takes the dot products of that key with
+//    all 8 queries at once (each key value loaded once per workgroup, two
+//    vec4 multiply-adds per load), scaled, into the score tile [j][i];
+// 3. softmax of each score row by 32 invocations (max, exp, sum, normalize;
+//    masked keys get exactly 0, a query with every key masked gets zeros);
+// 4. P·V register-tiled: invocation (column c = lid % 64 (+ 64), key split
+//    lid / 64) accumulates all 8 queries for its columns over the keys
+//    j = split (mod 4): one value load and two vec4 score loads per 8
+//    multiply-adds, a subgroup's loads one contiguous run of a value row;
+//    the 4 splits' partials (in the score tile's memory, no longer needed)
+//    are summed in a fixed order and written.
+// Limits: S <= S_MAX = 512 keys, d <= D_MAX = 128 columns per head; 21 KiB
+// of workgroup memory (the host's `supports` checks the device limit).
 
 const TQ: u32 = 8u;
 const S_MAX: u32 = 512u;
 const D_MAX: u32 = 128u;
+const SPLITS: u32 = 4u;
 
-var<workgroup> att_p: array<f32, 4096>; // [query][key], TQ x S_MAX
-var<workgroup> att_q: array<f32, 1024>; // [query][column], TQ x D_MAX
+var<workgroup> att_p: array<vec4<f32>, 1024>; // scores [key][query] (TQ / 4 vec4 per key); later the P·V partials
+var<workgroup> att_q: array<vec4<f32>, 256>; // queries [column][query]
 var<workgroup> att_red: array<f32, WG_SIZE>;
 
 fn key_kept(mbase: u32, j: u32) -> bool {
     return ap.has_mask == 0u || t4[mbase + j] > 0.5;
+}
+
+// Score of key j for query i (a scalar view of the vec4 tile).
+fn score_at(j: u32, i: u32) -> f32 {
+    return att_p[2u * j + (i >> 2u)][i & 3u];
+}
+
+fn set_score(j: u32, i: u32, v: f32) {
+    att_p[2u * j + (i >> 2u)][i & 3u] = v;
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -275,34 +288,32 @@ fn attention(lane: Lane) {
         if i < nq {
             v = t1[(row0 + i0 + i) * st + col0 + c];
         }
-        att_q[i * D_MAX + c] = v;
+        att_q[2u * c + (i >> 2u)][i & 3u] = v;
     }
     workgroupBarrier();
 
-    // 2. Scores, one key per invocation.
+    // 2. Scores, one key per invocation, all 8 queries.
     for (var j = lane.lid; j < s_len; j += WG_SIZE) {
-        var acc: array<f32, TQ>;
+        var a0 = vec4<f32>(0.0);
+        var a1 = vec4<f32>(0.0);
         let kb = (row0 + j) * st + col0;
         for (var c = 0u; c < d; c++) {
             let kv = t2[kb + c];
-            for (var i = 0u; i < TQ; i++) {
-                acc[i] += att_q[i * D_MAX + c] * kv;
-            }
+            a0 += att_q[2u * c] * kv;
+            a1 += att_q[2u * c + 1u] * kv;
         }
-        for (var i = 0u; i < TQ; i++) {
-            att_p[i * S_MAX + j] = ap.scale * acc[i];
-        }
+        att_p[2u * j] = ap.scale * a0;
+        att_p[2u * j + 1u] = ap.scale * a1;
     }
     workgroupBarrier();
 
-    // 3. Softmax of row i by the 32 invocations lid / 32 == i.
+    // 3. Softmax of query i's scores by the 32 invocations lid / 32 == i.
     let i = lane.lid / 32u;
     let l = lane.lid % 32u;
-    let prow = i * S_MAX;
     var m = NEG_MAX;
     for (var j = l; j < s_len; j += 32u) {
         if key_kept(mbase, j) {
-            m = max(m, att_p[prow + j]);
+            m = max(m, score_at(j, i));
         }
     }
     att_red[lane.lid] = m;
@@ -316,9 +327,9 @@ fn attention(lane: Lane) {
     for (var j = l; j < s_len; j += 32u) {
         var e = 0.0;
         if key_kept(mbase, j) {
-            e = exp(att_p[prow + j] - mx);
+            e = exp(score_at(j, i) - mx);
         }
-        att_p[prow + j] = e;
+        set_score(j, i, e);
         s += e;
     }
     att_red[lane.lid] = s;
@@ -331,19 +342,54 @@ fn attention(lane: Lane) {
     let inv = 1.0 / total;
     for (var j = l; j < s_len; j += 32u) {
         if key_kept(mbase, j) {
-            att_p[prow + j] = att_p[prow + j] * inv;
+            set_score(j, i, score_at(j, i) * inv);
         }
     }
     workgroupBarrier();
 
-    // 4. P·V: query i, columns l, l + 32, ...
-    for (var c = l; c < d; c += 32u) {
-        var acc = 0.0;
-        for (var j = 0u; j < s_len; j++) {
-            acc += att_p[prow + j] * t3[(row0 + j) * st + col0 + c];
+    // 4. P·V: columns cl and cl + 64, keys j = split (mod SPLITS), 8 queries.
+    let cl = lane.lid % 64u;
+    let split = lane.lid / 64u;
+    var lo0 = vec4<f32>(0.0);
+    var lo1 = vec4<f32>(0.0);
+    var hi0 = vec4<f32>(0.0);
+    var hi1 = vec4<f32>(0.0);
+    for (var j = split; j < s_len; j += SPLITS) {
+        let p0 = att_p[2u * j];
+        let p1 = att_p[2u * j + 1u];
+        let vb = (row0 + j) * st + col0;
+        if cl < d {
+            let v = t3[vb + cl];
+            lo0 += p0 * v;
+            lo1 += p1 * v;
         }
-        if i < nq {
-            y[(row0 + i0 + i) * st + col0 + c] = acc;
+        if cl + 64u < d {
+            let v = t3[vb + cl + 64u];
+            hi0 += p0 * v;
+            hi1 += p1 * v;
+        }
+    }
+    workgroupBarrier();
+    // Partials [split][query][column] (TQ x D_MAX floats per split = 256 vec4).
+    let part = split * (TQ * D_MAX);
+    for (var q = 0u; q < TQ; q++) {
+        let lo = select(lo1, lo0, q < 4u)[q & 3u];
+        let hi = select(hi1, hi0, q < 4u)[q & 3u];
+        let k = part + q * D_MAX + cl;
+        att_p[k >> 2u][k & 3u] = lo;
+        att_p[(k + 64u) >> 2u][(k + 64u) & 3u] = hi;
+    }
+    workgroupBarrier();
+    for (var e = lane.lid; e < TQ * d; e += WG_SIZE) {
+        let q = e / d;
+        let c = e % d;
+        var acc = 0.0;
+        for (var sp = 0u; sp < SPLITS; sp++) {
+            let k = sp * (TQ * D_MAX) + q * D_MAX + c;
+            acc += att_p[k >> 2u][k & 3u];
+        }
+        if q < nq {
+            y[(row0 + i0 + q) * st + col0 + c] = acc;
         }
     }
 }
