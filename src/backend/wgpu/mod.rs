@@ -11,11 +11,16 @@
 //!    subgroups, timestamps; `QUANTSCOPE_WGPU_PORTABLE=1` turns them off).
 //! 2. `upload` copies the packed parts into storage buffers laid out as
 //!    `shaders/matrix.wgsl` documents; every buffer is counted.
-//! 3. `matmul` pads X to rows of `round_up(cols, 32)`, then records one compute
-//!    pass: `scale_input` (activation scale), `gemv_*` (batch < 8) or `gemm_*`,
-//!    `outliers_add`; pipelines come from a cache compiled on first use.
-//! 4. The output is copied to a mappable buffer and read back; device errors,
-//!    validation errors and device loss come back as [`BackendError`].
+//! 3. `tensor` makes X a device tensor: rows padded to `round_up(cols, 32)`
+//!    floats, the padding zero (the provided `Backend::matmul` does this,
+//!    runs one `Op::Linear` and reads Y back).
+//! 4. `run` checks every op, then records all of their dispatches into one
+//!    compute pass: for a Linear `scale_input` (activation scale), `gemv_*`
+//!    (batch < 8) or `gemm_*`, `outliers_add`, `bias_add`, writing Y as a
+//!    padded tensor too; the other ops are `shaders/ops.wgsl`. Pipelines come
+//!    from a cache compiled on first use.
+//! 5. `read` copies the tensor to a mappable buffer, waits and unpads; device
+//!    errors, validation errors and device loss come back as [`BackendError`].
 
 mod shaders;
 
