@@ -9,9 +9,15 @@
 //
 // - f16:      `f16x2(word) -> vec2<f32>` decodes two IEEE halves (low half first).
 // - packed:   `i8x4(word) -> vec4<f32>` decodes four signed bytes (low byte first).
-// - subgroup: `struct Lane` (the entry-point builtins) and `row_sum8`, the
+// - lane:     `struct Lane`, the entry-point builtins (with the subgroup ones
+//             where the adapter has subgroups).
+// - subgroup: `row_sum8`, the
 //             workgroup-wide sum of up to 8 per-thread partials (result valid
 //             in invocation 0). Workgroups using it have WG_SIZE invocations.
+// - reduce:   `wg_sum(v, lane)` and `wg_max(v, lane)`, the workgroup-wide sum /
+//             max of one value per invocation, returned to every invocation
+//             (the same value in all; ops.wgsl). Needs the subgroup section's
+//             `Lane`; call from workgroup-uniform control flow.
 
 // ---- section: f16.native ----
 // Not `vec2<f32>(bitcast<vec2<f16>>(word))`: naga 30 types that size-changing
@@ -43,7 +49,7 @@ fn i8x4(word: u32) -> vec4<f32> {
     ));
 }
 
-// ---- section: subgroup.native ----
+// ---- section: lane.native ----
 struct Lane {
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -53,6 +59,14 @@ struct Lane {
     @builtin(num_subgroups) n_sg: u32,
 }
 
+// ---- section: lane.portable ----
+struct Lane {
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+}
+
+// ---- section: subgroup.native ----
 var<workgroup> row_sum_scratch: array<array<f32, 8>, WG_SIZE>;
 
 // subgroupAdd inside each subgroup, then one slot per subgroup in workgroup memory.
@@ -78,12 +92,6 @@ fn row_sum8(v: array<f32, 8>, lane: Lane) -> array<f32, 8> {
 }
 
 // ---- section: subgroup.portable ----
-struct Lane {
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-}
-
 var<workgroup> row_sum_scratch: array<array<f32, 8>, WG_SIZE>;
 
 // Tree reduction in workgroup memory (WG_SIZE is a power of two).
@@ -99,4 +107,70 @@ fn row_sum8(v: array<f32, 8>, lane: Lane) -> array<f32, 8> {
         workgroupBarrier();
     }
     return row_sum_scratch[0];
+}
+
+// ---- section: reduce.native ----
+var<workgroup> reduce_scratch: array<f32, WG_SIZE>;
+
+// One subgroup reduction, one slot per subgroup, then every invocation folds
+// the slots in the same order (so all get the same value).
+fn wg_sum(v: f32, lane: Lane) -> f32 {
+    let s = subgroupAdd(v);
+    if lane.sg_lane == 0u {
+        reduce_scratch[lane.sg_id] = s;
+    }
+    workgroupBarrier();
+    var t = 0.0;
+    for (var i = 0u; i < lane.n_sg; i++) {
+        t += reduce_scratch[i];
+    }
+    // Every invocation has read before a later call writes again.
+    workgroupBarrier();
+    return t;
+}
+
+fn wg_max(v: f32, lane: Lane) -> f32 {
+    let s = subgroupMax(v);
+    if lane.sg_lane == 0u {
+        reduce_scratch[lane.sg_id] = s;
+    }
+    workgroupBarrier();
+    var t = reduce_scratch[0];
+    for (var i = 1u; i < lane.n_sg; i++) {
+        t = max(t, reduce_scratch[i]);
+    }
+    workgroupBarrier();
+    return t;
+}
+
+// ---- section: reduce.portable ----
+var<workgroup> reduce_scratch: array<f32, WG_SIZE>;
+
+// Tree reduction in workgroup memory (WG_SIZE is a power of two).
+fn wg_sum(v: f32, lane: Lane) -> f32 {
+    reduce_scratch[lane.lid] = v;
+    workgroupBarrier();
+    for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+        if lane.lid < s {
+            reduce_scratch[lane.lid] += reduce_scratch[lane.lid + s];
+        }
+        workgroupBarrier();
+    }
+    let t = reduce_scratch[0];
+    workgroupBarrier();
+    return t;
+}
+
+fn wg_max(v: f32, lane: Lane) -> f32 {
+    reduce_scratch[lane.lid] = v;
+    workgroupBarrier();
+    for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+        if lane.lid < s {
+            reduce_scratch[lane.lid] = max(reduce_scratch[lane.lid], reduce_scratch[lane.lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let t = reduce_scratch[0];
+    workgroupBarrier();
+    return t;
 }

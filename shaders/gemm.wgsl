@@ -116,12 +116,13 @@ fn gemm_tile(fmt: u32, lane: Lane) {
         }
         workgroupBarrier();
     }
+    let ys = y_stride();
     for (var j = 0u; j < 4u; j++) {
         let b = b0 + ty + 16u * j;
         for (var i = 0u; i < 4u; i++) {
             let r = r0 + tx + 16u * i;
             if b < p.batch && r < p.rows {
-                y[b * p.rows + r] = acc[j][i];
+                y[b * ys + r] = acc[j][i];
             }
         }
     }

@@ -103,7 +103,7 @@ fn gemv_row(fmt: u32, lane: Lane) {
     let sums = row_sum8(acc, lane);
     if lane.lid == 0u {
         for (var b = 0u; b < nb; b++) {
-            y[b * p.rows + r] = sums[b];
+            y[b * y_stride() + r] = sums[b];
         }
     }
 }

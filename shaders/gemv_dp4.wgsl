@@ -17,7 +17,7 @@
 //   0 uniform p (MatmulParams), 1 w (vec4<u32>), 2 aux (scales as in matrix.wgsl),
 //   3 xq (u32, read by gemv_q8_dp4), 4 xf (f32, read by quantize_input_q8),
 //   5 unused, 6 out (u32, read_write: xq for quantize_input_q8, the f32 bits
-//   of Y for gemv_q8_dp4).
+//   of Y, rows of round_up(rows, 32), for gemv_q8_dp4).
 
 const WG_SIZE: u32 = 64u;
 
@@ -101,9 +101,11 @@ fn gemv_row(lane: Lane) {
         }
     }
     let sums = row_sum8(acc, lane);
+    // Y rows of round_up(rows, 32) floats: a device tensor, padding untouched.
+    let ys = (p.rows + 31u) & ~31u;
     if lane.lid == 0u {
         for (var b = 0u; b < nb; b++) {
-            out[b * p.rows + r] = bitcast<u32>(sums[b]);
+            out[b * ys + r] = bitcast<u32>(sums[b]);
         }
     }
 }

@@ -10,7 +10,8 @@
 //   3  storage  csr        outliers: [row_ptr rows+1 | col_idx nnz | values f16 pairs]
 //   4  storage  act        per-input-channel activation scale (cols f32)
 //   5  storage  x          input, `batch` rows of XS = round_up(cols, 32) f32, zero padded
-//   6  storage  y          output (read_write), `batch x rows` f32 (dequantize: rows x cols)
+//   6  storage  y          output (read_write), `batch` rows of YS = round_up(rows, 32) f32
+//                          (a device tensor; padding never written) (dequantize: rows x cols, unpadded)
 // Absent parts are bound to a small dummy buffer and never read (flags say).
 
 struct MatmulParams {
@@ -46,6 +47,12 @@ const FMT_LUT4: u32 = 5u;
 // packed chunk of the widest format reads zeros past `cols`).
 fn x_stride() -> u32 {
     return (p.cols + 31u) & ~31u;
+}
+
+// Row stride of the output Y in f32: Y is a device tensor of `rows` columns,
+// padded like X, so it feeds the next matmul as is.
+fn y_stride() -> u32 {
+    return (p.rows + 31u) & ~31u;
 }
 
 fn x_at(i: u32) -> f32 {

@@ -1,7 +1,8 @@
 // Sparse and per-channel parts of a matmul, run around gemv/gemm:
 //   scale_input:  X' = X ∘ act_scale (before the dense kernel; X' keeps the
 //                 padded layout, padding stays 0)
-//   outliers_add: Y[b][r] += Σ X'[b][col] · value over row r's outliers (after it)
+//   outliers_add: Y[b][r] += Σ X'[b][col] · value over row r's outliers (after it;
+//                 Y rows of y_stride(), as the dense kernels write them)
 // so that Y = (X ∘ act_scale) · (dense + outliers)ᵀ.
 //
 // Bindings: matrix.wgsl. scale_input reads x and act, writes y (= X').
@@ -39,5 +40,5 @@ fn outliers_add(lane: Lane) {
     for (var k = csr_begin(r); k < csr_begin(r + 1u); k++) {
         t += x_at(xrow + csr_col(k)) * csr_val(k);
     }
-    y[i] += t;
+    y[b * y_stride() + r] += t;
 }

@@ -243,8 +243,8 @@ fn cases() -> Vec<Case> {
             mask_rows: Some(2),
         });
     }
-    // Attention: one and several sequences, head sizes 32 and 64 and an odd
-    // one, masked and not; sequence lengths 1, 7, 77, 128.
+    // Attention: one and several sequences, head sizes 32, 64, 128 and an odd
+    // one, masked and not; sequence lengths 1, 7, 33, 77, 128, 257, 512.
     for &(seqs, s, heads, hidden) in &[
         (1usize, 1usize, 12usize, 384usize),
         (3, 7, 12, 384),
@@ -252,6 +252,10 @@ fn cases() -> Vec<Case> {
         (1, 128, 12, 384),
         (2, 7, 8, 1000),
         (1, 257, 16, 1024),
+        // The longest sequence the issue asks for, and the widest head the
+        // wgpu kernel's query tile holds (128).
+        (1, 512, 8, 512),
+        (2, 33, 2, 256),
     ] {
         for masked in [false, true] {
             v.push(Case::Attention {

@@ -212,3 +212,286 @@ fn q8_gemv_takes_the_packed_dot_product_path_where_available() {
     // int8 X blocks: a small, non-zero difference from the f32 path.
     assert!(err > 0.0 && err < 5e-4, "nmse {err:e}");
 }
+
+// ---- device tensors and forward-pass ops ----------------------------------
+
+use quantscope::backend::cpu::CpuBackend;
+use quantscope::backend::{x_stride, Activation, Op, TensorHandle, TensorInit};
+use quantscope::format::{pack_q8, QuantizedMatrix};
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            // xorshift64*: fresh, reproducible, non-zero values in [-1, 1).
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            ((s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+/// One encoder block's worth of ops chained in one `run` (outputs of one op
+/// are inputs of the next, so the padded layout is kept end to end): q/k/v
+/// projections with bias, attention, output projection, residual add, layer
+/// norm, MLP with GELU. Returns the final tensor's values.
+fn encoder_block(b: &dyn Backend, ws: &[QuantizedMatrix], seqs: usize, s: usize) -> Vec<f32> {
+    let (hidden, mlp, heads) = (ws[0].rows(), ws[4].rows(), 4);
+    let n = seqs * s;
+    let t = |rows, cols, seed| {
+        b.tensor(rows, cols, TensorInit::Data(&values(rows * cols, seed)))
+            .expect("tensor")
+    };
+    let out = |rows, cols| b.tensor(rows, cols, TensorInit::Poison).expect("tensor");
+    let x = t(n, hidden, 1);
+    let mut mask = vec![1.0f32; seqs * s];
+    mask[seqs * s - 2..].fill(0.0);
+    let mask = b.tensor(seqs, s, TensorInit::Data(&mask)).expect("mask");
+    let hs: Vec<_> = ws.iter().map(|m| b.upload(m).expect("upload")).collect();
+    let biases: Vec<TensorHandle> = ws
+        .iter()
+        .enumerate()
+        .map(|(i, m)| t(1, m.rows(), 10 + i as u64))
+        .collect();
+    let (gamma, beta) = (t(1, hidden, 20), t(1, hidden, 21));
+    let (q, k, v, a, o, r, ln, up, act, down) = (
+        out(n, hidden),
+        out(n, hidden),
+        out(n, hidden),
+        out(n, hidden),
+        out(n, hidden),
+        out(n, hidden),
+        out(n, hidden),
+        out(n, mlp),
+        out(n, mlp),
+        out(n, hidden),
+    );
+    let ops = [
+        Op::Linear {
+            x: &x,
+            w: &hs[0],
+            bias: Some(&biases[0]),
+            y: &q,
+        },
+        Op::Linear {
+            x: &x,
+            w: &hs[1],
+            bias: Some(&biases[1]),
+            y: &k,
+        },
+        Op::Linear {
+            x: &x,
+            w: &hs[2],
+            bias: Some(&biases[2]),
+            y: &v,
+        },
+        Op::Attention {
+            q: &q,
+            k: &k,
+            v: &v,
+            mask: Some(&mask),
+            seqs,
+            heads,
+            y: &a,
+        },
+        Op::Linear {
+            x: &a,
+            w: &hs[3],
+            bias: Some(&biases[3]),
+            y: &o,
+        },
+        Op::Add {
+            a: &o,
+            b: &x,
+            y: &r,
+        },
+        Op::LayerNorm {
+            x: &r,
+            gamma: &gamma,
+            beta: &beta,
+            eps: 1e-12,
+            y: &ln,
+        },
+        Op::Linear {
+            x: &ln,
+            w: &hs[4],
+            bias: Some(&biases[4]),
+            y: &up,
+        },
+        Op::Activation {
+            kind: Activation::Gelu,
+            x: &up,
+            y: &act,
+        },
+        Op::Linear {
+            x: &act,
+            w: &hs[5],
+            bias: None,
+            y: &down,
+        },
+    ];
+    b.run(&ops).expect("run");
+    let timed = b.run_timed(&ops).expect("run_timed");
+    assert_eq!(timed.per_op_s.len(), ops.len());
+    assert!(
+        timed.per_op_s.iter().all(|t| t.is_finite() && *t >= 0.0),
+        "{timed:?}"
+    );
+    let got = b.read(&down).expect("read");
+    for t in [x, mask, gamma, beta, q, k, v, a, o, r, ln, up, act, down]
+        .into_iter()
+        .chain(biases)
+    {
+        b.free_tensor(t).expect("free tensor");
+    }
+    for h in hs {
+        b.free(h).expect("free");
+    }
+    got
+}
+
+#[test]
+fn an_encoder_block_chained_in_one_run_matches_the_cpu() {
+    let Some(b) = open() else { return };
+    // Widths that are not multiples of 32 (the padded stride differs from
+    // cols everywhere), a sequence length that is not a multiple of the
+    // query tile, batch 2 x 37 = 74 rows (the GEMM path).
+    let (hidden, mlp) = (100, 150);
+    let shapes = [
+        (hidden, hidden),
+        (hidden, hidden),
+        (hidden, hidden),
+        (hidden, hidden),
+        (mlp, hidden),
+        (hidden, mlp),
+    ];
+    let ws: Vec<QuantizedMatrix> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(r, c))| {
+            let w = Matrix::from_vec(r, c, values(r * c, 100 + i as u64)).expect("shape");
+            pack_q8(&w, GroupSize::Cols(32)).expect("pack")
+        })
+        .collect();
+    for (seqs, s) in [(2, 37), (1, 3)] {
+        let want = encoder_block(&CpuBackend::exact(), &ws, seqs, s);
+        let got = encoder_block(&b, &ws, seqs, s);
+        assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
+        let e = quantscope::metrics::nmse(&want, &got);
+        assert!(e <= 5e-4, "{seqs}x{s}: NMSE vs CPU {e:.3e}");
+    }
+    assert_eq!(b.memory().live_bytes, 16, "only the dummy buffer is left");
+}
+
+#[test]
+fn op_timings_come_from_device_timestamps() {
+    let Some(b) = open() else { return };
+    let x = b
+        .tensor(5, 40, TensorInit::Data(&values(200, 3)))
+        .expect("tensor");
+    let (y, z) = (
+        b.tensor(5, 40, TensorInit::Poison).expect("tensor"),
+        b.tensor(5, 40, TensorInit::Poison).expect("tensor"),
+    );
+    let ops = [
+        Op::Activation {
+            kind: Activation::QuickGelu,
+            x: &x,
+            y: &y,
+        },
+        Op::Add {
+            a: &y,
+            b: &x,
+            y: &z,
+        },
+    ];
+    let t = b.run_timed(&ops).expect("timed");
+    let ts = b.info().features.iter().any(|f| f == "timestamp-query");
+    let want = if ts {
+        TimingSource::DeviceTimestamp
+    } else {
+        TimingSource::WallClock
+    };
+    assert_eq!(t.source, want);
+    assert_eq!(t.per_op_s.len(), 2);
+    // The span from the first op's start to the last op's end holds each op.
+    let longest = t.per_op_s.iter().cloned().fold(0.0, f64::max);
+    assert!(t.total_s >= longest, "{t:?}");
+    let got = b.read(&z).expect("read");
+    let xs = values(200, 3);
+    for (g, &v) in got.iter().zip(&xs) {
+        let want = v / (1.0 + (-1.702 * v).exp()) + v;
+        assert!(
+            (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "{g} vs {want}"
+        );
+    }
+    for t in [x, y, z] {
+        b.free_tensor(t).expect("free");
+    }
+}
+
+#[test]
+fn tensors_are_padded_counted_checked_and_released() {
+    let Some(b) = open() else { return };
+    let before = b.memory().live_bytes;
+    let data = values(3 * 45, 9);
+    let t = b.tensor(3, 45, TensorInit::Data(&data)).expect("tensor");
+    // Rows are padded to x_stride(cols) floats on the device and counted so.
+    assert_eq!(
+        b.memory().live_bytes,
+        before + (3 * x_stride(45) * 4) as u64
+    );
+    assert_eq!(b.read(&t).expect("read"), data);
+    let new = values(3 * 45, 10);
+    b.write_tensor(&t, &new).expect("write");
+    assert_eq!(b.read(&t).expect("read"), new);
+    assert!(matches!(
+        b.write_tensor(&t, &new[..10]),
+        Err(BackendError::Invalid(_))
+    ));
+    let poison = b.tensor(2, 3, TensorInit::Poison).expect("poison");
+    assert!(b.read(&poison).expect("read").iter().all(|v| v.is_nan()));
+    let zeros = b.tensor(2, 3, TensorInit::Zeros).expect("zeros");
+    assert_eq!(b.read(&zeros).expect("read"), vec![0.0; 6]);
+    // Another backend's handle and a freed handle are refused.
+    let cpu = CpuBackend::new();
+    let foreign = cpu.tensor(3, 45, TensorInit::Zeros).expect("cpu tensor");
+    assert!(matches!(b.read(&foreign), Err(BackendError::Invalid(_))));
+    let ghost = TensorHandle::new(t.id(), t.backend(), 3, 45);
+    for x in [t, poison, zeros] {
+        b.free_tensor(x).expect("free");
+    }
+    assert!(matches!(b.read(&ghost), Err(BackendError::Invalid(_))));
+    assert!(b.free_tensor(ghost).is_err());
+    assert_eq!(b.memory().live_bytes, before);
+}
+
+#[test]
+fn attention_beyond_the_kernel_tile_is_unsupported_not_wrong() {
+    let Some(b) = open() else { return };
+    // 513 keys (past the 512-key score tile), and heads of 160 columns (past
+    // the 128-column query tile): `supports` says no and `run` refuses.
+    for (s, hidden, heads) in [(513usize, 64usize, 1usize), (4, 320, 2)] {
+        let t = |r, c| b.tensor(r, c, TensorInit::Zeros).expect("tensor");
+        let (q, k, v, y) = (t(s, hidden), t(s, hidden), t(s, hidden), t(s, hidden));
+        let op = Op::Attention {
+            q: &q,
+            k: &k,
+            v: &v,
+            mask: None,
+            seqs: 1,
+            heads,
+            y: &y,
+        };
+        assert!(!b.supports(&op));
+        assert!(matches!(
+            b.run(&[op]),
+            Err(BackendError::Unsupported { .. })
+        ));
+        for x in [q, k, v, y] {
+            b.free_tensor(x).expect("free");
+        }
+    }
+}

@@ -11,11 +11,16 @@
 //!    subgroups, timestamps; `QUANTSCOPE_WGPU_PORTABLE=1` turns them off).
 //! 2. `upload` copies the packed parts into storage buffers laid out as
 //!    `shaders/matrix.wgsl` documents; every buffer is counted.
-//! 3. `matmul` pads X to rows of `round_up(cols, 32)`, then records one compute
-//!    pass: `scale_input` (activation scale), `gemv_*` (batch < 8) or `gemm_*`,
-//!    `outliers_add`; pipelines come from a cache compiled on first use.
-//! 4. The output is copied to a mappable buffer and read back; device errors,
-//!    validation errors and device loss come back as [`BackendError`].
+//! 3. `tensor` makes X a device tensor: rows padded to `round_up(cols, 32)`
+//!    floats, the padding zero (the provided `Backend::matmul` does this,
+//!    runs one `Op::Linear` and reads Y back).
+//! 4. `run` checks every op, then records all of their dispatches into one
+//!    compute pass: for a Linear `scale_input` (activation scale), `gemv_*`
+//!    (batch < 8) or `gemm_*`, `outliers_add`, `bias_add`, writing Y as a
+//!    padded tensor too; the other ops are `shaders/ops.wgsl`. Pipelines come
+//!    from a cache compiled on first use.
+//! 5. `read` copies the tensor to a mappable buffer, waits and unpads; device
+//!    errors, validation errors and device loss come back as [`BackendError`].
 
 mod shaders;
 
@@ -24,12 +29,16 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use super::params::{AssignParams, MatmulParams, FLAG_ACT_SCALE, FLAG_OUTLIERS};
-use super::plan::{rtn_result, rtn_shape, x_stride, DenseStep, MatmulPlan};
+use super::params::{
+    AssignParams, AttentionParams, MatmulParams, OpParams, ACT_GELU, ACT_QUICK_GELU,
+    FLAG_ACT_SCALE, FLAG_OUTLIERS,
+};
+use super::plan::{rtn_result, rtn_shape, x_stride, DenseStep, MatmulPlan, GEMM_MIN_BATCH};
 use super::table::{HandleTable, MemCounter};
 use super::{
-    Backend, BackendError, BackendKind, Bandwidth, DeviceInfo, KernelTiming, LevelAssignment,
-    MatrixHandle, MemoryReport, Op, OpTimings, RtnSpec, TensorHandle, TensorInit, TimingSource,
+    check_ops, check_tensor_init, Activation, Backend, BackendError, BackendKind, Bandwidth,
+    DeviceInfo, KernelTiming, LevelAssignment, MatrixHandle, MemoryReport, Op, OpTimings, RtnSpec,
+    TensorHandle, TensorInit, TimingSource,
 };
 use half::f16;
 
@@ -146,6 +155,22 @@ struct DeviceMatrix {
     act: Option<Tracked>,
 }
 
+/// An f32 tensor on the device: `rows x x_stride(cols)` floats, the padding
+/// columns zero (no kernel writes them), so it is X of a matmul as it is.
+struct DeviceTensor {
+    buf: Tracked,
+}
+
+/// Attention limits of `ops.wgsl`: keys per sequence (the score tile),
+/// columns per head (the query tile) and the workgroup memory both take.
+const ATTENTION_MAX_SEQ: usize = 512;
+const ATTENTION_MAX_HEAD_DIM: usize = 128;
+const ATTENTION_QUERY_TILE: usize = 8;
+const ATTENTION_SHARED_BYTES: u32 = (4096 + 1024 + 256 + 256) * 4;
+
+/// Invocations per workgroup of the elementwise ops in `ops.wgsl`.
+const OPS_WG: usize = 256;
+
 /// One dispatch, ready to record.
 struct Dispatch {
     pipeline: Arc<wgpu::ComputePipeline>,
@@ -162,6 +187,7 @@ pub struct WgpuBackend {
     limits: wgpu::Limits,
     pipelines: Pipelines,
     matrices: HandleTable<DeviceMatrix>,
+    tensors: HandleTable<DeviceTensor>,
     counters: Arc<MemCounter>,
     lost: Arc<Mutex<Option<String>>>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -356,19 +382,12 @@ impl WgpuBackend {
             limits,
             pipelines,
             matrices: HandleTable::new(BACKEND),
+            tensors: HandleTable::new(BACKEND),
             counters,
             lost,
             errors,
             dummy,
         })
-    }
-
-    /// The answer of the tensor verbs until the WGSL forward-pass kernels land.
-    fn no_tensor_ops(&self) -> BackendError {
-        BackendError::Unsupported {
-            backend: BACKEND,
-            what: "device tensors (forward-pass ops)".into(),
-        }
     }
 
     /// Whether the portable (core WGSL) kernels are in use for every optional feature.
@@ -602,6 +621,12 @@ impl WgpuBackend {
             binding: 0,
             resource: uniform.buf.as_entire_binding(),
         }];
+        if let Some(binding) = family.extra_uniform() {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: uniform.buf.as_entire_binding(),
+            });
+        }
         for (i, b) in storage.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
@@ -776,18 +801,231 @@ impl WgpuBackend {
         Ok((dispatches, keep))
     }
 
-    /// X padded to rows of `x_stride(cols)` floats, zeros after `cols`.
-    fn upload_input(&self, x: &[f32], batch: usize, cols: usize) -> Result<Tracked, BackendError> {
+    // ---- tensors and ops ---------------------------------------------------
+
+    fn get_tensor(&self, t: &TensorHandle) -> Result<Arc<DeviceTensor>, BackendError> {
+        self.tensors.get(t)
+    }
+
+    /// A new device tensor buffer of `rows x x_stride(cols)` floats holding
+    /// `fill(row)` in each row's first `cols` (zeros when `fill` is None:
+    /// wgpu zero-initializes buffers), the padding zero.
+    fn tensor_buffer(
+        &self,
+        what: &str,
+        rows: usize,
+        cols: usize,
+        values: Option<&[f32]>,
+    ) -> Result<Tracked, BackendError> {
         let xs = x_stride(cols);
-        let mut padded = vec![0.0f32; batch * xs];
-        for (dst, src) in padded.chunks_mut(xs).zip(x.chunks(cols)) {
+        let n = rows
+            .checked_mul(xs)
+            .and_then(|n| n.checked_mul(4))
+            .ok_or_else(|| BackendError::Invalid(format!("tensor {rows}x{cols} is too large")))?;
+        let b = self.buffer(
+            what,
+            n as u64,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        )?;
+        if let Some(v) = values {
+            self.write_padded(&b, v, cols);
+        }
+        Ok(b)
+    }
+
+    /// Writes row-major `rows x cols` values into a padded tensor buffer.
+    fn write_padded(&self, b: &Tracked, values: &[f32], cols: usize) {
+        let xs = x_stride(cols);
+        let rows = values.len() / cols.max(1);
+        let mut padded = vec![0.0f32; rows * xs];
+        for (dst, src) in padded.chunks_mut(xs).zip(values.chunks(cols.max(1))) {
             dst[..cols].copy_from_slice(src);
         }
-        self.storage_with(
-            "input",
-            bytemuck::cast_slice(&padded),
-            wgpu::BufferUsages::empty(),
-        )
+        self.write(b, bytemuck::cast_slice(&padded));
+    }
+
+    /// Groups of the elementwise ops: one invocation per valid element.
+    fn groups_elementwise(&self, t: &TensorHandle) -> (u32, u32, u32) {
+        self.groups_1d(t.len().div_ceil(OPS_WG) as u32)
+    }
+
+    /// `OpParams` of a row-wise or elementwise op over `t`'s shape.
+    fn op_params(t: &TensorHandle) -> OpParams {
+        OpParams {
+            rows: t.rows() as u32,
+            cols: t.cols() as u32,
+            stride: x_stride(t.cols()) as u32,
+            ..OpParams::default()
+        }
+    }
+
+    /// The dispatches of one op, with the buffers they use kept in `keep`
+    /// (tensors and parameter blocks live until the caller has submitted).
+    fn op_dispatches(
+        &self,
+        op: &Op<'_>,
+        keep: &mut Vec<Tracked>,
+        held: &mut Vec<Arc<DeviceTensor>>,
+    ) -> Result<Vec<Dispatch>, BackendError> {
+        let mut tensor = |t: &TensorHandle| -> Result<Arc<DeviceTensor>, BackendError> {
+            let d = self.get_tensor(t)?;
+            held.push(d.clone());
+            Ok(d)
+        };
+        let dummy = &self.dummy.buf;
+        let ops_dispatch = |entry: &'static str,
+                            uniform: Tracked,
+                            bufs: [&wgpu::Buffer; 5],
+                            groups: (u32, u32, u32),
+                            keep: &mut Vec<Tracked>|
+         -> Result<Dispatch, BackendError> {
+            let d = self.dispatch(Family::Ops, entry, &uniform, &bufs, groups)?;
+            keep.push(uniform);
+            Ok(d)
+        };
+        match *op {
+            Op::Linear { x, w, bias, y } => {
+                let m = self.get(w)?;
+                let (xt, yt) = (tensor(x)?, tensor(y)?);
+                let bt = bias.map(&mut tensor).transpose()?;
+                let (mut ds, k) = self.matmul_plan(&m, &xt.buf, &yt.buf, x.rows())?;
+                keep.extend(k);
+                if let Some(bt) = bt {
+                    let u = self.uniform("bias_add params", &Self::op_params(y))?;
+                    let bufs = [dummy, &bt.buf.buf, dummy, dummy, &yt.buf.buf];
+                    ds.push(ops_dispatch(
+                        "bias_add",
+                        u,
+                        bufs,
+                        self.groups_elementwise(y),
+                        keep,
+                    )?);
+                }
+                Ok(ds)
+            }
+            Op::LayerNorm {
+                x,
+                gamma,
+                beta,
+                eps,
+                y,
+            } => {
+                let (xt, gt, bt, yt) = (tensor(x)?, tensor(gamma)?, tensor(beta)?, tensor(y)?);
+                let mut p = Self::op_params(x);
+                p.eps_or_scale = eps;
+                let u = self.uniform("layer_norm params", &p)?;
+                let bufs = [&xt.buf.buf, &gt.buf.buf, &bt.buf.buf, dummy, &yt.buf.buf];
+                let groups = self.groups_1d(x.rows() as u32);
+                Ok(vec![ops_dispatch("layer_norm", u, bufs, groups, keep)?])
+            }
+            Op::Activation { kind, x, y } => {
+                let (xt, yt) = (tensor(x)?, tensor(y)?);
+                let mut p = Self::op_params(x);
+                let entry = match kind {
+                    Activation::Gelu => {
+                        p.kind = ACT_GELU;
+                        "gelu"
+                    }
+                    Activation::QuickGelu => {
+                        p.kind = ACT_QUICK_GELU;
+                        "quick_gelu"
+                    }
+                };
+                let u = self.uniform("activation params", &p)?;
+                let bufs = [&xt.buf.buf, dummy, dummy, dummy, &yt.buf.buf];
+                Ok(vec![ops_dispatch(
+                    entry,
+                    u,
+                    bufs,
+                    self.groups_elementwise(x),
+                    keep,
+                )?])
+            }
+            Op::Add { a, b, y } => {
+                let (at, bt, yt) = (tensor(a)?, tensor(b)?, tensor(y)?);
+                let mut p = Self::op_params(a);
+                p.aux_rows = b.rows() as u32;
+                let u = self.uniform("add params", &p)?;
+                let bufs = [&at.buf.buf, &bt.buf.buf, dummy, dummy, &yt.buf.buf];
+                Ok(vec![ops_dispatch(
+                    "add",
+                    u,
+                    bufs,
+                    self.groups_elementwise(a),
+                    keep,
+                )?])
+            }
+            Op::Softmax { x, mask, scale, y } => {
+                let (xt, yt) = (tensor(x)?, tensor(y)?);
+                let mt = mask.map(&mut tensor).transpose()?;
+                let mut p = Self::op_params(x);
+                p.aux_rows = mask.map_or(0, |m| (x.rows() / m.rows()) as u32);
+                p.eps_or_scale = scale;
+                let u = self.uniform("softmax params", &p)?;
+                let mb = mt.as_ref().map_or(dummy, |m| &m.buf.buf);
+                let bufs = [&xt.buf.buf, dummy, dummy, mb, &yt.buf.buf];
+                let groups = self.groups_1d(x.rows() as u32);
+                Ok(vec![ops_dispatch("softmax", u, bufs, groups, keep)?])
+            }
+            Op::Attention {
+                q,
+                k,
+                v,
+                mask,
+                seqs,
+                heads,
+                y,
+            } => {
+                let (qt, kt, vt, yt) = (tensor(q)?, tensor(k)?, tensor(v)?, tensor(y)?);
+                let mt = mask.map(&mut tensor).transpose()?;
+                let s = q.rows() / seqs;
+                let d = q.cols() / heads;
+                let p = AttentionParams {
+                    seqs: seqs as u32,
+                    seq_len: s as u32,
+                    heads: heads as u32,
+                    head_dim: d as u32,
+                    stride: x_stride(q.cols()) as u32,
+                    has_mask: mask.is_some() as u32,
+                    scale: 1.0 / (d as f32).sqrt(),
+                    _pad0: 0,
+                };
+                let u = self.uniform("attention params", &p)?;
+                let mb = mt.as_ref().map_or(dummy, |m| &m.buf.buf);
+                let bufs = [&qt.buf.buf, &kt.buf.buf, &vt.buf.buf, mb, &yt.buf.buf];
+                let groups = (
+                    s.div_ceil(ATTENTION_QUERY_TILE) as u32,
+                    heads as u32,
+                    seqs as u32,
+                );
+                Ok(vec![ops_dispatch("attention", u, bufs, groups, keep)?])
+            }
+            Op::TakeRows { x, offset, step, y } => {
+                let (xt, yt) = (tensor(x)?, tensor(y)?);
+                let mut p = Self::op_params(y);
+                p.aux_rows = step as u32;
+                p.offset = offset as u32;
+                let u = self.uniform("take_rows params", &p)?;
+                let bufs = [&xt.buf.buf, dummy, dummy, dummy, &yt.buf.buf];
+                Ok(vec![ops_dispatch(
+                    "take_rows",
+                    u,
+                    bufs,
+                    self.groups_elementwise(y),
+                    keep,
+                )?])
+            }
+        }
+    }
+
+    /// Whether 32-bit element indices and the dispatch limits hold for a
+    /// tensor of `rows x cols` run by the ops kernels.
+    fn fits_ops(&self, t: &TensorHandle) -> bool {
+        let max_groups = u64::from(self.limits.max_compute_workgroups_per_dimension);
+        let elems = (t.rows() as u64) * (x_stride(t.cols()) as u64);
+        elems <= u64::from(u32::MAX) && (t.rows() as u64) <= max_groups * max_groups
     }
 
     // ---- timing -------------------------------------------------------------
@@ -1021,59 +1259,156 @@ impl Backend for WgpuBackend {
         self.read_f32(&y, n)
     }
 
-    fn matmul(&self, h: &MatrixHandle, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
-        h.check_input(x, batch)?;
-        let m = self.get(h)?;
-        let xb = self.upload_input(x, batch, h.cols())?;
-        let n = batch * h.rows();
-        let y = self.buffer(
-            "output",
-            (n * 4) as u64,
-            wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-        )?;
-        self.poison(&y);
-        let (dispatches, _keep) = self.matmul_plan(&m, &xb, &y, batch)?;
-        self.run_dispatches(&dispatches)?;
-        self.read_f32(&y, n)
-    }
-
     fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
         self.matrices.remove(&h).map(drop)
     }
 
     fn tensor(
         &self,
-        _rows: usize,
-        _cols: usize,
-        _init: TensorInit<'_>,
+        rows: usize,
+        cols: usize,
+        init: TensorInit<'_>,
     ) -> Result<TensorHandle, BackendError> {
-        Err(self.no_tensor_ops())
+        check_tensor_init(rows, cols, &init)?;
+        let poison;
+        let values = match init {
+            TensorInit::Zeros => None,
+            TensorInit::Poison => {
+                poison = vec![f32::NAN; rows * cols];
+                Some(poison.as_slice())
+            }
+            TensorInit::Data(d) => Some(d),
+        };
+        let buf = self.tensor_buffer("tensor", rows, cols, values)?;
+        let id = self.tensors.insert(DeviceTensor { buf })?;
+        Ok(TensorHandle::new(id, BACKEND, rows, cols))
     }
 
-    fn write_tensor(&self, _t: &TensorHandle, _data: &[f32]) -> Result<(), BackendError> {
-        Err(self.no_tensor_ops())
+    fn write_tensor(&self, t: &TensorHandle, data: &[f32]) -> Result<(), BackendError> {
+        check_tensor_init(t.rows(), t.cols(), &TensorInit::Data(data))?;
+        let d = self.get_tensor(t)?;
+        self.write_padded(&d.buf, data, t.cols());
+        Ok(())
     }
 
-    fn read(&self, _t: &TensorHandle) -> Result<Vec<f32>, BackendError> {
-        Err(self.no_tensor_ops())
+    fn read(&self, t: &TensorHandle) -> Result<Vec<f32>, BackendError> {
+        let d = self.get_tensor(t)?;
+        let (rows, cols) = t.shape();
+        let xs = x_stride(cols);
+        let padded = self.read_f32(&d.buf, rows * xs)?;
+        let mut out = Vec::with_capacity(rows * cols);
+        for row in padded.chunks(xs.max(1)).take(rows) {
+            out.extend_from_slice(&row[..cols]);
+        }
+        Ok(out)
     }
 
-    fn free_tensor(&self, _t: TensorHandle) -> Result<(), BackendError> {
-        Err(self.no_tensor_ops())
+    fn free_tensor(&self, t: TensorHandle) -> Result<(), BackendError> {
+        self.tensors.remove(&t).map(drop)
     }
 
-    fn supports(&self, _op: &Op<'_>) -> bool {
-        false
+    fn supports(&self, op: &Op<'_>) -> bool {
+        let max = self.limits.max_compute_workgroups_per_dimension as usize;
+        let fits = op
+            .inputs()
+            .into_iter()
+            .chain([op.output()])
+            .all(|t| self.fits_ops(t));
+        fits && match *op {
+            Op::Linear { x, w, .. } => {
+                // The GEMM grid: 64 x 64 output tiles per workgroup.
+                x.rows() < GEMM_MIN_BATCH
+                    || (w.rows().div_ceil(64) <= max && x.rows().div_ceil(64) <= max)
+            }
+            Op::Attention { q, seqs, heads, .. } => {
+                let s = q.rows() / seqs.max(1);
+                let d = q.cols() / heads.max(1);
+                s <= ATTENTION_MAX_SEQ
+                    && d <= ATTENTION_MAX_HEAD_DIM
+                    && heads <= max
+                    && seqs <= max
+                    && self.limits.max_compute_workgroup_storage_size >= ATTENTION_SHARED_BYTES
+            }
+            _ => true,
+        }
     }
 
-    fn run(&self, _ops: &[Op<'_>]) -> Result<(), BackendError> {
-        Err(self.no_tensor_ops())
+    fn run(&self, ops: &[Op<'_>]) -> Result<(), BackendError> {
+        check_ops(self, ops)?;
+        let (mut keep, mut held) = (Vec::new(), Vec::new());
+        let mut dispatches = Vec::new();
+        for op in ops {
+            dispatches.extend(self.op_dispatches(op, &mut keep, &mut held)?);
+        }
+        // One encoder, one compute pass: wgpu orders the dispatches (a
+        // barrier wherever one writes what a later one reads).
+        self.run_dispatches(&dispatches)
     }
 
-    fn run_timed(&self, _ops: &[Op<'_>]) -> Result<OpTimings, BackendError> {
-        Err(self.no_tensor_ops())
+    fn run_timed(&self, ops: &[Op<'_>]) -> Result<OpTimings, BackendError> {
+        check_ops(self, ops)?;
+        let (mut keep, mut held) = (Vec::new(), Vec::new());
+        let mut per_op = Vec::with_capacity(ops.len());
+        for op in ops {
+            per_op.push(self.op_dispatches(op, &mut keep, &mut held)?);
+        }
+        if self.caps.timestamps && !ops.is_empty() {
+            // One encoder; each op its own compute pass between two timestamps.
+            // Query sets hold at most 4096 queries: 2048 ops each.
+            const OPS_PER_SET: usize = 2048;
+            let mut enc = self.encoder();
+            let mut resolves = Vec::new();
+            for (c, chunk) in per_op.chunks(OPS_PER_SET).enumerate() {
+                let n = (2 * chunk.len()) as u32;
+                let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("op timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: n,
+                });
+                for (i, ds) in chunk.iter().enumerate() {
+                    Self::record(&mut enc, ds, Some((&qs, (2 * i) as u32)));
+                }
+                let resolve = self.buffer(
+                    "op timestamps",
+                    u64::from(n) * 8,
+                    wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                )?;
+                enc.resolve_query_set(&qs, 0..n, &resolve.buf, 0);
+                resolves.push((c, n, resolve, qs));
+            }
+            self.submit(enc)?;
+            let period = f64::from(self.queue.get_timestamp_period()) * 1e-9;
+            let mut ticks: Vec<u64> = Vec::with_capacity(2 * ops.len());
+            for (_, n, resolve, _) in &resolves {
+                let bytes = self.read_back(resolve, u64::from(*n) * 8)?;
+                ticks.extend(bytemuck::pod_collect_to_vec::<u8, u64>(&bytes));
+            }
+            let per_op_s: Vec<f64> = ticks
+                .chunks(2)
+                .map(|t| t[1].saturating_sub(t[0]) as f64 * period)
+                .collect();
+            let total_s = ticks[ticks.len() - 1].saturating_sub(ticks[0]) as f64 * period;
+            return Ok(OpTimings {
+                per_op_s,
+                total_s,
+                source: TimingSource::DeviceTimestamp,
+            });
+        }
+        // No timestamps: the wall clock around each op's submit and wait.
+        self.wait()?;
+        let start = Instant::now();
+        let mut per_op_s = Vec::with_capacity(ops.len());
+        for ds in &per_op {
+            let t = Instant::now();
+            self.run_dispatches(ds)?;
+            self.wait()?;
+            per_op_s.push(t.elapsed().as_secs_f64());
+        }
+        Ok(OpTimings {
+            per_op_s,
+            total_s: start.elapsed().as_secs_f64(),
+            source: TimingSource::WallClock,
+        })
     }
 
     fn memory(&self) -> MemoryReport {
@@ -1235,12 +1570,8 @@ impl Backend for WgpuBackend {
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
         h.check_input(&x, batch)?;
-        let xb = self.upload_input(&x, batch, h.cols())?;
-        let y = self.buffer(
-            "output",
-            (batch * h.rows() * 4) as u64,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        )?;
+        let xb = self.tensor_buffer("input", batch, h.cols(), Some(&x))?;
+        let y = self.tensor_buffer("output", batch, h.rows(), None)?;
         let (dispatches, _keep) = self.matmul_plan(&m, &xb, &y, batch)?;
         self.time_dispatches(&dispatches, runs, true)
     }

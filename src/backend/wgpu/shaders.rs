@@ -23,6 +23,7 @@ const SPARSE: &str = include_str!("../../../shaders/sparse.wgsl");
 const QUANTIZE: &str = include_str!("../../../shaders/quantize.wgsl");
 const ASSIGN: &str = include_str!("../../../shaders/assign.wgsl");
 const FLOPS: &str = include_str!("../../../shaders/probe.wgsl");
+const OPS: &str = include_str!("../../../shaders/ops.wgsl");
 
 /// A kernel family: one `shaders/*.wgsl` file, one bind group layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,6 +36,8 @@ pub(crate) enum Family {
     Quantize,
     Assign,
     Flops,
+    /// The forward-pass ops (`ops.wgsl`).
+    Ops,
 }
 
 impl Family {
@@ -48,6 +51,7 @@ impl Family {
             Family::Quantize => QUANTIZE,
             Family::Assign => ASSIGN,
             Family::Flops => FLOPS,
+            Family::Ops => OPS,
         }
     }
 
@@ -61,6 +65,7 @@ impl Family {
             Family::Quantize => "quantize.wgsl",
             Family::Assign => "assign.wgsl",
             Family::Flops => "probe.wgsl",
+            Family::Ops => "ops.wgsl",
         }
     }
 
@@ -72,9 +77,21 @@ impl Family {
         )
     }
 
-    /// Families that use the `features.wgsl` snippets.
-    fn uses_features(self) -> bool {
-        self.uses_matrix() || self == Family::GemvDp4
+    /// The `features.wgsl` sections the family splices in, in order.
+    fn sections(self) -> &'static [&'static str] {
+        match self {
+            Family::Ops => &["lane", "reduce"],
+            Family::GemvDp4 => &["f16", "packed", "lane", "subgroup"],
+            f if f.uses_matrix() => &["f16", "packed", "lane", "subgroup"],
+            _ => &[],
+        }
+    }
+
+    /// Bindings that hold the uniform block besides binding 0: `ops.wgsl`
+    /// reads its 32-byte parameters as `OpParams` at 0 and as
+    /// `AttentionParams` at 6.
+    pub(crate) fn extra_uniform(self) -> Option<u32> {
+        (self == Family::Ops).then_some(6)
     }
 
     /// Binding types, in binding order: `true` = storage read-only,
@@ -87,10 +104,11 @@ impl Family {
             Family::Quantize => &[true, false, false, false],
             Family::Assign => &[true, true, false, false, false],
             Family::Flops => &[false],
+            Family::Ops => &[true, true, true, true, false],
         }
     }
 
-    const ALL: [Family; 8] = [
+    const ALL: [Family; 9] = [
         Family::Dequantize,
         Family::Gemv,
         Family::GemvDp4,
@@ -99,6 +117,7 @@ impl Family {
         Family::Quantize,
         Family::Assign,
         Family::Flops,
+        Family::Ops,
     ];
 }
 
@@ -116,19 +135,21 @@ fn section(name: &str) -> &'static str {
 /// The complete WGSL of `family` for a device with `caps`.
 pub(crate) fn module_source(family: Family, caps: &Caps) -> String {
     let mut src = String::new();
-    if !family.uses_features() {
+    let sections = family.sections();
+    if sections.is_empty() {
         src.push_str(family.file());
         return src;
     }
     let pick = |native: bool| if native { "native" } else { "portable" };
-    if caps.f16 {
+    if caps.f16 && sections.contains(&"f16") {
         src.push_str("enable f16;\n");
     }
-    for (feature, native) in [
-        ("f16", caps.f16),
-        ("packed", caps.packed),
-        ("subgroup", caps.subgroups),
-    ] {
+    for &feature in sections {
+        let native = match feature {
+            "f16" => caps.f16,
+            "packed" => caps.packed,
+            _ => caps.subgroups,
+        };
         src.push_str(&format!("// features.wgsl: {feature} ({})\n", pick(native)));
         src.push_str(section(&format!("{feature}.{}", pick(native))));
     }
@@ -165,6 +186,18 @@ impl Pipelines {
                 },
                 count: None,
             }];
+            if let Some(binding) = family.extra_uniform() {
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
+            }
             for (i, &read_only) in family.storage_bindings().iter().enumerate() {
                 entries.push(wgpu::BindGroupLayoutEntry {
                     binding: i as u32 + 1,
