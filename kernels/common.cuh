@@ -27,7 +27,9 @@
 //
 // Inputs of GEMV / GEMM: X is batch rows of `xstride(cols)` floats (cols
 // rounded up to 32, padding zero), so that 16-byte loads of X are aligned and
-// in bounds. Y is batch rows of `rows` floats, unpadded.
+// in bounds. Y is batch rows of `xstride(rows)` floats (the device tensor
+// layout of the forward pass, so Y feeds the next layer as its X); the
+// padding columns of Y are never written (they stay zero).
 #ifndef QUANTSCOPE_COMMON_CUH
 #define QUANTSCOPE_COMMON_CUH
 
@@ -65,6 +67,30 @@ struct AssignParams {
     u32 n;
     u32 levels;
     u32 want_codes;
+    u32 _pad0;
+};
+
+// src/backend/params.rs: OpParams (kernels/ops.cu).
+struct OpParams {
+    u32 rows;
+    u32 cols;
+    u32 stride;
+    u32 aux_rows;
+    u32 offset;
+    u32 kind;
+    float eps_or_scale;
+    u32 _pad0;
+};
+
+// src/backend/params.rs: AttentionParams (kernels/ops.cu).
+struct AttentionParams {
+    u32 seqs;
+    u32 seq_len;
+    u32 heads;
+    u32 head_dim;
+    u32 stride;
+    u32 has_mask;
+    float scale;
     u32 _pad0;
 };
 
@@ -248,6 +274,13 @@ __device__ __forceinline__ void mma_16816(float* d, u32 a0, u32 a1, u32 a2, u32 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+    return v;
+}
+
+// Maximum over the 32 lanes of a warp (-inf stays -inf).
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
     return v;
 }
 

@@ -3,7 +3,7 @@
 // Reads: the dense part (layout of common.cuh), f16 scales, u8 zero points
 // (q4), the 16-float codebook (lut4); X: batch rows of xstride(cols) floats
 // (zero padded, already multiplied by act_scale when the matrix has one).
-// Writes Y: batch rows of `rows` floats. Outliers are added afterwards by
+// Writes Y: batch rows of xstride(rows) floats (padding columns untouched). Outliers are added afterwards by
 // sparse.cu's outliers_add.
 //
 // Launch: blockDim = (256, 1, 1); gridDim = (ceil(rows / 64), ceil(batch / 32), 1).
@@ -84,6 +84,7 @@ __device__ __forceinline__ void gemm_simt(const MatmulParams p, const u8* __rest
     const u32 n0 = blockIdx.x * GM_BN, m0 = blockIdx.y * GM_BM;
     const u32 tx = tid & 15u, ty = tid >> 4;  // outputs: rows n0+4tx.., batch m0+2ty..
     const u32 xs = xstride(p.cols);
+    const u32 ys = xstride(p.rows);
     // Loader roles.
     const u32 xm = tid >> 3, xk = (tid & 7u) * 4u;   // X: batch row m0+xm, columns k0+xk..+3
     const u32 wn = tid >> 2, wk = (tid & 3u) * 8u;   // W: row n0+wn, columns k0+wk..+7
@@ -128,7 +129,7 @@ __device__ __forceinline__ void gemm_simt(const MatmulParams p, const u8* __rest
 #pragma unroll
         for (u32 j = 0; j < 4; ++j) {
             const u32 n = n0 + 4 * tx + j;
-            if (n < p.rows) y[(u64)m * p.rows + n] = acc[i][j];
+            if (n < p.rows) y[(u64)m * ys + n] = acc[i][j];
         }
     }
 }
@@ -233,6 +234,7 @@ __device__ __forceinline__ void gemm_mma(const MatmulParams p, const u8* __restr
     const u32 wm = (warp & 1u) * 16u;   // warp's batch offset in the tile
     const u32 wn = (warp >> 1) * 16u;   // warp's row offset in the tile
     const u32 xs = xstride(p.cols);
+    const u32 ys = xstride(p.rows);
     const u32 xm = tid >> 3, xk = (tid & 7u) * 4u;   // X loader: row, 4 columns
     const u32 ln = tid >> 2, lk = (tid & 3u) * 8u;   // W loader: row, 8 columns
     const u32 grp = lane >> 2, qid = lane & 3u;      // mma fragment coordinates
@@ -284,7 +286,7 @@ __device__ __forceinline__ void gemm_mma(const MatmulParams p, const u8* __restr
 #pragma unroll
             for (u32 e = 0; e < 2; ++e) {
                 const u32 n = n0 + wn + 8 * t + 2 * qid + e;
-                if (n < p.rows) y[(u64)m * p.rows + n] = acc[t][2 * h + e];
+                if (n < p.rows) y[(u64)m * ys + n] = acc[t][2 * h + e];
             }
         }
     }

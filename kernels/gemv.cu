@@ -4,7 +4,8 @@
 // Reads: the dense part (layout of common.cuh), f16 scales, u8 zero points
 // (q4), the 16-float codebook (lut4); X: batch rows of xstride(cols) floats
 // (cols rounded up to 32, zero padded; already multiplied by act_scale when
-// the matrix has one, see sparse.cu). Writes Y: batch rows of `rows` floats.
+// the matrix has one, see sparse.cu). Writes Y: batch rows of xstride(rows)
+// floats (padding columns untouched).
 // Outliers are added afterwards by sparse.cu's outliers_add.
 //
 // Launch: blockDim = (256, 1, 1): 8 warps, each streaming ROWS output rows
@@ -155,7 +156,7 @@ __device__ __forceinline__ void gemv_row_bn(const MatmulParams& p, const u8* __r
     for (int b = 0; b < GEMV_MAX_BATCH; ++b) {
         if (b >= (int)nb) break;
         const float s = warp_sum(acc[b]);
-        if (lane == 0) y[(u64)b * p.rows + r] = s;
+        if (lane == 0) y[(u64)b * xstride(p.rows) + r] = s;
     }
 }
 

@@ -6,7 +6,7 @@
 // X' = X ∘ act_scale, then outliers_add (when FLAG_OUTLIERS) on the same X'.
 //
 // X and X' are batch rows of xstride(cols) floats (zero padded); Y is batch
-// rows of `rows` floats. Outliers are CSR: row_ptr u32[rows + 1],
+// rows of xstride(rows) floats (padding untouched). Outliers are CSR: row_ptr u32[rows + 1],
 // col_idx u32[nnz], values f16[nnz].
 #include "common.cuh"
 
@@ -39,6 +39,6 @@ extern "C" __global__ void __launch_bounds__(256)
         const float* xb = x + (u64)b * xs;
         float s = 0.0f;
         for (u32 j = row_ptr[r], e = row_ptr[r + 1]; j < e; ++j) s = fmaf(xb[col_idx[j]], h2f(values[j]), s);
-        if (row_ptr[r + 1] > row_ptr[r]) y[i] += s;
+        if (row_ptr[r + 1] > row_ptr[r]) y[(u64)b * xstride(p.rows) + r] += s;
     }
 }

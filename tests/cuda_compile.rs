@@ -150,7 +150,7 @@ fn a_broken_kernel_fails_with_the_nvrtc_log() {
 /// entry point, and whether the first is a parameter block (`Some(size)`).
 /// Checked against the PTX, this catches a kernel signature that drifted from
 /// its launch code without a GPU.
-const ABI: [(&str, usize, Option<usize>); 25] = [
+const ABI: [(&str, usize, Option<usize>); 33] = [
     ("quantize_q8", 4, Some(32)),
     ("quantize_q4", 5, Some(32)),
     ("dequantize_f32", 10, Some(32)),
@@ -176,6 +176,14 @@ const ABI: [(&str, usize, Option<usize>); 25] = [
     ("assign_levels", 4, Some(16)),
     ("reduce_levels", 5, Some(16)),
     ("fma_rate", 3, None),
+    ("layer_norm", 5, Some(32)),
+    ("gelu", 3, Some(32)),
+    ("quick_gelu", 3, Some(32)),
+    ("add", 4, Some(32)),
+    ("bias_add", 3, Some(32)),
+    ("softmax", 4, Some(32)),
+    ("attention", 6, Some(32)),
+    ("take_rows", 3, Some(32)),
 ];
 
 /// The `.param` declarations of entry `name` in `ptx`.
@@ -194,9 +202,11 @@ fn entry_params<'a>(ptx: &'a str, name: &str) -> Vec<&'a str> {
 
 #[test]
 fn kernel_signatures_match_the_launch_code() {
-    use quantscope::backend::params::{AssignParams, MatmulParams};
+    use quantscope::backend::params::{AssignParams, AttentionParams, MatmulParams, OpParams};
     assert_eq!(std::mem::size_of::<MatmulParams>(), 32);
     assert_eq!(std::mem::size_of::<AssignParams>(), 16);
+    assert_eq!(std::mem::size_of::<OpParams>(), 32);
+    assert_eq!(std::mem::size_of::<AttentionParams>(), 32);
     if !nvrtc_or_skip("kernel_signatures_match_the_launch_code") {
         return;
     }
@@ -231,7 +241,13 @@ fn kernel_signatures_match_the_launch_code() {
 fn common_header_structs_match_params_rs() {
     let header = quantscope::backend::cuda::compile::COMMON_HEADER;
     let rust = include_str!("../src/backend/params.rs");
-    for name in ["MatmulParams", "QuantizeParams", "AssignParams"] {
+    for name in [
+        "MatmulParams",
+        "QuantizeParams",
+        "AssignParams",
+        "OpParams",
+        "AttentionParams",
+    ] {
         let body = |text: &str, open: &str| -> Vec<String> {
             let start = text
                 .find(open)

@@ -54,12 +54,19 @@ struct EmuWarp {
 struct EmuBlock {
     std::unique_ptr<std::barrier<>> bar;
     std::vector<std::unique_ptr<EmuWarp>> warps;
+    // `extern __shared__` memory of the launch (emu_launch's smem_bytes),
+    // filled with NaN so a kernel that reads before it writes shows it.
+    std::vector<float> dyn_smem;
 };
 inline thread_local EmuBlock* emu_block = nullptr;
 inline thread_local EmuWarp* emu_warp = nullptr;
 inline std::mutex emu_atomic_mutex;
 
 inline void __syncthreads() { emu_block->bar->arrive_and_wait(); }
+
+// The block's dynamic shared memory (ops.cu uses it where CUDA has
+// `extern __shared__ float smem[]`).
+inline float* emu_dyn_smem() { return emu_block->dyn_smem.data(); }
 
 inline float __shfl_xor_sync(unsigned, float v, int o) {
     const unsigned lane = threadIdx.x & 31u;
@@ -72,6 +79,7 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
 
 template <class T> inline T __ldg(const T* p) { return *p; }
 template <class T> inline T min(T a, T b) { return a < b ? a : b; }
+template <class T> inline T max(T a, T b) { return a < b ? b : a; }
 
 inline float __uint_as_float(unsigned u) {
     float f;
@@ -153,8 +161,9 @@ inline void emu_mma_16816(float* d, unsigned a0, unsigned a1, unsigned a2, unsig
     }
 }
 
-// Runs `kernel` (a callable taking no arguments) on grid x block.
-template <class F> void emu_launch(dim3 grid, dim3 block, F kernel) {
+// Runs `kernel` (a callable taking no arguments) on grid x block, with
+// `smem_bytes` of dynamic shared memory per block.
+template <class F> void emu_launch(dim3 grid, dim3 block, F kernel, size_t smem_bytes = 0) {
     gridDim = grid;
     blockDim = block;
     const unsigned nthreads = block.x * block.y * block.z;
@@ -163,6 +172,7 @@ template <class F> void emu_launch(dim3 grid, dim3 block, F kernel) {
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 EmuBlock blk;
                 blk.bar = std::make_unique<std::barrier<>>(nthreads);
+                blk.dyn_smem.assign((smem_bytes + 3) / 4, NAN);
                 for (unsigned w = 0; w < (nthreads + 31) / 32; ++w) blk.warps.push_back(std::make_unique<EmuWarp>());
                 std::vector<std::thread> threads;
                 threads.reserve(nthreads);

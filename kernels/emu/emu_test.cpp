@@ -1,7 +1,10 @@
 // emu_test.cpp: runs kernels/*.cu on the host (cuda_emu.h) against scalar
 // references written from docs/FORMATS.md: packing and indexing of quantize,
 // exact dequantize, GEMV / GEMM with odd shapes, outliers and act_scale,
-// nearest-level assignment. Build and run with kernels/emu/run.sh.
+// nearest-level assignment, and the forward-pass ops of ops.cu (layer norm,
+// activations, add, bias_add, softmax, fused attention, take_rows) against
+// f64 references on padded device-tensor layouts. Build and run with
+// kernels/emu/run.sh.
 #include "cuda_emu.h"
 
 #include <cstdio>
@@ -14,6 +17,7 @@
 #include "../gemm.cu"
 #include "../sparse.cu"
 #include "../assign.cu"
+#include "../ops.cu"
 
 static int failures = 0;
 #define CHECK(cond, ...)                          \
@@ -214,11 +218,18 @@ static void test_dequantize(const Packed& m) {
         }
 }
 
+// Y is batch rows of xstride(rows) floats: the valid columns start NaN (a
+// value the kernels forget fails), the padding holds a sentinel that must
+// survive (no kernel writes the padding of a device tensor).
+static const float PAD_SENTINEL = -1234.5f;
+
 static void test_matmul(const Packed& m, u32 batch) {
-    const u32 xs = round_up(m.cols, 32);
-    std::vector<float> x(batch * xs, 0.f), xo(batch * xs, NAN), y(batch * m.rows, NAN);
-    for (u32 b = 0; b < batch; ++b)
+    const u32 xs = round_up(m.cols, 32), ys = round_up(m.rows, 32);
+    std::vector<float> x(batch * xs, 0.f), xo(batch * xs, NAN), y(batch * ys, PAD_SENTINEL);
+    for (u32 b = 0; b < batch; ++b) {
         for (u32 c = 0; c < m.cols; ++c) x[b * xs + c] = uni(-1, 1);
+        for (u32 r = 0; r < m.rows; ++r) y[b * ys + r] = NAN;
+    }
     const MatmulParams p = m.params(batch);
     const float* in = x.data();
     if (m.flags & FLAG_ACT_SCALE) {
@@ -246,19 +257,24 @@ static void test_matmul(const Packed& m, u32 batch) {
         emu_launch(dim3{div_ceil(batch * m.rows, 256)}, dim3{256},
                    [&] { outliers_add(p, m.row_ptr.data(), m.col_idx.data(), m.ovals.data(), in, y.data()); });
     double err = 0, norm = 0;
-    for (u32 b = 0; b < batch; ++b)
+    int pad_bad = 0;
+    for (u32 b = 0; b < batch; ++b) {
         for (u32 r = 0; r < m.rows; ++r) {
             double ref = 0;
             for (u32 c = 0; c < m.cols; ++c) ref += (double)x[b * xs + c] * ref_weight(m, r, c);
-            const double d = y[b * m.rows + r] - ref;
+            const double d = y[b * ys + r] - ref;
             err += d * d, norm += ref * ref;
-            if (!std::isfinite(y[b * m.rows + r])) err = INFINITY;
+            if (!std::isfinite(y[b * ys + r])) err = INFINITY;
         }
+        for (u32 r = m.rows; r < ys; ++r) pad_bad += y[b * ys + r] != PAD_SENTINEL;
+    }
     const double nmse = err / (norm > 0 ? norm : 1);
     // The tensor-core GEMM rounds X and W to f16.
     const bool mma = batch >= 8 && m.fmt != FMT_F32 && m.fmt != FMT_BF16;
     CHECK(nmse < (mma ? 1e-5 : 1e-9), "%s_%s %ux%u g%u batch %u flags %u: NMSE %g", batch < 8 ? "gemv" : "gemm", NAMES[m.fmt], m.rows,
           m.cols, m.glen, batch, m.flags, nmse);
+    CHECK(pad_bad == 0, "%s_%s %ux%u batch %u: %d padding values of Y written", batch < 8 ? "gemv" : "gemm", NAMES[m.fmt], m.rows,
+          m.cols, batch, pad_bad);
 }
 
 static void test_assign(u32 n, std::vector<float> levels) {
@@ -293,6 +309,252 @@ static void test_assign(u32 n, std::vector<float> levels) {
     }
 }
 
+
+// ---- forward-pass ops (ops.cu) ---------------------------------------------
+
+// A device tensor as the backend lays it out: rows x xstride(cols), padding 0.
+struct Tensor {
+    u32 rows, cols, stride;
+    std::vector<float> d;
+    Tensor(u32 r, u32 c) : rows(r), cols(c), stride(round_up(c, 32)), d((size_t)r * round_up(c, 32), 0.f) {}
+    float& at(u32 r, u32 c) { return d[(size_t)r * stride + c]; }
+    float at(u32 r, u32 c) const { return d[(size_t)r * stride + c]; }
+    static Tensor random(u32 r, u32 c, float lo, float hi) {
+        Tensor t(r, c);
+        for (u32 i = 0; i < r; ++i)
+            for (u32 j = 0; j < c; ++j) t.at(i, j) = uni(lo, hi);
+        return t;
+    }
+    // An output: NaN in the valid columns, the sentinel in the padding.
+    static Tensor poisoned(u32 r, u32 c) {
+        Tensor t(r, c);
+        for (u32 i = 0; i < r; ++i)
+            for (u32 j = 0; j < t.stride; ++j) t.at(i, j) = j < c ? NAN : PAD_SENTINEL;
+        return t;
+    }
+};
+
+static OpParams op_params(const Tensor& y, u32 aux_rows = 0, u32 offset = 0, float eps_or_scale = 0.f) {
+    return OpParams{y.rows, y.cols, y.stride, aux_rows, offset, 0, eps_or_scale, 0};
+}
+
+// NMSE of y against ref (rows x cols, row-major), NaN fails, padding intact.
+static void check_op(const char* what, const Tensor& y, const std::vector<double>& ref, double bound) {
+    double err = 0, norm = 0;
+    int pad_bad = 0;
+    for (u32 r = 0; r < y.rows; ++r) {
+        for (u32 c = 0; c < y.cols; ++c) {
+            const double v = y.at(r, c), e = ref[(size_t)r * y.cols + c];
+            if (!std::isfinite(v)) err = INFINITY;
+            err += (v - e) * (v - e), norm += e * e;
+        }
+        for (u32 c = y.cols; c < y.stride; ++c) pad_bad += y.at(r, c) != PAD_SENTINEL;
+    }
+    const double nmse = err / (norm > 0 ? norm : 1);
+    CHECK(nmse <= bound, "%s %ux%u: NMSE %g (bound %g)", what, y.rows, y.cols, nmse, bound);
+    CHECK(pad_bad == 0, "%s %ux%u: %d padding values written", what, y.rows, y.cols, pad_bad);
+}
+
+// Blocks of a 1-D grid-stride launch over the float4s; `one_block` makes a
+// single block stride over everything.
+static dim3 elem_grid(const Tensor& y, bool one_block) {
+    return dim3{one_block ? 1u : std::max(1u, div_ceil(y.rows * (y.stride / 4), 256))};
+}
+static dim3 row_grid(u32 rows, bool one_block) { return dim3{one_block ? 1u : std::max(1u, div_ceil(rows, 8))}; }
+
+static const double OP_NMSE = 1e-12;
+
+static void test_layer_norm(u32 rows, u32 cols, bool one_block) {
+    Tensor x = Tensor::random(rows, cols, -1.5f, 4.5f), g = Tensor::random(1, cols, 0.5f, 1.5f),
+           b = Tensor::random(1, cols, -0.5f, 0.5f), y = Tensor::poisoned(rows, cols);
+    const float eps = 1e-5f;
+    const OpParams p = op_params(y, 0, 0, eps);
+    emu_launch(row_grid(rows, one_block), dim3{256}, [&] { layer_norm(p, x.d.data(), g.d.data(), b.d.data(), y.d.data()); });
+    std::vector<double> ref;
+    for (u32 r = 0; r < rows; ++r) {
+        double mean = 0, var = 0;
+        for (u32 c = 0; c < cols; ++c) mean += x.at(r, c);
+        mean /= cols;
+        for (u32 c = 0; c < cols; ++c) var += (x.at(r, c) - mean) * (x.at(r, c) - mean);
+        var /= cols;
+        for (u32 c = 0; c < cols; ++c) ref.push_back((x.at(r, c) - mean) / std::sqrt(var + eps) * g.at(0, c) + b.at(0, c));
+    }
+    check_op("layer_norm", y, ref, OP_NMSE);
+}
+
+static void test_activations(u32 rows, u32 cols, bool one_block) {
+    Tensor x = Tensor::random(rows, cols, -7.f, 7.f);
+    x.at(0, 0) = 0.f;
+    if (cols > 2) x.at(0, 1) = -12.f, x.at(0, 2) = 9.f;  // far tails
+    for (int kind = 0; kind < 2; ++kind) {
+        Tensor y = Tensor::poisoned(rows, cols);
+        const OpParams p = op_params(y);
+        if (kind == 0)
+            emu_launch(elem_grid(y, one_block), dim3{256}, [&] { gelu(p, x.d.data(), y.d.data()); });
+        else
+            emu_launch(elem_grid(y, one_block), dim3{256}, [&] { quick_gelu(p, x.d.data(), y.d.data()); });
+        std::vector<double> ref;
+        int rel_bad = 0;
+        for (u32 r = 0; r < rows; ++r)
+            for (u32 c = 0; c < cols; ++c) {
+                const double v = x.at(r, c);
+                const double e = kind == 0 ? 0.5 * v * std::erfc(-v / std::sqrt(2.0)) : v / (1.0 + std::exp(-1.702 * v));
+                ref.push_back(e);
+                // Elementwise relative error as well: the NMSE alone would
+                // hide a bad tail. The fit is good to ~1.2e-7 relative; in
+                // f32, exp(-x^2 + p) adds ~x^2 ulps (measured: 3.6e-6 at
+                // x = -6), the same on the CPU.
+                const double bound = (2e-6 + 2e-7 * v * v) * std::fabs(e) + 1e-30;
+                if (std::fabs(y.at(r, c) - e) > bound) {
+                    if (rel_bad < 3) std::printf("  x %g: %g vs %g\n", v, y.at(r, c), e);
+                    ++rel_bad;
+                }
+            }
+        check_op(kind == 0 ? "gelu" : "quick_gelu", y, ref, OP_NMSE);
+        CHECK(rel_bad == 0, "%s %ux%u: %d values off by more than (2e-6 + 2e-7 x^2) relative", kind == 0 ? "gelu" : "quick_gelu", rows, cols,
+              rel_bad);
+    }
+}
+
+static void test_add(u32 rows, u32 b_rows, u32 cols, bool one_block) {
+    Tensor a = Tensor::random(rows, cols, -2.f, 2.f), b = Tensor::random(b_rows, cols, -2.f, 2.f), y = Tensor::poisoned(rows, cols);
+    const OpParams p = op_params(y, b_rows);
+    emu_launch(elem_grid(y, one_block), dim3{256}, [&] { add(p, a.d.data(), b.d.data(), y.d.data()); });
+    std::vector<double> ref;
+    for (u32 r = 0; r < rows; ++r)
+        for (u32 c = 0; c < cols; ++c) ref.push_back((double)a.at(r, c) + b.at(r % b_rows, c));
+    check_op("add", y, ref, OP_NMSE);
+    // bias_add: in place on a copy of a.
+    Tensor z = a, bias = Tensor::random(1, cols, -1.f, 1.f);
+    for (u32 r = 0; r < rows; ++r)
+        for (u32 c = cols; c < z.stride; ++c) z.at(r, c) = PAD_SENTINEL;
+    const OpParams pb = op_params(z, 1);
+    emu_launch(elem_grid(z, one_block), dim3{256}, [&] { bias_add(pb, bias.d.data(), z.d.data()); });
+    ref.clear();
+    for (u32 r = 0; r < rows; ++r)
+        for (u32 c = 0; c < cols; ++c) ref.push_back((double)a.at(r, c) + bias.at(0, c));
+    check_op("bias_add", z, ref, OP_NMSE);
+}
+
+static void test_take_rows(u32 x_rows, u32 cols, u32 offset, u32 step, u32 n) {
+    Tensor x = Tensor::random(x_rows, cols, -3.f, 3.f), y = Tensor::poisoned(n, cols);
+    const OpParams p = op_params(y, step, offset);
+    emu_launch(elem_grid(y, false), dim3{256}, [&] { take_rows(p, x.d.data(), y.d.data()); });
+    std::vector<double> ref;
+    for (u32 i = 0; i < n; ++i)
+        for (u32 c = 0; c < cols; ++c) ref.push_back(x.at(offset + i * step, c));
+    check_op("take_rows", y, ref, 0.0);
+}
+
+// Softmax of `scores` over `keep` in f64; all dropped: zeros.
+static void ref_softmax(std::vector<double>& s, const std::vector<bool>& keep) {
+    double mx = -INFINITY;
+    for (size_t j = 0; j < s.size(); ++j)
+        if (keep[j]) mx = std::max(mx, s[j]);
+    double sum = 0;
+    for (size_t j = 0; j < s.size(); ++j) s[j] = (keep[j] && mx != -INFINITY) ? std::exp(s[j] - mx) : 0.0, sum += s[j];
+    for (auto& v : s) v = sum > 0 ? v / sum : 0.0;
+}
+
+// mask_rows 0: no mask. The last mask row drops every column (a padded-out
+// sequence): its rows must come out all zeros.
+static void test_softmax(u32 rows, u32 cols, u32 mask_rows, bool one_block) {
+    Tensor x = Tensor::random(rows, cols, -4.f, 4.f), y = Tensor::poisoned(rows, cols);
+    Tensor m(std::max(mask_rows, 1u), cols);
+    for (u32 r = 0; r < mask_rows; ++r)
+        for (u32 c = 0; c < cols; ++c) m.at(r, c) = (r + 1 == mask_rows && mask_rows > 1) ? 0.f : (c < cols - (3 * r) % cols ? 1.f : 0.f);
+    const float scale = 0.37f;
+    const u32 per = mask_rows ? rows / mask_rows : 0;
+    const OpParams p = op_params(y, per, 0, scale);
+    emu_launch(row_grid(rows, one_block), dim3{256}, [&] { softmax(p, x.d.data(), m.d.data(), y.d.data()); });
+    std::vector<double> ref;
+    for (u32 r = 0; r < rows; ++r) {
+        std::vector<double> s(cols);
+        std::vector<bool> keep(cols, true);
+        for (u32 c = 0; c < cols; ++c) {
+            s[c] = (double)(scale * x.at(r, c));
+            if (mask_rows) keep[c] = m.at(r / per, c) > 0.5f;
+        }
+        ref_softmax(s, keep);
+        ref.insert(ref.end(), s.begin(), s.end());
+    }
+    check_op("softmax", y, ref, OP_NMSE);
+}
+
+// Attention over `seqs` sequences of S tokens, `heads` heads of d columns.
+// Masked: sequence b keeps its first S - 3b % S keys; with several sequences
+// the last keeps none (its queries must get zeros).
+static void test_attention(u32 seqs, u32 S, u32 heads, u32 d, bool masked) {
+    const u32 hidden = heads * d, n = seqs * S;
+    Tensor q = Tensor::random(n, hidden, -2.f, 2.f), k = Tensor::random(n, hidden, -2.f, 2.f),
+           v = Tensor::random(n, hidden, -2.f, 2.f), y = Tensor::poisoned(n, hidden), m(seqs, S);
+    for (u32 b = 0; b < seqs; ++b)
+        for (u32 j = 0; j < S; ++j)
+            m.at(b, j) = (seqs > 1 && b + 1 == seqs) ? 0.f : (j < S - (3 * b) % S ? 1.f : 0.f);
+    const float scale = 1.0f / std::sqrt((float)d);
+    const AttentionParams p{seqs, S, heads, d, q.stride, masked ? 1u : 0u, scale, 0};
+    // The launch of src/backend/cuda/mod.rs: grid (ceil(S / 16), heads,
+    // seqs), 128 threads, (16 + 32) * (d | 1) + 17 * S floats.
+    const size_t smem = ((ATT_QT + ATT_KT) * (size_t)(d | 1u) + (ATT_QT + 1) * (size_t)S) * 4;
+    emu_launch(dim3{div_ceil(S, ATT_QT), heads, seqs}, dim3{ATT_THREADS},
+               [&] { attention(p, q.d.data(), k.d.data(), v.d.data(), m.d.data(), y.d.data()); }, smem);
+    std::vector<double> ref((size_t)n * hidden, 0.0);
+    for (u32 b = 0; b < seqs; ++b)
+        for (u32 h = 0; h < heads; ++h)
+            for (u32 i = 0; i < S; ++i) {
+                std::vector<double> s(S);
+                std::vector<bool> keep(S);
+                for (u32 j = 0; j < S; ++j) {
+                    double dot = 0;
+                    for (u32 c = 0; c < d; ++c) dot += (double)q.at(b * S + i, h * d + c) * k.at(b * S + j, h * d + c);
+                    s[j] = dot / std::sqrt((double)d);
+                    keep[j] = !masked || m.at(b, j) > 0.5f;
+                }
+                ref_softmax(s, keep);
+                for (u32 j = 0; j < S; ++j)
+                    for (u32 c = 0; c < d; ++c) ref[(size_t)(b * S + i) * hidden + h * d + c] += s[j] * v.at(b * S + j, h * d + c);
+            }
+    char what[96];
+    std::snprintf(what, sizeof what, "attention %ux%u, %u heads of %u, mask %d", seqs, S, heads, d, (int)masked);
+    check_op(what, y, ref, OP_NMSE);
+    if (masked && seqs > 1) {
+        int nonzero = 0;
+        for (u32 i = 0; i < S; ++i)
+            for (u32 c = 0; c < hidden; ++c) nonzero += y.at((seqs - 1) * S + i, c) != 0.f;
+        CHECK(nonzero == 0, "%s: %d outputs of the fully masked sequence are not 0", what, nonzero);
+    }
+}
+
+static void test_ops(bool quick) {
+    // Each emulated thread is an OS thread: --quick keeps the launches small
+    // (a one-block grid striding over the big shape covers grid-stride).
+    const std::vector<u32> rows = quick ? std::vector<u32>{1u, 13u} : std::vector<u32>{1u, 7u, 77u, 128u};
+    const std::vector<u32> cols = quick ? std::vector<u32>{5u, 1000u} : std::vector<u32>{1u, 5u, 33u, 384u, 1000u};
+    for (u32 r : rows)
+        for (u32 c : cols) {
+            const bool one_block = quick ? r * c > 5000 : r == 77 && c == 5;
+            test_layer_norm(r, c, one_block);
+            test_activations(r, c, one_block);
+            test_add(r, 1, c, one_block);
+            test_add(r, r, c, false);
+            test_softmax(r, c, 0, one_block);
+            test_softmax(2 * r, c, 2, false);
+        }
+    test_add(12, 3, 70, false);
+    test_softmax(21, 77, 7, false);
+    test_take_rows(77 * 3, 384, 0, 77, 3);
+    test_take_rows(20, 1000, 3, 4, 5);
+    test_take_rows(9, 5, 8, 1, 1);
+    std::printf("layer_norm / gelu / quick_gelu / add / bias_add / softmax / take_rows done (%d failures)\n", failures);
+    struct A { u32 seqs, S, heads, d; };
+    const std::vector<A> att = quick ? std::vector<A>{{3, 7, 2, 32}, {2, 40, 1, 125}, {1, 257, 1, 64}}
+                                     : std::vector<A>{{1, 1, 3, 32}, {3, 7, 2, 32}, {2, 77, 2, 64}, {2, 40, 1, 125},
+                                                      {1, 128, 2, 32}, {1, 257, 1, 64}, {2, 33, 1, 256}, {1, 512, 1, 64}};
+    for (const A& a : att)
+        for (bool masked : {false, true}) test_attention(a.seqs, a.S, a.heads, a.d, masked);
+    std::printf("attention done (%d failures)\n", failures);
+}
+
 int main(int argc, char** argv) {
     // --quick: fewer shapes (about a quarter of the time), for CI.
     const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
@@ -318,6 +580,7 @@ int main(int argc, char** argv) {
     for (int i = 0; i < 256; ++i) many.push_back(-1.f + i / 128.f);
     test_assign(3000, many);
     std::printf("assign done (%d failures)\n", failures);
+    test_ops(quick);
     std::printf(failures ? "FAILED\n" : "ALL OK\n");
     return failures ? 1 : 0;
 }

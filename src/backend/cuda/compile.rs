@@ -26,7 +26,7 @@ pub const INCLUDE_ENV: &str = "QUANTSCOPE_CUDA_INCLUDE";
 pub const COMMON_HEADER: &str = include_str!("../../../kernels/common.cuh");
 
 /// Every kernel file: `(stem, source)`, in the order the backend loads them.
-pub const KERNEL_FILES: [(&str, &str); 7] = [
+pub const KERNEL_FILES: [(&str, &str); 8] = [
     ("quantize", include_str!("../../../kernels/quantize.cu")),
     ("dequantize", include_str!("../../../kernels/dequantize.cu")),
     ("gemv", include_str!("../../../kernels/gemv.cu")),
@@ -34,11 +34,12 @@ pub const KERNEL_FILES: [(&str, &str); 7] = [
     ("sparse", include_str!("../../../kernels/sparse.cu")),
     ("assign", include_str!("../../../kernels/assign.cu")),
     ("probe", include_str!("../../../kernels/probe.cu")),
+    ("ops", include_str!("../../../kernels/ops.cu")),
 ];
 
 /// Entry points of each kernel file: the same stems and names as
 /// `shaders/*.wgsl`.
-pub const KERNEL_ENTRIES: [(&str, &[&str]); 7] = [
+pub const KERNEL_ENTRIES: [(&str, &[&str]); 8] = [
     ("quantize", &["quantize_q8", "quantize_q4"]),
     (
         "dequantize",
@@ -76,6 +77,19 @@ pub const KERNEL_ENTRIES: [(&str, &[&str]); 7] = [
     ("sparse", &["scale_input", "outliers_add"]),
     ("assign", &["assign_levels", "reduce_levels"]),
     ("probe", &["fma_rate"]),
+    (
+        "ops",
+        &[
+            "layer_norm",
+            "gelu",
+            "quick_gelu",
+            "add",
+            "bias_add",
+            "softmax",
+            "attention",
+            "take_rows",
+        ],
+    ),
 ];
 
 const INCLUDE_LINE: &str = "#include \"common.cuh\"";

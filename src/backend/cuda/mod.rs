@@ -8,10 +8,17 @@
 //! 2. `upload` copies every part of the packed matrix (codes, scales, zero
 //!    points, codebook, CSR outliers, activation scale) into device buffers,
 //!    laid out byte for byte as on the host (`docs/FORMATS.md`).
-//! 3. `matmul` pads each row of X to a multiple of 32 floats (aligned 16-byte
-//!    loads), runs `scale_input` when the matrix has an activation scale,
-//!    `gemv_<format>` (batch < 8) or `gemm_<format>` (batch >= 8), then
-//!    `outliers_add` when it has outliers, and reads Y back.
+//! 3. `tensor` makes device tensors of `rows x x_stride(cols)` floats (rows
+//!    padded to a multiple of 32 floats, the padding zero and never written
+//!    by a kernel), so a tensor is the X of the GEMV / GEMM kernels as it is.
+//! 4. `run` queues a list of ops on the stream without waiting: a `Linear` is
+//!    `scale_input` when the matrix has an activation scale, `gemv_<format>`
+//!    (batch < 8) or `gemm_<format>` (batch >= 8), `outliers_add` when it has
+//!    outliers, `bias_add` when it has a bias, writing Y in the same padded
+//!    layout; the other ops are the kernels of `kernels/ops.cu`.
+//! 5. `read` copies a tensor back (the stream is synchronized there: errors
+//!    of queued kernels surface at that point) and drops the padding. The
+//!    trait's provided `matmul` is tensor + Linear + read.
 //!
 //! Modules are compiled on first use and cached per architecture for the
 //! process ([`compile::cached_module_ptx`]). Every device allocation goes
@@ -36,12 +43,15 @@ use cudarc::nvrtc::Ptx;
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-use super::params::{AssignParams, MatmulParams, QuantizeParams};
+use super::params::{
+    AssignParams, AttentionParams, MatmulParams, OpParams, QuantizeParams, FLAG_ACT_SCALE,
+};
 use super::plan::{rtn_result, rtn_shape, x_stride, DenseStep, MatmulPlan};
 use super::table::{HandleTable, MemCounter};
 use super::{
-    Backend, BackendError, BackendKind, Bandwidth, DeviceInfo, KernelTiming, LevelAssignment,
-    MatrixHandle, MemoryReport, Op, OpTimings, RtnSpec, TensorHandle, TensorInit, TimingSource,
+    check_ops, check_tensor_init, Activation, Backend, BackendError, BackendKind, Bandwidth,
+    DeviceInfo, KernelTiming, LevelAssignment, MatrixHandle, MemoryReport, Op, OpTimings, RtnSpec,
+    TensorHandle, TensorInit, TimingSource, GEMM_MIN_BATCH,
 };
 use crate::format::{FormatKind, Matrix, Packed, QuantizedMatrix};
 
@@ -55,6 +65,11 @@ pub const DEVICE_ENV: &str = "QUANTSCOPE_CUDA_DEVICE";
 unsafe impl DeviceRepr for MatmulParams {}
 unsafe impl DeviceRepr for QuantizeParams {}
 unsafe impl DeviceRepr for AssignParams {}
+// SAFETY: `#[repr(C)]` structs of u32 and f32 fields, laid out as OpParams and
+// AttentionParams of kernels/common.cuh (tests/cuda_compile.rs checks the
+// field order and the 32-byte parameter of every ops.cu entry).
+unsafe impl DeviceRepr for OpParams {}
+unsafe impl DeviceRepr for AttentionParams {}
 
 /// Whether libcuda (the NVIDIA driver) can be loaded here.
 pub fn driver_available() -> bool {
@@ -85,14 +100,6 @@ fn device_error(message: String) -> BackendError {
 /// Maps a driver error, saying what was being done.
 fn drv(what: &'static str) -> impl Fn(DriverError) -> BackendError {
     move |e| device_error(format!("{what}: {e}"))
-}
-
-/// The answer of the tensor verbs until the CUDA forward-pass kernels land.
-fn no_tensor_ops() -> BackendError {
-    BackendError::Unsupported {
-        backend: BackendKind::Cuda,
-        what: "device tensors (forward-pass ops)".into(),
-    }
 }
 
 fn poisoned() -> BackendError {
@@ -153,6 +160,38 @@ impl DeviceMatrix {
     }
 }
 
+/// A device tensor: `rows x x_stride(cols)` floats, the padding columns zero
+/// (made so, and never written by a kernel).
+struct DeviceTensor {
+    rows: usize,
+    cols: usize,
+    buf: Buf<f32>,
+}
+
+impl DeviceTensor {
+    fn stride(&self) -> usize {
+        x_stride(self.cols)
+    }
+}
+
+/// Queries per block of the `attention` kernel (`ATT_QT` in kernels/ops.cu).
+const ATT_QT: usize = 16;
+/// Keys (then values) per shared-memory tile of `attention` (`ATT_KT`).
+const ATT_KT: usize = 32;
+/// Threads per block of `attention` (`ATT_THREADS`).
+const ATT_THREADS: u32 = 128;
+/// Largest head size `attention` handles (`ATT_MAX_D`: 8 columns per lane).
+const ATT_MAX_D: usize = 256;
+/// Shared memory a block may use without opting in.
+const SMEM_DEFAULT: usize = 48 * 1024;
+
+/// Dynamic shared memory of one `attention` block: the query tile and a
+/// key / value tile of rows of `d | 1` floats (odd, so the score loop is free
+/// of bank conflicts), the scores of 16 queries and the key mask.
+pub fn attention_smem_bytes(seq_len: usize, head_dim: usize) -> usize {
+    ((ATT_QT + ATT_KT) * (head_dim | 1) + (ATT_QT + 1) * seq_len) * 4
+}
+
 /// Output rows each warp of `gemv_<format>` computes (`GemvRows` in
 /// kernels/gemv.cu): narrow codes share each load of X among several rows.
 pub fn gemv_rows_per_warp(kind: FormatKind) -> u32 {
@@ -185,7 +224,10 @@ pub struct CudaBackend {
     nvml: NvmlDevice,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     matrices: HandleTable<DeviceMatrix>,
+    tensors: HandleTable<DeviceTensor>,
     mem: Arc<MemCounter>,
+    /// Largest dynamic shared memory a block may opt into (bytes).
+    smem_optin: usize,
 }
 
 impl CudaBackend {
@@ -248,6 +290,12 @@ impl CudaBackend {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("multiprocessor count"))?
             .max(1) as u32;
+        let smem_optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map(|v| (v.max(0) as usize).max(SMEM_DEFAULT))
+            .unwrap_or(SMEM_DEFAULT);
         let integrated = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
             .map(|v| v != 0)
@@ -309,7 +357,9 @@ impl CudaBackend {
             nvml,
             modules: Mutex::new(HashMap::new()),
             matrices: HandleTable::new(BackendKind::Cuda),
+            tensors: HandleTable::new(BackendKind::Cuda),
             mem: Arc::new(MemCounter::default()),
+            smem_optin,
         })
     }
 
@@ -451,6 +501,16 @@ impl CudaBackend {
             .map_err(|e| device_error(format!("kernel {entry} in {stem}.cu: {e}")))
     }
 
+    /// Compiles and loads kernel file `stem` now, if it is not yet.
+    fn module_loaded(&self, stem: &'static str) -> Result<(), BackendError> {
+        let entry = compile::KERNEL_ENTRIES
+            .iter()
+            .find(|(s, _)| *s == stem)
+            .and_then(|(_, e)| e.first())
+            .ok_or_else(|| BackendError::Invalid(format!("no kernel file kernels/{stem}.cu")))?;
+        self.function(stem, entry).map(drop)
+    }
+
     /// PTX of `stem` for this device; NVRTC releases older than the device
     /// do not know its `sm_XY`, and then PTX for compute_80 (which the
     /// driver compiles for any newer GPU) is used instead.
@@ -544,36 +604,60 @@ impl CudaBackend {
         Ok(out)
     }
 
-    /// Host X (`batch x cols`) padded to rows of [`x_stride`] floats.
-    fn upload_input(&self, x: &[f32], batch: usize, cols: usize) -> Result<Buf<f32>, BackendError> {
-        let xs = x_stride(cols);
-        let mut padded = vec![0.0f32; batch * xs];
-        for (dst, src) in padded.chunks_mut(xs).zip(x.chunks(cols)) {
-            dst[..cols].copy_from_slice(src);
-        }
-        self.upload_slice(&padded)
+    /// Host `rows x cols` values on the device in the tensor layout: rows of
+    /// [`x_stride`] floats, the padding zero.
+    fn upload_padded(&self, x: &[f32], rows: usize, cols: usize) -> Result<Buf<f32>, BackendError> {
+        self.upload_slice(&pad_rows(x, rows, cols))
     }
 
     fn get(&self, h: &MatrixHandle) -> Result<Arc<DeviceMatrix>, BackendError> {
         self.matrices.get(h)
     }
 
+    fn get_tensor(&self, t: &TensorHandle) -> Result<Arc<DeviceTensor>, BackendError> {
+        let d = self.tensors.get(t)?;
+        if (d.rows, d.cols) != t.shape() {
+            return Err(BackendError::Invalid(format!(
+                "tensor {} is {}x{} on the device, the handle says {}x{}",
+                t.id(),
+                d.rows,
+                d.cols,
+                t.rows(),
+                t.cols()
+            )));
+        }
+        Ok(d)
+    }
+
     // ---- launches ---------------------------------------------------------
 
     /// Queues one `Y = X · Wᵀ` on the stream: scale_input, gemv / gemm,
-    /// outliers_add. `x` is padded ([`x_stride`]); `scaled` is scratch of the
-    /// same size, used when the matrix has an activation scale.
+    /// outliers_add. `x` holds `batch` rows of [`x_stride`]`(cols)` floats,
+    /// `y` `batch` rows of `x_stride(rows)` floats (its padding is not
+    /// written); `scaled` is scratch the size of `x`, used when the matrix
+    /// has an activation scale. Outputs are passed by shared reference: the
+    /// kernels write device memory the host never reads meanwhile, and the
+    /// single stream orders every access.
     fn enqueue_matmul(
         &self,
         m: &DeviceMatrix,
         batch: usize,
         x: &Buf<f32>,
-        scaled: Option<&mut Buf<f32>>,
-        y: &mut Buf<f32>,
+        scaled: Option<&Buf<f32>>,
+        y: &Buf<f32>,
     ) -> Result<(), BackendError> {
         let mut p = m.params;
         p.batch = to_u32(batch, "batch")?;
         let xs = x_stride(m.cols()) as u64;
+        // The kernels trust these sizes: check them here, loudly.
+        let (x_need, y_need) = (batch * x_stride(m.cols()), batch * x_stride(m.rows()));
+        if x.slice.len() < x_need || y.slice.len() < y_need {
+            return Err(BackendError::Invalid(format!(
+                "internal: matmul buffers hold {} / {} floats, need {x_need} / {y_need}",
+                x.slice.len(),
+                y.slice.len()
+            )));
+        }
         let plan = MatmulPlan::new(&p, batch, false);
         let input: &Buf<f32> = if plan.scale_input {
             let Some(xo) = scaled else {
@@ -586,7 +670,7 @@ impl CudaBackend {
             b.arg(&p)
                 .arg(&x.slice)
                 .arg(&m.act_scale.slice)
-                .arg(&mut xo.slice);
+                .arg(&xo.slice);
             // SAFETY: matches scale_input(MatmulParams, const float* x,
             // const float* act_scale, float* xo); x and xo hold
             // batch * x_stride floats, act_scale holds cols floats.
@@ -635,12 +719,12 @@ impl CudaBackend {
             .arg(&m.zeros.slice)
             .arg(&m.codebook.slice)
             .arg(&input.slice)
-            .arg(&mut y.slice);
+            .arg(&y.slice);
         // SAFETY: matches gemv_* / gemm_*(MatmulParams, const u8* w,
         // const u16* scales, const u8* zeros, const float* codebook,
         // const float* x, float* y); the buffers have the sizes of
-        // kernels/common.cuh for these params (checked at upload), y holds
-        // batch * rows floats.
+        // kernels/common.cuh for these params (checked at upload), x holds
+        // batch * x_stride(cols) floats, y batch * x_stride(rows).
         unsafe { b.launch(cfg) }.map_err(|e| device_error(format!("launch {entry}: {e}")))?;
         if plan.outliers {
             let f = self.function("sparse", "outliers_add")?;
@@ -650,12 +734,216 @@ impl CudaBackend {
                 .arg(&m.col_idx.slice)
                 .arg(&m.out_vals.slice)
                 .arg(&input.slice)
-                .arg(&mut y.slice);
+                .arg(&y.slice);
             // SAFETY: matches outliers_add(MatmulParams, const u32* row_ptr,
             // const u32* col_idx, const u16* values, const float* x, float* y);
             // the CSR arrays were validated on the host at upload.
             unsafe { b.launch(grid_stride(batch as u64 * p.rows as u64, 65_535)) }
                 .map_err(drv("launch outliers_add"))?;
+        }
+        Ok(())
+    }
+
+    /// Fills the valid columns of a zeroed tensor buffer with NaN (a 2-D
+    /// memset: `cols` floats per row, rows `x_stride(cols)` floats apart), so
+    /// an output value a kernel forgets fails every comparison while the
+    /// padding stays zero as every kernel expects.
+    fn poison_valid(&self, buf: &Buf<f32>, rows: usize, cols: usize) -> Result<(), BackendError> {
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let (ptr, sync) = buf.slice.device_ptr(&self.stream);
+        // SAFETY: the buffer holds rows * x_stride(cols) floats; each of the
+        // `rows` rows of pitch x_stride(cols) * 4 bytes gets `cols` NaNs, in
+        // bounds; queued on the stream that owns the buffer.
+        unsafe {
+            sys::cuMemsetD2D32Async(
+                ptr,
+                x_stride(cols) * 4,
+                f32::NAN.to_bits(),
+                cols,
+                rows,
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(drv("memset"))?;
+        drop(sync);
+        Ok(())
+    }
+
+    /// Checks `ops` ([`check_ops`]) and looks up every handle they name.
+    fn resolve_ops<'a>(&self, ops: &[Op<'a>]) -> Result<Vec<ReadyOp<'a>>, BackendError> {
+        check_ops(self, ops)?;
+        ops.iter()
+            .map(|op| {
+                let tensors = op
+                    .inputs()
+                    .into_iter()
+                    .chain([op.output()])
+                    .map(|t| self.get_tensor(t))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let matrix = match op {
+                    Op::Linear { w, .. } => Some(self.get(w)?),
+                    _ => None,
+                };
+                Ok(ReadyOp {
+                    op: *op,
+                    tensors,
+                    matrix,
+                })
+            })
+            .collect()
+    }
+
+    /// Queues one op on the stream (no synchronization).
+    fn enqueue_op(&self, r: &ReadyOp<'_>) -> Result<(), BackendError> {
+        let t = &r.tensors;
+        let y = &t[t.len() - 1].buf.slice;
+        let name = r.op.name();
+        let launch_err = |e: DriverError| device_error(format!("launch {name}: {e}"));
+        match r.op {
+            Op::Linear { x, w, bias, .. } => {
+                let m = r.matrix.as_ref().ok_or_else(|| {
+                    BackendError::Invalid("internal: linear op without its matrix".into())
+                })?;
+                let batch = x.rows();
+                let scratch = if m.params.flags & FLAG_ACT_SCALE != 0 {
+                    Some(self.zeros::<f32>(batch * x_stride(m.cols()))?)
+                } else {
+                    None
+                };
+                self.enqueue_matmul(m, batch, &t[0].buf, scratch.as_ref(), &t[t.len() - 1].buf)?;
+                if bias.is_some() {
+                    let p = op_params(batch, w.rows(), 1, 0, 0.0);
+                    let f = self.function("ops", "bias_add")?;
+                    let mut b = self.stream.launch_builder(&f);
+                    b.arg(&p).arg(&t[1].buf.slice).arg(y);
+                    // SAFETY: matches bias_add(OpParams, const float* bias,
+                    // float* y): bias is 1 x w.rows, y batch x w.rows, rows
+                    // of x_stride(w.rows) floats (Op::check).
+                    unsafe { b.launch(float4_launch(batch, w.rows())) }.map_err(launch_err)?;
+                }
+            }
+            Op::LayerNorm { x, eps, .. } => {
+                let p = op_params(x.rows(), x.cols(), 0, 0, eps);
+                let f = self.function("ops", "layer_norm")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p)
+                    .arg(&t[0].buf.slice)
+                    .arg(&t[1].buf.slice)
+                    .arg(&t[2].buf.slice)
+                    .arg(y);
+                // SAFETY: matches layer_norm(OpParams, const float* x,
+                // const float* gamma, const float* beta, float* y): x and y
+                // are rows x cols, gamma and beta 1 x cols, rows of
+                // x_stride(cols) floats (Op::check).
+                unsafe { b.launch(rows_launch(x.rows())) }.map_err(launch_err)?;
+            }
+            Op::Activation { kind, x, .. } => {
+                let entry = match kind {
+                    Activation::Gelu => "gelu",
+                    Activation::QuickGelu => "quick_gelu",
+                };
+                let p = op_params(x.rows(), x.cols(), 0, 0, 0.0);
+                let f = self.function("ops", entry)?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&t[0].buf.slice).arg(y);
+                // SAFETY: matches gelu / quick_gelu(OpParams, const float* x,
+                // float* y), both rows x cols (Op::check).
+                unsafe { b.launch(float4_launch(x.rows(), x.cols())) }.map_err(launch_err)?;
+            }
+            Op::Add { a, b: bt, .. } => {
+                let p = op_params(a.rows(), a.cols(), bt.rows(), 0, 0.0);
+                let f = self.function("ops", "add")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&t[0].buf.slice).arg(&t[1].buf.slice).arg(y);
+                // SAFETY: matches add(OpParams, const float* a, const float* b,
+                // float* y): a and y rows x cols, b aux_rows x cols with
+                // aux_rows >= 1 dividing rows (Op::check).
+                unsafe { b.launch(float4_launch(a.rows(), a.cols())) }.map_err(launch_err)?;
+            }
+            Op::Softmax { x, mask, scale, .. } => {
+                let per_mask = mask.map_or(0, |m| x.rows() / m.rows());
+                let p = op_params(x.rows(), x.cols(), per_mask, 0, scale);
+                // Without a mask, x stands in for the pointer: the kernel
+                // does not read it when aux_rows is 0.
+                let m = if mask.is_some() { &t[1] } else { &t[0] };
+                let f = self.function("ops", "softmax")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&t[0].buf.slice).arg(&m.buf.slice).arg(y);
+                // SAFETY: matches softmax(OpParams, const float* x,
+                // const float* mask, float* y): x and y rows x cols, the mask
+                // rows / aux_rows x cols (Op::check), rows of x_stride(cols).
+                unsafe { b.launch(rows_launch(x.rows())) }.map_err(launch_err)?;
+            }
+            Op::Attention {
+                q,
+                mask,
+                seqs,
+                heads,
+                ..
+            } => {
+                let (s, d) = (q.rows() / seqs, q.cols() / heads);
+                let p = AttentionParams {
+                    seqs: seqs as u32,
+                    seq_len: s as u32,
+                    heads: heads as u32,
+                    head_dim: d as u32,
+                    stride: x_stride(q.cols()) as u32,
+                    has_mask: mask.is_some() as u32,
+                    // The CPU's scale, bit for bit.
+                    scale: 1.0 / (d as f32).sqrt(),
+                    _pad0: 0,
+                };
+                let smem = attention_smem_bytes(s, d);
+                let f = self.function("ops", "attention")?;
+                if smem > SMEM_DEFAULT {
+                    // Above 48 KB a kernel must opt in (supports checked
+                    // smem <= the device's opt-in limit).
+                    f.set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        smem as i32,
+                    )
+                    .map_err(drv("attention shared memory limit"))?;
+                }
+                let cfg = LaunchConfig {
+                    grid_dim: (s.div_ceil(ATT_QT) as u32, heads as u32, seqs as u32),
+                    block_dim: (ATT_THREADS, 1, 1),
+                    shared_mem_bytes: smem as u32,
+                };
+                let m = if mask.is_some() { &t[3] } else { &t[0] };
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p)
+                    .arg(&t[0].buf.slice)
+                    .arg(&t[1].buf.slice)
+                    .arg(&t[2].buf.slice)
+                    .arg(&m.buf.slice)
+                    .arg(y);
+                // SAFETY: matches attention(AttentionParams, const float* q,
+                // const float* k, const float* v, const float* mask,
+                // float* y): q, k, v, y are seqs * s x heads * d, the mask
+                // (read only when has_mask) seqs x s, rows of x_stride floats
+                // (Op::check); the dynamic shared memory is the kernel's
+                // (16 + 32) * (d | 1) + 17 * s floats, head_dim <= 256
+                // (supports).
+                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+            }
+            Op::TakeRows {
+                x,
+                offset,
+                step,
+                y: yt,
+            } => {
+                let p = op_params(yt.rows(), x.cols(), step, offset, 0.0);
+                let f = self.function("ops", "take_rows")?;
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p).arg(&t[0].buf.slice).arg(y);
+                // SAFETY: matches take_rows(OpParams, const float* x,
+                // float* y): y rows x cols, every source row
+                // offset + i * step < x.rows (Op::check).
+                unsafe { b.launch(float4_launch(yt.rows(), x.cols())) }.map_err(launch_err)?;
+            }
         }
         Ok(())
     }
@@ -801,6 +1089,76 @@ impl CudaBackend {
         }
         Ok(out)
     }
+}
+
+/// `rows x cols` row-major values as rows of [`x_stride`]`(cols)` floats,
+/// the padding zero.
+fn pad_rows(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let xs = x_stride(cols);
+    let mut padded = vec![0.0f32; rows * xs];
+    if cols > 0 {
+        for (dst, src) in padded.chunks_mut(xs).zip(x.chunks(cols)) {
+            dst[..cols].copy_from_slice(src);
+        }
+    }
+    padded
+}
+
+/// The inverse of [`pad_rows`].
+fn unpad_rows(padded: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * cols);
+    if cols > 0 {
+        for row in padded.chunks(x_stride(cols)).take(rows) {
+            out.extend_from_slice(&row[..cols]);
+        }
+    }
+    out
+}
+
+/// The parameter block of the row-wise and elementwise kernels of ops.cu
+/// for an output of `rows x cols` (sizes checked by `supports`).
+fn op_params(
+    rows: usize,
+    cols: usize,
+    aux_rows: usize,
+    offset: usize,
+    eps_or_scale: f32,
+) -> OpParams {
+    OpParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        stride: x_stride(cols) as u32,
+        aux_rows: aux_rows as u32,
+        offset: offset as u32,
+        kind: 0,
+        eps_or_scale,
+        _pad0: 0,
+    }
+}
+
+/// Launch of the one-warp-per-row kernels (`layer_norm`, `softmax`): 8 rows
+/// per 256-thread block, grid-stride beyond 2^20 blocks.
+fn rows_launch(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(8).clamp(1, 1 << 20) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launch of the elementwise kernels: one float4 of a padded row per thread.
+fn float4_launch(rows: usize, cols: usize) -> LaunchConfig {
+    grid_stride((rows * x_stride(cols) / 4) as u64, 1 << 20)
+}
+
+/// An op with its device objects looked up, so that a freed or foreign
+/// handle fails before anything is queued.
+struct ReadyOp<'a> {
+    op: Op<'a>,
+    /// The op's input tensors in [`Op::inputs`] order, then its output.
+    tensors: Vec<Arc<DeviceTensor>>,
+    /// The matrix of a `Linear`.
+    matrix: Option<Arc<DeviceMatrix>>,
 }
 
 /// NVML facts worth a line in `devices`.
@@ -957,20 +1315,6 @@ impl Backend for CudaBackend {
         self.download(&out, n)
     }
 
-    fn matmul(&self, h: &MatrixHandle, x: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
-        h.check_input(x, batch)?;
-        let m = self.get(h)?;
-        let xd = self.upload_input(x, batch, m.cols())?;
-        let mut scaled = if m.params.flags & super::params::FLAG_ACT_SCALE != 0 {
-            Some(self.zeros::<f32>(batch * x_stride(m.cols()))?)
-        } else {
-            None
-        };
-        let mut y = self.poisoned_f32(batch * m.rows())?;
-        self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y)?;
-        self.download(&y, batch * m.rows())
-    }
-
     fn free(&self, h: MatrixHandle) -> Result<(), BackendError> {
         // Dropping the buffers frees them (stream-ordered) and uncounts them.
         self.matrices.remove(&h).map(drop)
@@ -978,35 +1322,141 @@ impl Backend for CudaBackend {
 
     fn tensor(
         &self,
-        _rows: usize,
-        _cols: usize,
-        _init: TensorInit<'_>,
+        rows: usize,
+        cols: usize,
+        init: TensorInit<'_>,
     ) -> Result<TensorHandle, BackendError> {
-        Err(no_tensor_ops())
+        check_tensor_init(rows, cols, &init)?;
+        let n = rows
+            .checked_mul(x_stride(cols))
+            .filter(|n| n.checked_mul(4).is_some())
+            .ok_or_else(|| BackendError::Invalid(format!("tensor {rows}x{cols} is too large")))?;
+        let buf = match init {
+            TensorInit::Data(d) => self.upload_padded(d, rows, cols)?,
+            TensorInit::Zeros => self.zeros::<f32>(n)?,
+            TensorInit::Poison => {
+                let buf = self.zeros::<f32>(n)?;
+                self.poison_valid(&buf, rows, cols)?;
+                buf
+            }
+        };
+        let id = self.tensors.insert(DeviceTensor { rows, cols, buf })?;
+        Ok(TensorHandle::new(id, BackendKind::Cuda, rows, cols))
     }
 
-    fn write_tensor(&self, _t: &TensorHandle, _data: &[f32]) -> Result<(), BackendError> {
-        Err(no_tensor_ops())
+    fn write_tensor(&self, t: &TensorHandle, data: &[f32]) -> Result<(), BackendError> {
+        check_tensor_init(t.rows(), t.cols(), &TensorInit::Data(data))?;
+        let d = self.get_tensor(t)?;
+        let padded = pad_rows(data, d.rows, d.cols);
+        if padded.is_empty() {
+            return Ok(());
+        }
+        let (ptr, sync) = d.buf.slice.device_ptr(&self.stream);
+        // SAFETY: `ptr` addresses the tensor's rows * stride floats, exactly
+        // `padded.len()`; the copy is queued on the stream that orders every
+        // use of the buffer, and `padded` outlives it (synchronized below).
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                ptr,
+                padded.as_ptr().cast(),
+                padded.len() * 4,
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(drv("host-to-device copy"))?;
+        drop(sync);
+        self.stream.synchronize().map_err(drv("synchronize"))
     }
 
-    fn read(&self, _t: &TensorHandle) -> Result<Vec<f32>, BackendError> {
-        Err(no_tensor_ops())
+    fn read(&self, t: &TensorHandle) -> Result<Vec<f32>, BackendError> {
+        let d = self.get_tensor(t)?;
+        let (rows, cols, stride) = (d.rows, d.cols, d.stride());
+        // `download` synchronizes the stream: an error of any op queued
+        // before shows up here.
+        let padded = self.download(&d.buf, rows * stride)?;
+        Ok(unpad_rows(&padded, rows, cols))
     }
 
-    fn free_tensor(&self, _t: TensorHandle) -> Result<(), BackendError> {
-        Err(no_tensor_ops())
+    fn free_tensor(&self, t: TensorHandle) -> Result<(), BackendError> {
+        // Dropping the buffer frees it (stream-ordered: after every op
+        // queued before) and uncounts it.
+        self.tensors.remove(&t).map(drop)
     }
 
-    fn supports(&self, _op: &Op<'_>) -> bool {
-        false
+    fn supports(&self, op: &Op<'_>) -> bool {
+        let fits = |v: usize| u32::try_from(v).is_ok();
+        // Every kernel indexes rows and strides with 32-bit counts.
+        let shapes_fit = op
+            .inputs()
+            .into_iter()
+            .chain([op.output()])
+            .all(|t| fits(t.rows()) && fits(x_stride(t.cols())));
+        shapes_fit
+            && match *op {
+                Op::Linear { x, .. } => {
+                    // gemm_*: gridDim.y = ceil(batch / 32) <= 65535.
+                    x.rows() < GEMM_MIN_BATCH || x.rows().div_ceil(32) <= 65_535
+                }
+                Op::Attention { q, seqs, heads, .. } => {
+                    let (s, d) = (q.rows() / seqs.max(1), q.cols() / heads.max(1));
+                    (1..=ATT_MAX_D).contains(&d)
+                        && s.div_ceil(ATT_QT) <= i32::MAX as usize
+                        && heads <= 65_535
+                        && seqs <= 65_535
+                        && attention_smem_bytes(s, d) <= self.smem_optin
+                }
+                Op::TakeRows { offset, step, .. } => fits(offset) && fits(step),
+                Op::LayerNorm { .. }
+                | Op::Activation { .. }
+                | Op::Add { .. }
+                | Op::Softmax { .. } => true,
+            }
     }
 
-    fn run(&self, _ops: &[Op<'_>]) -> Result<(), BackendError> {
-        Err(no_tensor_ops())
+    fn run(&self, ops: &[Op<'_>]) -> Result<(), BackendError> {
+        let ops = self.resolve_ops(ops)?;
+        for op in &ops {
+            self.enqueue_op(op)?;
+        }
+        Ok(())
     }
 
-    fn run_timed(&self, _ops: &[Op<'_>]) -> Result<OpTimings, BackendError> {
-        Err(no_tensor_ops())
+    fn run_timed(&self, ops: &[Op<'_>]) -> Result<OpTimings, BackendError> {
+        let ops = self.resolve_ops(ops)?;
+        // Compile and load the modules first: a module compiled between two
+        // events would be timed as the op's device time.
+        for stem in ["ops", "gemv", "gemm", "sparse"] {
+            self.module_loaded(stem)?;
+        }
+        let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let event = || {
+            let e = self.ctx.new_event(timing).map_err(drv("create event"))?;
+            e.record(&self.stream).map_err(drv("record event"))?;
+            Ok::<_, BackendError>(e)
+        };
+        // One event before the first op and one after each: op i is the
+        // time between events i and i + 1, all on the one stream.
+        let mut events = vec![event()?];
+        for op in &ops {
+            self.enqueue_op(op)?;
+            events.push(event()?);
+        }
+        let elapsed = |a: &CudaEvent, b: &CudaEvent| {
+            a.elapsed_ms(b)
+                .map(|ms| ms as f64 / 1e3)
+                .map_err(drv("event timing"))
+        };
+        let per_op_s = events
+            .windows(2)
+            .map(|w| elapsed(&w[0], &w[1]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let total_s = elapsed(&events[0], &events[events.len() - 1])?;
+        Ok(OpTimings {
+            per_op_s,
+            total_s,
+            source: TimingSource::CudaEvent,
+        })
     }
 
     fn memory(&self) -> MemoryReport {
@@ -1106,13 +1556,13 @@ impl Backend for CudaBackend {
         let x: Vec<f32> = (0..batch * m.cols())
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
-        let xd = self.upload_input(&x, batch, m.cols())?;
-        let mut scaled = if m.params.flags & super::params::FLAG_ACT_SCALE != 0 {
+        let xd = self.upload_padded(&x, batch, m.cols())?;
+        let scaled = if m.params.flags & FLAG_ACT_SCALE != 0 {
             Some(self.zeros::<f32>(batch * x_stride(m.cols()))?)
         } else {
             None
         };
-        let mut y = self.zeros::<f32>(batch * m.rows())?;
+        let y = self.zeros::<f32>(batch * x_stride(m.rows()))?;
         // Weights smaller than the L2 cache would be timed from L2 after the
         // first run: overwrite a buffer twice the L2 size before each run
         // (outside the timed events), so every run reads the weights from
@@ -1137,7 +1587,7 @@ impl Backend for CudaBackend {
                     .map_err(drv("L2 flush")),
                 None => Ok(()),
             },
-            || self.enqueue_matmul(&m, batch, &xd, scaled.as_mut(), &mut y),
+            || self.enqueue_matmul(&m, batch, &xd, scaled.as_ref(), &y),
         )?;
         Ok(KernelTiming {
             samples_s: samples,
@@ -1219,6 +1669,59 @@ mod tests {
         assert_eq!(x_stride(1), 32);
         assert_eq!(x_stride(32), 32);
         assert_eq!(x_stride(33), 64);
+    }
+
+    #[test]
+    fn tensor_rows_pad_and_unpad() {
+        let x: Vec<f32> = (0..3 * 5).map(|v| v as f32 + 0.5).collect();
+        let p = pad_rows(&x, 3, 5);
+        assert_eq!(p.len(), 3 * 32);
+        assert_eq!(&p[32..37], &x[5..10]);
+        assert!(p[37..64].iter().all(|&v| v == 0.0));
+        assert_eq!(unpad_rows(&p, 3, 5), x);
+        assert!(pad_rows(&[], 4, 0).is_empty() && unpad_rows(&[], 4, 0).is_empty());
+    }
+
+    /// The launch constants here are the `#define`s of kernels/ops.cu, and
+    /// the shared-memory size is the kernel's own formula.
+    #[test]
+    fn attention_launch_matches_the_kernel() {
+        let src = compile::module_source("ops").expect("ops.cu is embedded");
+        for (name, value) in [
+            ("ATT_QT", ATT_QT),
+            ("ATT_KT", ATT_KT),
+            ("ATT_THREADS", ATT_THREADS as usize),
+            ("ATT_MAX_D", ATT_MAX_D),
+        ] {
+            assert!(
+                src.contains(&format!("#define {name} {value}\n")),
+                "kernels/ops.cu does not define {name} {value}"
+            );
+        }
+        assert!(src.contains("float* keep = sc + ATT_QT * S;"));
+        assert!(src.contains("float* sc = kv + ATT_KT * ld;"));
+        assert!(src.contains("__device__ __forceinline__ u32 att_ld(u32 d) { return d | 1u; }"));
+        // The longest sequence at BERT / CLIP head sizes fits the
+        // default 48 KB; head size 256 needs the opt-in.
+        assert!(attention_smem_bytes(512, 64) <= SMEM_DEFAULT);
+        assert!(attention_smem_bytes(257, 64) <= SMEM_DEFAULT);
+        assert!(attention_smem_bytes(512, 256) > SMEM_DEFAULT);
+        assert_eq!(attention_smem_bytes(7, 125), ((16 + 32) * 125 + 17 * 7) * 4);
+    }
+
+    #[test]
+    fn op_params_use_the_tensor_stride() {
+        let p = op_params(77, 1000, 3, 5, 0.25);
+        assert_eq!(
+            (p.rows, p.cols, p.stride, p.aux_rows, p.offset),
+            (77, 1000, 1024, 3, 5)
+        );
+        assert_eq!(p.eps_or_scale, 0.25);
+        assert_eq!(
+            float4_launch(77, 1000).grid_dim.0,
+            (77u32 * 256).div_ceil(256)
+        );
+        assert_eq!(rows_launch(77).grid_dim.0, 10);
     }
 
     #[test]
