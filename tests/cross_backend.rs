@@ -8,8 +8,11 @@
 //! The devices are `backend::available()` minus the CPU (so CUDA joins where
 //! present) plus, for wgpu, a second instance on the portable (core WGSL)
 //! path, so both the native-feature and the fallback kernels run.
-//! `QUANTSCOPE_REQUIRE_WGPU=1` turns a missing wgpu adapter into a failure;
-//! otherwise the wgpu part is skipped with one line.
+//! `QUANTSCOPE_REQUIRE_WGPU=1` turns a missing wgpu adapter into a failure,
+//! `QUANTSCOPE_REQUIRE_CUDA=1` a CUDA backend that does not open (the GPU
+//! check kit sets both); otherwise the part is skipped with one line.
+//! `QUANTSCOPE_TEST_BACKENDS=cuda` (a comma list of labels' first words)
+//! keeps only those devices, e.g. for the compute-sanitizer pass.
 
 use std::sync::Arc;
 
@@ -146,6 +149,19 @@ fn require_wgpu() -> bool {
     std::env::var("QUANTSCOPE_REQUIRE_WGPU").is_ok_and(|v| v == "1")
 }
 
+fn require_cuda() -> bool {
+    std::env::var("QUANTSCOPE_REQUIRE_CUDA").is_ok_and(|v| v == "1")
+}
+
+/// Whether `QUANTSCOPE_TEST_BACKENDS` (unset: all) keeps device `label`.
+fn selected(label: &str) -> bool {
+    let Ok(list) = std::env::var("QUANTSCOPE_TEST_BACKENDS") else {
+        return true;
+    };
+    let first = label.split_whitespace().next().unwrap_or(label);
+    list.split(',').any(|b| b.trim() == first)
+}
+
 /// The devices under test, each with a label.
 fn devices() -> Vec<(String, Arc<dyn Backend>)> {
     let mut out: Vec<(String, Arc<dyn Backend>)> = Vec::new();
@@ -159,6 +175,9 @@ fn devices() -> Vec<(String, Arc<dyn Backend>)> {
                 }
                 eprintln!("skipping wgpu kernels: {e}");
             }
+            (BackendKind::Cuda, Err(e)) if require_cuda() => {
+                panic!("QUANTSCOPE_REQUIRE_CUDA=1 but cuda is unavailable: {e}")
+            }
             (kind, Err(e)) => eprintln!("skipping {kind}: {e}"),
         }
     }
@@ -171,6 +190,7 @@ fn devices() -> Vec<(String, Arc<dyn Backend>)> {
             out.push(("wgpu (portable WGSL)".into(), Arc::new(b)));
         }
     }
+    out.retain(|(label, _)| selected(label));
     out
 }
 

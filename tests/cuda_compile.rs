@@ -6,7 +6,10 @@
 //! line on stderr, unless `QUANTSCOPE_REQUIRE_NVRTC=1` (CI), where they fail.
 //! When `QUANTSCOPE_PTXAS` names a `ptxas` binary, the PTX is also assembled,
 //! which checks the inline PTX (mma.sync, cvt) that NVRTC passes through;
-//! `QUANTSCOPE_PTX_DUMP=dir` writes the PTX there.
+//! `QUANTSCOPE_PTX_DUMP=dir` writes the PTX there. The kernel folder on
+//! disk (checked against the embedded list) is `QUANTSCOPE_KERNELS_DIR`, else
+//! the build-time source tree, else `./kernels`: a test binary carried to
+//! another machine (the GPU check kit) finds it without the source tree.
 #![cfg(feature = "cuda")]
 
 use quantscope::backend::cuda::compile::{
@@ -40,6 +43,20 @@ fn nvrtc_or_skip(test: &str) -> bool {
     false
 }
 
+/// The `kernels/` folder: `QUANTSCOPE_KERNELS_DIR`, the build-time source
+/// tree when it still exists, else `kernels` under the working directory.
+fn kernels_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("QUANTSCOPE_KERNELS_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    if built.is_dir() {
+        built
+    } else {
+        std::path::PathBuf::from("kernels")
+    }
+}
+
 /// Assembles `ptx` with ptxas when `QUANTSCOPE_PTXAS` names one.
 fn assemble(ptx: &str, stem: &str, arch: &str) {
     let Ok(ptxas) = std::env::var("QUANTSCOPE_PTXAS") else {
@@ -70,10 +87,15 @@ fn every_kernel_compiles_for_sm75_sm80_and_sm90() {
     if !nvrtc_or_skip("every_kernel_compiles_for_sm75_sm80_and_sm90") {
         return;
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let dir = kernels_dir();
     // Every .cu on disk is embedded (a new file cannot be forgotten).
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .expect("kernels/ exists")
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot read the kernel folder {} ({e}); set QUANTSCOPE_KERNELS_DIR",
+                dir.display()
+            )
+        })
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let p = e.path();
@@ -121,6 +143,37 @@ fn f16_gemm_uses_tensor_cores_on_sm80() {
         ptx.contains("mma.sync.aligned.m16n8k16"),
         "no mma.sync in gemm PTX"
     );
+}
+
+/// The CUBIN path (the backend's fallback when the driver refuses PTX):
+/// NVRTC assembles the kernels itself, so the result is an ELF image.
+#[test]
+fn kernels_compile_to_cubins_for_sm90() {
+    use quantscope::backend::cuda::compile::compile_cubin;
+    if !nvrtc_or_skip("kernels_compile_to_cubins_for_sm90") {
+        return;
+    }
+    for stem in ["gemv", "gemm"] {
+        let src = module_source(stem).expect("embedded source");
+        let bin = compile_cubin(&src, stem, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            bin.len() > 1024 && bin.starts_with(b"\x7fELF"),
+            "{stem}.cu: the CUBIN is not an ELF image ({} bytes)",
+            bin.len()
+        );
+    }
+    assert!(matches!(
+        compile_cubin("", "empty", "compute_80"),
+        Err(BackendError::Invalid(_))
+    ));
+    match compile_cubin(
+        "extern \"C\" __global__ void k() { nope; }",
+        "broken",
+        "sm_90",
+    ) {
+        Err(BackendError::Device { message, .. }) => assert!(message.contains("nope"), "{message}"),
+        other => panic!("a broken kernel gave {:?}", other.map(|b| b.len())),
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Without an NVIDIA driver the CUDA backend says why it cannot run, through
-//! the registry, and never panics. On a machine with a GPU it opens.
+//! the registry, and never panics. On a machine with a GPU it opens; with
+//! `QUANTSCOPE_REQUIRE_CUDA=1` (the GPU check kit) it must.
 
 use quantscope::backend::{self, BackendError, BackendKind};
 
@@ -12,6 +13,10 @@ fn cuda_opens_or_says_why() {
             assert!(info.compute_capability.is_some());
         }
         Err(BackendError::Unavailable { backend, reason }) => {
+            assert!(
+                std::env::var("QUANTSCOPE_REQUIRE_CUDA").as_deref() != Ok("1"),
+                "QUANTSCOPE_REQUIRE_CUDA=1 but cuda is unavailable: {reason}"
+            );
             assert_eq!(backend, BackendKind::Cuda);
             assert!(!reason.is_empty());
             let shown = BackendError::Unavailable { backend, reason }.to_string();

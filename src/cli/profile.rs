@@ -1,12 +1,15 @@
 //! `quantscope profile`: time one format's matmul kernel on one backend and
-//! set it against the device's measured ceilings (copy bandwidth, FMA rate).
+//! set it against the device's measured ceilings (copy bandwidth, FMA rate)
+//! and, on CUDA, against cuBLAS's f16 GEMM at the same shape.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use half::f16;
+use quantscope::backend::KernelTiming;
 use quantscope::backend::{self, Backend, BackendKind, Bandwidth, TimingSource};
 use quantscope::format::{
-    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, NF4_CODEBOOK,
+    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers, NF4_CODEBOOK,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -29,6 +32,10 @@ pub struct Args {
     /// Group size of q8/q4/lut4: a multiple of 32, or `row`.
     #[arg(long, default_value = "128")]
     group: String,
+    /// Fraction of the weights added as sparse f16 outliers (CSR by row), as
+    /// EasyQuant keeps them: 0.005 = 0.5 %. 0 (default): none.
+    #[arg(long, default_value_t = 0.0)]
+    outliers: f64,
     /// Timed runs after warm-up (the median is reported).
     #[arg(long, default_value_t = 50)]
     runs: usize,
@@ -98,6 +105,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    if !(0.0..=1.0).contains(&args.outliers) {
+        bail!("--outliers {} is not a fraction in [0, 1]", args.outliers);
+    }
     let dev = open_backend(kind, args.adapter.as_deref())?;
 
     // A random matrix packed in the chosen format, and its exact byte size.
@@ -116,6 +126,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         plain => pack_plain(&w, plain)?,
     };
     drop(w);
+    let m = if args.outliers > 0.0 {
+        m.with_outliers(random_outliers(&mut rng, rows, cols, args.outliers))?
+    } else {
+        m
+    };
     let h = dev.upload(&m)?;
     let timing = dev.time_matmul(&h, args.batch, args.runs)?;
     let seconds = timing.median_s();
@@ -136,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     dev.free(h)?;
+    let cublas = cublas_reference(kind, rows, cols, args.batch, args.runs);
     report(
         &args,
         dev.as_ref(),
@@ -146,7 +162,82 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         flops,
         bw,
         peak_flops,
+        cublas,
     )
+}
+
+/// `density · cols` distinct random columns per row (at least one), values
+/// in ±[0.5, 4): the sparse part of an outlier-aware format.
+fn random_outliers(
+    rng: &mut rand_xoshiro::Xoshiro256PlusPlus,
+    rows: usize,
+    cols: usize,
+    density: f64,
+) -> Outliers {
+    let per_row = ((density * cols as f64).round() as usize).clamp(1, cols);
+    let rows: Vec<Vec<(u32, f16)>> = (0..rows)
+        .map(|_| {
+            let mut picked: Vec<u32> = rand::seq::index::sample(rng, cols, per_row)
+                .into_iter()
+                .map(|c| c as u32)
+                .collect();
+            picked.sort_unstable();
+            picked
+                .into_iter()
+                .map(|c| {
+                    let v: f32 = rng.random_range(0.5..4.0);
+                    let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+                    (c, f16::from_f32(sign * v))
+                })
+                .collect()
+        })
+        .collect();
+    Outliers::from_rows(&rows)
+}
+
+/// cuBLAS's f16 GEMM at the same shape when profiling CUDA: the speed of an
+/// unquantized layer from the vendor library. `None` on other backends;
+/// a failure is one note on stderr (the kernel's own figures still print).
+fn cublas_reference(
+    kind: BackendKind,
+    rows: usize,
+    cols: usize,
+    batch: usize,
+    runs: usize,
+) -> Option<KernelTiming> {
+    if kind != BackendKind::Cuda {
+        return None;
+    }
+    match time_cublas(rows, cols, batch, runs) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("note: cuBLAS f16 GEMM not timed: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn time_cublas(
+    rows: usize,
+    cols: usize,
+    batch: usize,
+    runs: usize,
+) -> Result<KernelTiming, quantscope::backend::BackendError> {
+    // A second handle on the same primary context: cuBLAS is an inherent
+    // method of the CUDA backend, not a `Backend` verb.
+    quantscope::backend::cuda::CudaBackend::from_env()?
+        .time_cublas_f16_gemm(rows, cols, batch, runs)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn time_cublas(
+    _rows: usize,
+    _cols: usize,
+    _batch: usize,
+    _runs: usize,
+) -> Result<KernelTiming, String> {
+    Err("this build has no cuda feature".into())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -160,6 +251,7 @@ fn report(
     flops: f64,
     bw: Option<Bandwidth>,
     peak_flops: Option<f64>,
+    cublas: Option<KernelTiming>,
 ) -> anyhow::Result<()> {
     let kernel = format!(
         "{}_{}",
@@ -171,6 +263,7 @@ fn report(
     let bw_frac = bw.map(|b| bytes as f64 / seconds / b.bytes_per_s);
     let flops_frac = peak_flops.map(|p| flops / seconds / p);
     let info = dev.info();
+    let cublas_s = cublas.as_ref().map(KernelTiming::median_s);
     if args.json {
         let out = json!({
             "backend": dev.kind().name(),
@@ -195,6 +288,11 @@ fn report(
                 "timing": source_name(b.source),
             })),
             "fma_gflop_per_s": peak_flops.map(|p| p / 1e9),
+            "cublas_f16_gemm": cublas_s.map(|c| json!({
+                "median_s": c,
+                "speedup_of_kernel": c / seconds,
+                "timing": "CUDA events",
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -231,6 +329,13 @@ fn report(
     match peak_flops {
         Some(p) => println!("device FMA rate: {:.2} GFLOP/s (fma-only kernel)", p / 1e9),
         None => println!("device FMA rate: not measured on this backend"),
+    }
+    if let Some(c) = cublas_s {
+        println!(
+            "cuBLAS f16 GEMM, same shape: {:.3} ms ({:.2}x the kernel's time; > 1 = kernel faster)",
+            c * 1e3,
+            c / seconds
+        );
     }
     Ok(())
 }

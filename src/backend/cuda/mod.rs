@@ -60,6 +60,10 @@ use nvml::{NvmlDevice, NvmlFacts};
 /// Environment variable choosing the CUDA device ordinal (default 0).
 pub const DEVICE_ENV: &str = "QUANTSCOPE_CUDA_DEVICE";
 
+/// Environment variable: `1` loads the kernels as CUBINs for the device's
+/// architecture instead of PTX (the fallback when the driver refuses PTX).
+pub const CUBIN_ENV: &str = "QUANTSCOPE_CUDA_CUBIN";
+
 // SAFETY: plain `#[repr(C)]` structs of u32 fields, the same layout as the
 // structs of kernels/common.cuh that the kernels take by value.
 unsafe impl DeviceRepr for MatmulParams {}
@@ -478,19 +482,7 @@ impl CudaBackend {
             match modules.get(stem) {
                 Some(m) => m.clone(),
                 None => {
-                    let ptx = self.module_ptx(stem)?;
-                    let m = self
-                        .ctx
-                        .load_module(Ptx::from_src(ptx.as_str()))
-                        .map_err(|e| {
-                            let hint = if format!("{e:?}").contains("UNSUPPORTED_PTX_VERSION") {
-                                " (libnvrtc is newer than the driver: use the NVRTC of a \
-                                 CUDA release the driver supports, or update the driver)"
-                            } else {
-                                ""
-                            };
-                            device_error(format!("loading {stem}.cu PTX: {e}{hint}"))
-                        })?;
+                    let m = self.load_kernel_module(stem)?;
                     modules.insert(stem, m.clone());
                     m
                 }
@@ -509,6 +501,35 @@ impl CudaBackend {
             .and_then(|(_, e)| e.first())
             .ok_or_else(|| BackendError::Invalid(format!("no kernel file kernels/{stem}.cu")))?;
         self.function(stem, entry).map(drop)
+    }
+
+    /// Loads kernel file `stem`: its PTX, JIT-compiled by the driver; when
+    /// the driver refuses it (`UNSUPPORTED_PTX_VERSION`: libnvrtc newer than
+    /// the driver), or when `QUANTSCOPE_CUDA_CUBIN=1`, a CUBIN compiled by
+    /// NVRTC for this device's exact architecture, which needs no JIT.
+    fn load_kernel_module(&self, stem: &'static str) -> Result<Arc<CudaModule>, BackendError> {
+        let load_cubin = || -> Result<Arc<CudaModule>, BackendError> {
+            let bin = compile::cached_module_cubin(stem, &self.arch)?;
+            self.ctx
+                .load_module(Ptx::from_binary(bin.as_ref().clone()))
+                .map_err(|e| device_error(format!("loading {stem}.cu CUBIN ({}): {e}", self.arch)))
+        };
+        if std::env::var(CUBIN_ENV).as_deref() == Ok("1") {
+            return load_cubin();
+        }
+        let ptx = self.module_ptx(stem)?;
+        match self.ctx.load_module(Ptx::from_src(ptx.as_str())) {
+            Ok(m) => Ok(m),
+            Err(e) if format!("{e:?}").contains("UNSUPPORTED_PTX_VERSION") => {
+                load_cubin().map_err(|cubin| {
+                    device_error(format!(
+                        "loading {stem}.cu PTX: {e} (libnvrtc is newer than the driver), \
+                         and the CUBIN fallback: {cubin}"
+                    ))
+                })
+            }
+            Err(e) => Err(device_error(format!("loading {stem}.cu PTX: {e}"))),
+        }
     }
 
     /// PTX of `stem` for this device; NVRTC releases older than the device
@@ -951,7 +972,32 @@ impl CudaBackend {
     /// Times `runs` repetitions of `work`, queued back to back between CUDA
     /// events, after `warmup` untimed ones; `before` runs before each timed
     /// run, outside the events (e.g. an L2 flush). Returns seconds per run.
+    /// cudarc looks driver symbols up by name at first use and panics when
+    /// one is missing (a driver older than the bindings): that panic becomes
+    /// an error here, as in `new`, instead of ending the program.
     fn time_on_stream(
+        &self,
+        warmup: usize,
+        runs: usize,
+        before: impl FnMut() -> Result<(), BackendError>,
+        work: impl FnMut() -> Result<(), BackendError>,
+    ) -> Result<Vec<f64>, BackendError> {
+        catch_unwind(AssertUnwindSafe(|| {
+            self.time_on_stream_unguarded(warmup, runs, before, work)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(device_error(format!(
+                "the CUDA driver panicked while timing: {what}"
+            )))
+        })
+    }
+
+    fn time_on_stream_unguarded(
         &self,
         warmup: usize,
         runs: usize,
