@@ -206,6 +206,23 @@ fn is_float(d: Dtype) -> bool {
     matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
 }
 
+/// Elements of the 2-D float tensors of a checkpoint, from its header alone
+/// (nothing is converted): what reading it with [`read_checkpoint`] costs,
+/// 4 bytes each, before anything is allocated.
+pub fn checkpoint_matrix_elements(path: &Path) -> Result<u128, IoError> {
+    let bytes = read_file(path)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| IoError::NotSafetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(header
+        .tensors()
+        .values()
+        .filter(|t| t.shape.len() == 2 && is_float(t.dtype))
+        .map(|t| t.shape.iter().map(|&d| d as u128).product::<u128>())
+        .sum())
+}
+
 /// Reads a safetensors checkpoint for quantization: every 2-D float tensor
 /// as an f32 matrix, and every other tensor carried over unchanged (1-D,
 /// scalars, empty, integer and bool tensors). A float tensor of 3 or more

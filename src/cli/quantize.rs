@@ -222,6 +222,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let (tensors, passthrough, source) = match &args.input {
         Some(p) => {
+            // The weights as f32, their dequantized copy and the packed
+            // output: about 9 bytes per weight, checked before reading.
+            let n = io::checkpoint_matrix_elements(p)?;
+            check_host_memory(
+                &format!("quantizing '{}'", esc(&p.display().to_string())),
+                n.checked_mul(9),
+            )?;
             let c = io::read_checkpoint(p, args.skip_incompatible)?;
             (c.matrices, c.passthrough, p.display().to_string())
         }
