@@ -135,7 +135,7 @@ impl Fixture {
         let mut header =
             br#"{"w":{"dtype":"F16","shape":[200000,200000],"data_offsets":[0,80000000000]}}"#
                 .to_vec();
-        while header.len() % 8 != 0 {
+        while !header.len().is_multiple_of(8) {
             header.push(b' ');
         }
         let mut huge = (header.len() as u64).to_le_bytes().to_vec();
