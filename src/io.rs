@@ -1,5 +1,7 @@
 //! Reading weights from safetensors files and writing packed matrices back,
-//! atomically (temp file in the target folder, then rename).
+//! atomically (through [`crate::atomic`]: temp file beside the target, then
+//! rename). Inputs must be regular files and are memory-mapped
+//! ([`crate::input`]).
 //!
 //! A packed matrix `<name>` is stored as its parts — `<name>.codes`,
 //! `<name>.scales`, `<name>.zeros`, `<name>.codebook`,
@@ -24,14 +26,13 @@ use crate::format::{
 /// Errors reading or writing weight files; every one names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
-    /// The file could not be read.
-    #[error("cannot read '{path}': {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// The file could not be read (missing, not a regular file, ...).
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
+    /// The output could not be written (refused path, OS error); nothing
+    /// was left behind.
+    #[error(transparent)]
+    Atomic(#[from] crate::atomic::AtomicError),
     /// The file is not a valid safetensors file (bad header, truncated, ...).
     #[error("'{path}' is not a valid safetensors file: {reason}")]
     NotSafetensors {
@@ -90,11 +91,35 @@ pub struct Skipped {
     pub reason: String,
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, IoError> {
-    std::fs::read(path).map_err(|source| IoError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+/// A tensor carried from input to output byte for byte (1-D tensors such as
+/// biases and norms, integer and bool tensors, and with `skip_incompatible`
+/// float tensors of 3 or more dimensions), so a quantized checkpoint is
+/// complete.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    /// Tensor name.
+    pub name: String,
+    /// Its dtype, unchanged.
+    pub dtype: Dtype,
+    /// Its shape, unchanged.
+    pub shape: Vec<usize>,
+    /// Its bytes, unchanged.
+    pub bytes: Vec<u8>,
+    /// Why it is not quantized.
+    pub reason: String,
+}
+
+/// Everything [`read_checkpoint`] found in a file.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoint {
+    /// The 2-D float tensors, in name order, as f32.
+    pub matrices: Vec<NamedMatrix>,
+    /// The tensors carried over unchanged, in name order.
+    pub passthrough: Vec<RawTensor>,
+}
+
+fn read_file(path: &Path) -> Result<crate::input::InputBytes, IoError> {
+    Ok(crate::input::map_regular(path)?)
 }
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, IoError> {
@@ -137,7 +162,88 @@ pub fn read_matrices(
     let st = parse(path, &bytes)?;
     let mut names = st.names();
     names.sort();
-    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    let mut skipped = Vec::new();
+    for name in names {
+        let view = st.tensor(name).map_err(|e| IoError::Tensor {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        if let Some(reason) = not_a_matrix(&view) {
+            if !skip_incompatible {
+                return Err(IoError::Tensor {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                    reason: format!(
+                        "{reason} (only 2-D float tensors can be quantized; --skip-incompatible leaves such tensors out)"
+                    ),
+                });
+            }
+            skipped.push(Skipped {
+                name: name.to_string(),
+                reason,
+            });
+        }
+    }
+    let c = read_checkpoint(path, true)?;
+    Ok((c.matrices, skipped))
+}
+
+/// Why a tensor is not a quantizable matrix, or `None` when it is one.
+fn not_a_matrix(view: &TensorView<'_>) -> Option<String> {
+    if view.shape().len() != 2 {
+        Some(format!("shape {:?} is not 2-D", view.shape()))
+    } else if !is_float(view.dtype()) {
+        Some(format!("dtype {:?} is not a float type", view.dtype()))
+    } else if view.shape().contains(&0) {
+        Some(format!("shape {:?} is empty", view.shape()))
+    } else {
+        None
+    }
+}
+
+fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
+}
+
+/// Elements of the 2-D float tensors of a checkpoint, from its header alone
+/// (nothing is converted): what reading it with [`read_checkpoint`] costs,
+/// 4 bytes each, before anything is allocated.
+pub fn checkpoint_matrix_elements(path: &Path) -> Result<u128, IoError> {
+    let bytes = read_file(path)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| IoError::NotSafetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(header
+        .tensors()
+        .values()
+        .filter(|t| t.shape.len() == 2 && is_float(t.dtype))
+        .map(|t| t.shape.iter().map(|&d| d as u128).product::<u128>())
+        .sum())
+}
+
+/// Reads a safetensors checkpoint for quantization: every 2-D float tensor
+/// as an f32 matrix, and every other tensor carried over unchanged (1-D,
+/// scalars, empty, integer and bool tensors). A float tensor of 3 or more
+/// dimensions is an error unless `skip_incompatible`, which carries it over
+/// unchanged too. Non-finite weights in a matrix are an error naming the
+/// tensor and position.
+pub fn read_checkpoint(path: &Path, skip_incompatible: bool) -> Result<Checkpoint, IoError> {
+    let bytes = read_file(path)?;
+    read_checkpoint_bytes(&bytes, path, skip_incompatible)
+}
+
+/// [`read_checkpoint`] on the bytes of a file; `path` names it in errors.
+pub fn read_checkpoint_bytes(
+    bytes: &[u8],
+    path: &Path,
+    skip_incompatible: bool,
+) -> Result<Checkpoint, IoError> {
+    let st = parse(path, bytes)?;
+    let mut names = st.names();
+    names.sort();
+    let mut out = Checkpoint::default();
     for name in names {
         let view = st.tensor(name).map_err(|e| IoError::Tensor {
             path: path.to_path_buf(),
@@ -149,80 +255,59 @@ pub fn read_matrices(
             name: name.to_string(),
             reason,
         };
-        let reason = if view.shape().len() != 2 {
-            Some(format!("shape {:?} is not 2-D", view.shape()))
-        } else if !matches!(
-            view.dtype(),
-            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
-        ) {
-            Some(format!("dtype {:?} is not a float type", view.dtype()))
-        } else if view.shape().contains(&0) {
-            Some(format!("shape {:?} is empty", view.shape()))
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            if skip_incompatible {
-                skipped.push(Skipped {
-                    name: name.to_string(),
-                    reason,
-                });
-                continue;
+        if let Some(reason) = not_a_matrix(&view) {
+            if view.shape().len() > 2 && is_float(view.dtype()) && !skip_incompatible {
+                return Err(bad(format!(
+                    "{reason} (only 2-D float tensors can be quantized; --skip-incompatible carries such tensors over unchanged)"
+                )));
             }
-            return Err(bad(format!(
-                "{reason} (only 2-D float tensors can be quantized; --skip-incompatible leaves such tensors out)"
-            )));
+            out.passthrough.push(RawTensor {
+                name: name.to_string(),
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                bytes: view.data().to_vec(),
+                reason,
+            });
+            continue;
         }
         let (rows, cols) = (view.shape()[0], view.shape()[1]);
         let data = to_f32(&view).ok_or_else(|| bad("unreadable float data".into()))?;
         let m = Matrix::from_vec(rows, cols, data).map_err(|e| bad(e.to_string()))?;
         if let Some((r, c, v)) = m.first_non_finite() {
             return Err(bad(format!(
-                "weight at row {r}, column {c} is {v}: weights must be finite"
+                "weight at row {r}, column {c} is {v}{}: weights must be finite",
+                if view.dtype() == Dtype::F64 {
+                    " (as f32)"
+                } else {
+                    ""
+                }
             )));
         }
-        out.push((name.to_string(), m));
+        out.matrices.push((name.to_string(), m));
     }
-    if out.is_empty() {
-        let detail = if skipped.is_empty() {
+    if out.matrices.is_empty() {
+        let detail = if out.passthrough.is_empty() {
             String::new()
         } else {
-            let s: Vec<_> = skipped
+            let s: Vec<_> = out
+                .passthrough
                 .iter()
                 .map(|s| format!("{} ({})", s.name, s.reason))
                 .collect();
-            format!("; skipped: {}", s.join(", "))
+            format!("; it holds: {}", s.join(", "))
         };
         return Err(IoError::Nothing {
             path: path.to_path_buf(),
             detail,
         });
     }
-    Ok((out, skipped))
+    Ok(out)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
-/// flushed, then renamed over `path`. On error nothing is left behind.
+/// Writes `bytes` to `path` atomically ([`crate::atomic::write_atomic`]).
+/// On error nothing is left behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    use std::io::Write;
-    let werr = |reason: String| IoError::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| werr(e.to_string()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".quantscope-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| werr(e.to_string()))?;
-    tmp.write_all(bytes).map_err(|e| werr(e.to_string()))?;
-    tmp.as_file().sync_all().map_err(|e| werr(e.to_string()))?;
-    tmp.persist(path).map_err(|e| werr(e.error.to_string()))?;
-    Ok(())
+    Ok(crate::atomic::write_atomic(path, |w| w.write_all(bytes))?)
 }
 
 /// Header metadata describing one stored packed matrix.
@@ -256,6 +341,18 @@ fn part<T: bytemuck::Pod>(dtype: Dtype, shape: Vec<usize>, v: &[T]) -> Part {
 pub fn write_quantized(
     path: &Path,
     items: &[(String, QuantizedMatrix)],
+    dequantized: bool,
+) -> Result<(), IoError> {
+    write_checkpoint(path, items, &[], dequantized)
+}
+
+/// [`write_quantized`] plus tensors carried over unchanged (see
+/// [`read_checkpoint`]), so the output is a complete checkpoint. A carried
+/// tensor whose name collides with a part of a packed matrix is an error.
+pub fn write_checkpoint(
+    path: &Path,
+    items: &[(String, QuantizedMatrix)],
+    passthrough: &[RawTensor],
     dequantized: bool,
 ) -> Result<(), IoError> {
     let mut parts: BTreeMap<String, Part> = BTreeMap::new();
@@ -331,7 +428,35 @@ pub fn write_quantized(
         })?;
         meta.insert(format!("quantscope.{name}"), json);
     }
+    add_passthrough(path, &mut parts, passthrough)?;
     write_parts(path, &parts, Some(meta))
+}
+
+fn add_passthrough(
+    path: &Path,
+    parts: &mut BTreeMap<String, Part>,
+    passthrough: &[RawTensor],
+) -> Result<(), IoError> {
+    for t in passthrough {
+        if parts.contains_key(&t.name) {
+            return Err(IoError::Write {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "tensor '{}' (carried over unchanged) has the name of a part of a quantized tensor",
+                    t.name
+                ),
+            });
+        }
+        parts.insert(
+            t.name.clone(),
+            Part {
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                bytes: t.bytes.clone(),
+            },
+        );
+    }
+    Ok(())
 }
 
 fn write_parts(
@@ -370,8 +495,16 @@ pub fn write_matrices(path: &Path, items: &[(String, Matrix)]) -> Result<(), IoE
 /// Reads back every packed matrix written by [`write_quantized`].
 pub fn read_quantized(path: &Path) -> Result<Vec<(String, QuantizedMatrix)>, IoError> {
     let bytes = read_file(path)?;
-    let st = parse(path, &bytes)?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| IoError::NotSafetensors {
+    read_quantized_bytes(&bytes, path)
+}
+
+/// [`read_quantized`] on the bytes of a file; `path` names it in errors.
+pub fn read_quantized_bytes(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<(String, QuantizedMatrix)>, IoError> {
+    let st = parse(path, bytes)?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| IoError::NotSafetensors {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
@@ -451,6 +584,7 @@ pub fn read_quantized(path: &Path) -> Result<Vec<(String, QuantizedMatrix)>, IoE
 pub fn write_uniform(
     path: &Path,
     items: &[(String, crate::quant::rtn::UniformQuantized)],
+    passthrough: &[RawTensor],
     dequantized: bool,
 ) -> Result<(), IoError> {
     let mut parts = BTreeMap::new();
@@ -475,5 +609,6 @@ pub fn write_uniform(
             );
         }
     }
+    add_passthrough(path, &mut parts, passthrough)?;
     write_parts(path, &parts, None)
 }

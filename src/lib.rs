@@ -6,14 +6,18 @@
 //! - [`backend`]: the [`backend::Backend`] trait and its CPU, wgpu and CUDA
 //!   implementations, which run the packed formats;
 //! - [`metrics`]: error measures used everywhere;
-//! - [`io`]: safetensors in and out, atomic writes; [`sample`]: the built-in sample model;
+//! - [`io`]: safetensors in and out; [`atomic`]: the one way a file is written
+//!   (all files of a run or none); [`input`]: regular input files, memory-mapped;
+//!   [`sample`]: the built-in sample model;
 //! - [`vector`]: the vector quantization study (`quantscope vector`).
 #![warn(missing_docs)]
 
 pub mod analyze;
+pub mod atomic;
 pub mod backend;
 pub mod format;
 pub mod hardware;
+pub mod input;
 pub mod io;
 pub mod metrics;
 pub mod quant;

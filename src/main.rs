@@ -33,6 +33,14 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Temporary files are removed on SIGINT/SIGTERM/SIGHUP; a closed stdout
+    // ends the output quietly (see src/atomic.rs and src/cli/guard.rs).
+    if let Err(e) = quantscope::atomic::install_signal_cleanup() {
+        eprintln!(
+            "warning: no signal handler, an interrupted write may leave a temporary file: {e}"
+        );
+    }
+    cli::guard::install_pipe_guard();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(a) => cli::devices::run(a),
@@ -41,11 +49,35 @@ fn main() -> std::process::ExitCode {
         Command::Quantize(a) => cli::quantize::run(a),
         Command::Vector(a) => cli::vector::run(a),
     };
+    let result = result.and_then(|()| {
+        if cli::guard::stdout_failed() {
+            anyhow::bail!("cannot write to standard output");
+        }
+        Ok(())
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            eprintln!("error: {}", error_text(&e));
+            // A bad flag value exits 2 in every command, like clap's own errors.
+            std::process::ExitCode::from(if cli::guard::is_bad_flag(&e) { 2 } else { 1 })
         }
     }
+}
+
+/// The error and its causes, each said once (a cause already quoted in the
+/// message above it is not repeated), control characters escaped.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    cli::guard::esc(&text)
 }

@@ -3,6 +3,8 @@
 use quantscope::backend::{backends, BackendKind};
 use serde_json::json;
 
+use super::guard::outln;
+
 /// Flags of `devices`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,7 +37,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     for s in backends() {
@@ -50,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .compute_capability
                     .map(|(a, b)| format!(", compute capability {a}.{b}"))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "{:<5} available   {} ({}; {}; {}{})",
                     s.kind.name(),
                     i.name,
@@ -60,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     cc
                 );
                 if !i.features.is_empty() {
-                    println!("      features: {}", i.features.join(", "));
+                    outln!("      features: {}", i.features.join(", "));
                 }
             }
             Err(e) => {
@@ -69,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     "not built"
                 };
-                println!("{:<5} {state} {e}", s.kind.name());
+                outln!("{:<5} {state} {e}", s.kind.name());
             }
         }
     }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod devices;
+pub mod guard;
 pub mod hardware;
 pub mod profile;
 pub mod progress;

@@ -4,15 +4,17 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use half::f16;
 use quantscope::backend::KernelTiming;
 use quantscope::backend::{self, Backend, BackendKind, Bandwidth, TimingSource};
 use quantscope::format::{
-    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers, NF4_CODEBOOK,
+    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, Matrix, Outliers, NF4_CODEBOOK,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+
+use super::guard::{bad_flag, check_count, check_host_memory, esc, outln, product, show_bytes};
 
 /// Flags of `profile`.
 #[derive(clap::Args)]
@@ -68,21 +70,78 @@ fn open_backend(kind: BackendKind, adapter: Option<&str>) -> anyhow::Result<Arc<
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
-    let (r, c) = s
-        .split_once(['x', 'X'])
-        .with_context(|| format!("--shape '{s}' is not ROWSxCOLS (e.g. 4096x4096)"))?;
-    let r: usize = r
-        .trim()
-        .parse()
-        .with_context(|| format!("--shape '{s}': rows '{r}' is not a number"))?;
-    let c: usize = c
-        .trim()
-        .parse()
-        .with_context(|| format!("--shape '{s}': columns '{c}' is not a number"))?;
+    let shown = esc(s);
+    let Some((r, c)) = s.split_once(['x', 'X']) else {
+        bad_flag!("--shape '{shown}' is not ROWSxCOLS (e.g. 4096x4096)")
+    };
+    let Ok(r) = r.trim().parse::<usize>() else {
+        bad_flag!("--shape '{shown}': rows '{}' is not a whole number", esc(r))
+    };
+    let Ok(c) = c.trim().parse::<usize>() else {
+        bad_flag!(
+            "--shape '{shown}': columns '{}' is not a whole number",
+            esc(c)
+        )
+    };
     if r == 0 || c == 0 {
-        bail!("--shape '{s}': rows and columns must be at least 1");
+        bad_flag!("--shape '{shown}': rows and columns must be at least 1");
     }
     Ok((r, c))
+}
+
+/// Bounds of the count flags.
+const MAX_RUNS: usize = 1_000_000;
+const MAX_BATCH: usize = 1 << 20;
+const MAX_COPY_MIB: usize = 1 << 20;
+
+/// Checks every size the flags give against the machine before anything is
+/// allocated: the host memory the run needs (f32 weights, the packed copy
+/// and the backend's own, X and Y, the bandwidth probe) and, where the
+/// device reports its memory, the device memory.
+fn check_sizes(
+    args: &Args,
+    rows: usize,
+    cols: usize,
+    format: FormatKind,
+    dev: &dyn Backend,
+) -> anyhow::Result<()> {
+    let (r, c, b) = (rows as u128, cols as u128, args.batch as u128);
+    // A packed matrix is at most as large as its f32 form plus scales.
+    let packed =
+        product(&[r, c, format_bytes_per_weight_x2(format)]).map(|v| v / 2 + r * c / 8 + 64 * r);
+    let io = product(&[b, r + c, 4 * 2]);
+    let weights = product(&[r, c, 4]);
+    let matmul = weights
+        .zip(packed)
+        .zip(io)
+        .and_then(|((w, p), x)| w.checked_add(p.checked_mul(2)?)?.checked_add(x));
+    check_host_memory(
+        &format!("--shape {}x{} --batch {}", rows, cols, args.batch),
+        matmul,
+    )?;
+    let copy = product(&[args.copy_mib as u128, 1 << 20, 2]);
+    check_host_memory(&format!("--copy-mib {}", args.copy_mib), copy)?;
+    if let (Some(total), Some(p), Some(x)) = (dev.info().memory_total_bytes, packed, io) {
+        if dev.kind() != BackendKind::Cpu && p + x > total as u128 {
+            bad_flag!(
+                "--shape {rows}x{cols} --batch {}: the packed matrix, X and Y need {}; the device has {}",
+                args.batch,
+                show_bytes(p + x),
+                show_bytes(total as u128)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Bytes per weight of a format, times 2 (q4 and lut4 are half a byte).
+fn format_bytes_per_weight_x2(f: FormatKind) -> u128 {
+    match f {
+        FormatKind::F32 => 8,
+        FormatKind::F16 | FormatKind::Bf16 => 4,
+        FormatKind::Q8 => 2,
+        FormatKind::Q4 | FormatKind::Lut4 => 1,
+    }
 }
 
 fn source_name(s: TimingSource) -> &'static str {
@@ -95,20 +154,26 @@ fn source_name(s: TimingSource) -> &'static str {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let kind: BackendKind = args.backend.parse()?;
-    let format: FormatKind = args.format.parse()?;
-    let group: GroupSize = args.group.parse()?;
+    let Ok(kind) = args.backend.parse::<BackendKind>() else {
+        bad_flag!(
+            "unknown --backend '{}' (expected cpu, wgpu or cuda)",
+            esc(&args.backend)
+        )
+    };
+    let format: FormatKind = match args.format.parse() {
+        Ok(f) => f,
+        Err(e) => bad_flag!("--format: {}", esc(&e.to_string())),
+    };
+    let group = super::quantize::parse_group(&args.group)?;
     let (rows, cols) = parse_shape(&args.shape)?;
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    if args.runs == 0 {
-        bail!("--runs must be at least 1");
-    }
+    check_count("--batch", args.batch, 1, MAX_BATCH, "rows of X")?;
+    check_count("--runs", args.runs, 1, MAX_RUNS, "timed runs")?;
+    check_count("--copy-mib", args.copy_mib, 1, MAX_COPY_MIB, "MiB copied")?;
     if !(0.0..=1.0).contains(&args.outliers) {
         bail!("--outliers {} is not a fraction in [0, 1]", args.outliers);
     }
     let dev = open_backend(kind, args.adapter.as_deref())?;
+    check_sizes(&args, rows, cols, format, dev.as_ref())?;
 
     // A random matrix packed in the chosen format, and its exact byte size.
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
@@ -137,7 +202,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bytes = m.storage_bytes().total() + 4 * args.batch * (rows + cols);
     let flops = 2.0 * (args.batch * rows * cols) as f64;
     let bw: Option<Bandwidth> = match dev.measure_bandwidth(args.copy_mib << 20) {
-        Ok(b) => Some(b),
+        Ok(b) => {
+            // Backends keep the probe where it measures DRAM honestly (the
+            // CPU reads at least 1 GiB; wgpu at most 2 GiB): say so.
+            let asked = (args.copy_mib as u64) << 20;
+            if b.bytes_moved != asked && b.bytes_moved != 2 * asked {
+                eprintln!(
+                    "note: --copy-mib {} asked for {asked} bytes; the {} backend moved {} bytes ({})",
+                    args.copy_mib,
+                    dev.kind(),
+                    b.bytes_moved,
+                    b.method
+                );
+            }
+            Some(b)
+        }
         Err(e) => {
             eprintln!("note: bandwidth not measured: {e}");
             None
@@ -294,16 +373,21 @@ fn report(
                 "timing": "CUDA events",
             })),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{} on {} ({})", label, info.name, dev.kind());
-    println!(
+    outln!("{} on {} ({})", label, info.name, dev.kind());
+    outln!(
         "{:<10} {:>12} {:>10} {:>11} {:>8} {:>8}  timing",
-        "kernel", "median", "GB/s", "GFLOP/s", "%bw", "%flops"
+        "kernel",
+        "median",
+        "GB/s",
+        "GFLOP/s",
+        "%bw",
+        "%flops"
     );
     let pct = |f: Option<f64>| f.map_or("-".to_string(), |f| format!("{:.1}", 100.0 * f));
-    println!(
+    outln!(
         "{:<10} {:>9.3} ms {:>10.2} {:>11.2} {:>8} {:>8}  {}",
         kernel,
         seconds * 1e3,
@@ -313,22 +397,25 @@ fn report(
         pct(flops_frac),
         source_name(source)
     );
-    println!(
+    outln!(
         "batch {} x {}, {} bytes moved per run (packed matrix + X + Y), median of {} runs",
-        args.batch, args.shape, bytes, args.runs
+        args.batch,
+        args.shape,
+        bytes,
+        args.runs
     );
     match bw {
-        Some(b) => println!(
+        Some(b) => outln!(
             "device bandwidth: {:.2} GB/s ({}, {} bytes read + written)",
             b.bytes_per_s / 1e9,
             b.method,
             b.bytes_moved
         ),
-        None => println!("device bandwidth: not measured"),
+        None => outln!("device bandwidth: not measured"),
     }
     match peak_flops {
-        Some(p) => println!("device FMA rate: {:.2} GFLOP/s (fma-only kernel)", p / 1e9),
-        None => println!("device FMA rate: not measured on this backend"),
+        Some(p) => outln!("device FMA rate: {:.2} GFLOP/s (fma-only kernel)", p / 1e9),
+        None => outln!("device FMA rate: not measured on this backend"),
     }
     if let Some(c) = cublas_s {
         println!(

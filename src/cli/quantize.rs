@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use quantscope::format::{GroupSize, QuantizedMatrix};
 use quantscope::metrics::error_stats;
 use quantscope::quant::calib::{load_safetensors, CalibSource, CalibrationSet};
@@ -16,6 +16,10 @@ use serde::Serialize;
 
 use super::progress::bar;
 
+use super::guard::{
+    bad_flag, check_count, check_host_memory, esc, outln, product as guard_product,
+};
+
 /// Flags of `quantize`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,7 +30,14 @@ pub struct Args {
 
     /// Output safetensors file: per tensor `<name>.codes`, `.scales`, `.zeros`,
     /// `.codebook`, `.outliers.*`, `.act_scale` as the format has them, and the
-    /// dequantized f32 weights as `<name>.dequantized`. Written atomically.
+    /// dequantized f32 weights as `<name>.dequantized`; tensors that are not
+    /// quantized (1-D, integer, bool) are carried over unchanged, so the
+    /// output is a complete checkpoint. Written atomically (a temporary file
+    /// beside it, then a rename; nothing is left behind on error or Ctrl-C).
+    /// An existing file keeps its permissions; if FILE is a symbolic link, the
+    /// file it points to is replaced and the link kept. An output that is the
+    /// input or the --calib file, or that is not a regular file (a directory,
+    /// device or FIFO), is refused.
     #[arg(
         long,
         value_name = "FILE",
@@ -45,16 +56,16 @@ pub struct Args {
     group: String,
 
     /// Bit width for `--scheme uniform` (2..=8).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(2..=8), allow_negative_numbers = true)]
     bits: Option<u8>,
 
     /// Symmetric (absmax) instead of asymmetric (min/max) for `--scheme uniform`.
     #[arg(long)]
     symmetric: bool,
 
-    /// Outlier threshold in standard deviations of the row (easyquant4).
-    #[arg(long, default_value_t = 3.0)]
-    threshold: f32,
+    /// Outlier threshold in standard deviations of the row (easyquant4; default 3).
+    #[arg(long, allow_negative_numbers = true)]
+    threshold: Option<f32>,
 
     /// Seed of randomized steps (k-means++ initialization).
     #[arg(long, default_value_t = 42)]
@@ -74,15 +85,16 @@ pub struct Args {
     #[arg(long)]
     output_error: bool,
 
-    /// Rows of built-in calibration activations per layer (without --calib).
+    /// Rows of built-in calibration activations per layer (without --calib; 1..=1048576).
     #[arg(long, default_value_t = 1024)]
     calib_rows: usize,
 
-    /// Rows of built-in held-out evaluation activations per layer (without --calib).
+    /// Rows of built-in held-out evaluation activations per layer (without --calib; 1..=1048576).
     #[arg(long, default_value_t = 256)]
     eval_rows: usize,
 
-    /// Leave out (and list) tensors that are not 2-D float instead of failing.
+    /// Carry float tensors of 3 or more dimensions (convolutions) over
+    /// unchanged, and list them, instead of failing.
     #[arg(long)]
     skip_incompatible: bool,
 
@@ -116,34 +128,78 @@ struct Row {
 
 /// Parses and checks a group size flag.
 pub fn parse_group(s: &str) -> anyhow::Result<GroupSize> {
-    s.parse::<GroupSize>()
-        .with_context(|| format!("--group {s}"))
+    match s.parse::<GroupSize>() {
+        Ok(g) => Ok(g),
+        Err(e) => bad_flag!("--group {}: {e}", esc(s)),
+    }
 }
+
+/// Largest row count of built-in activations (`--calib-rows`, `--eval-rows`).
+const MAX_ACTIVATION_ROWS: usize = 1 << 20;
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let group = parse_group(&args.group)?;
-    if !(args.threshold > 0.0 && args.threshold.is_finite()) {
-        bail!(
-            "--threshold must be a positive number of standard deviations, got {}",
-            args.threshold
-        );
-    }
     let uniform = args.scheme.eq_ignore_ascii_case("uniform");
     let scheme = if uniform {
         None
     } else {
-        let s: Scheme = args.scheme.parse().context("--scheme")?;
+        let s: Scheme = match args.scheme.parse() {
+            Ok(s) => s,
+            Err(_) => {
+                let names: Vec<_> = Scheme::ALL.iter().map(|k| k.name()).collect();
+                bad_flag!(
+                    "unknown --scheme '{}' (expected one of: {}, uniform)",
+                    esc(&args.scheme),
+                    names.join(", ")
+                )
+            }
+        };
         if args.bits.is_some() {
-            bail!(
-                "--bits applies to --scheme uniform only ({} has a fixed width)",
-                s
-            );
+            bad_flag!("--bits applies to --scheme uniform only ({s} has a fixed width)");
+        }
+        if args.symmetric {
+            bad_flag!("--symmetric applies to --scheme uniform only ({s} fixes its own rounding)");
         }
         Some(s)
     };
+    if let Some(t) = args.threshold {
+        if scheme != Some(Scheme::EasyQuant4) {
+            bad_flag!("--threshold applies to --scheme easyquant4 only");
+        }
+        if !(t > 0.0 && t.is_finite()) {
+            bad_flag!("--threshold must be a positive number of standard deviations, got {t}");
+        }
+    }
+    let threshold = args.threshold.unwrap_or(3.0);
+    check_count(
+        "--calib-rows",
+        args.calib_rows,
+        1,
+        MAX_ACTIVATION_ROWS,
+        "rows of built-in activations",
+    )?;
+    check_count(
+        "--eval-rows",
+        args.eval_rows,
+        1,
+        MAX_ACTIVATION_ROWS,
+        "rows of built-in activations",
+    )?;
+    // The output is checked before any work: never an input, never a device,
+    // folder or FIFO (see --help of --output).
+    quantscope::atomic::resolve_output(&args.output)?;
+    let inputs: Vec<&std::path::Path> = args
+        .input
+        .iter()
+        .chain(&args.calib)
+        .map(|p| p.as_path())
+        .collect();
+    quantscope::atomic::refuse_same_file(&args.output, &inputs)?;
     let uniform_spec = if uniform {
-        let bits = args.bits.context("--scheme uniform needs --bits (2..=8)")?;
+        let Some(bits) = args.bits else {
+            bad_flag!("--scheme uniform needs --bits (2..=8)")
+        };
         let spec = UniformSpec {
             bits,
             symmetry: if args.symmetric {
@@ -156,16 +212,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 GroupSize::Cols(n) => Granularity::Group(n),
             },
         };
-        spec.validate().context("--bits")?;
+        if let Err(e) = spec.validate() {
+            bad_flag!("--bits {bits}: {e}");
+        }
         Some(spec)
     } else {
         None
     };
 
-    let (tensors, skipped, source) = match &args.input {
+    let (tensors, passthrough, source) = match &args.input {
         Some(p) => {
-            let (t, s) = io::read_matrices(p, args.skip_incompatible)?;
-            (t, s, p.display().to_string())
+            // The weights as f32, their dequantized copy and the packed
+            // output: about 9 bytes per weight, checked before reading.
+            let n = io::checkpoint_matrix_elements(p)?;
+            check_host_memory(
+                &format!("quantizing '{}'", esc(&p.display().to_string())),
+                n.checked_mul(9),
+            )?;
+            let c = io::read_checkpoint(p, args.skip_incompatible)?;
+            (c.matrices, c.passthrough, p.display().to_string())
         }
         None => (
             sample::sample_weights(args.seed),
@@ -173,20 +238,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "built-in sample model".to_string(),
         ),
     };
-    if args.calib_rows == 0 || args.eval_rows == 0 {
-        bail!("--calib-rows and --eval-rows must be positive");
-    }
     let calibrated =
         args.calib.is_some() || args.output_error || scheme.is_some_and(|s| s.needs_calibration());
     let mut calib_source = None;
     let mut notes = Vec::new();
+    let mut warnings = Vec::new();
+    if calibrated && args.calib.is_none() {
+        // Built-in activations are generated per layer: bound them first.
+        let widest = tensors.iter().map(|(_, w)| w.cols()).max().unwrap_or(0);
+        let rows = (args.calib_rows + args.eval_rows) as u128;
+        check_host_memory(
+            "--calib-rows + --eval-rows of built-in activations",
+            guard_product(&[rows, widest as u128, 4]),
+        )?;
+    }
 
     let pb = bar(tensors.len() as u64, "quantizing", args.json);
     let mut rows = Vec::new();
     let mut packed: Vec<(String, QuantizedMatrix)> = Vec::new();
     let mut unpacked = Vec::new();
     for (name, w) in &tensors {
-        pb.set_message(name.clone());
+        pb.set_message(esc(name));
         let mut last_output_nmse = None;
         let t = Instant::now();
         check_finite(w).with_context(|| format!("tensor '{name}'"))?;
@@ -211,13 +283,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut cfg = QuantConfig::new(scheme.unwrap_or(Scheme::Int4));
             cfg.group = group;
             cfg.seed = args.seed;
-            cfg.outlier_threshold = args.threshold;
+            cfg.outlier_threshold = threshold;
             let (q, out_nmse) = if calibrated {
                 let set = calibration(&args, name, w.cols())
                     .with_context(|| format!("tensor '{name}'"))?;
                 calib_source.get_or_insert_with(|| set.source.to_string());
                 let (q, n) = quantize_calibrated(w, &cfg, &set.calib, &mut |done, total| {
-                    pb.set_message(format!("{name} {done}/{total}"))
+                    pb.set_message(format!("{} {done}/{total}", esc(name)))
                 })
                 .with_context(|| format!("tensor '{name}'"))?;
                 notes.extend(n.notes.into_iter().map(|t| format!("{name}: {t}")));
@@ -240,6 +312,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             packed.push((name.clone(), q));
             (deq, info.0, info.1, info.2, info.3)
         };
+        if quantscope::format::limits::all_rounded_to_zero(w, &deq) {
+            let largest = w.data().iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            warnings.push(format!(
+                "{}: every weight rounds to zero in {format} (largest |w| is {largest:e}, below the \
+                 smallest f16 scale's reach): the quantized tensor is all zeros",
+                esc(name)
+            ));
+        }
         let e = error_stats(w.data(), deq.data());
         rows.push(Row {
             name: name.clone(),
@@ -260,11 +340,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     pb.finish_and_clear();
 
-    if uniform_spec.is_some() {
-        io::write_uniform(&args.output, &unpacked, !args.no_dequantized)?;
-    } else {
-        io::write_quantized(&args.output, &packed, !args.no_dequantized)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
+    if uniform_spec.is_some() {
+        io::write_uniform(&args.output, &unpacked, &passthrough, !args.no_dequantized)?;
+    } else {
+        io::write_checkpoint(&args.output, &packed, &passthrough, !args.no_dequantized)?;
+    }
+    let carried: Vec<_> = passthrough
+        .iter()
+        .map(|t| serde_json::json!({"name": t.name, "shape": t.shape, "reason": t.reason}))
+        .collect();
 
     let total_w: usize = rows.iter().map(|r| r.rows * r.cols).sum();
     let total_b: usize = rows.iter().map(|r| r.bytes).sum();
@@ -275,31 +362,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "scheme": args.scheme,
             "group": group.label(),
             "tensors": rows,
-            "skipped": skipped,
+            "passed_through": carried,
+            "warnings": warnings,
             "calibration": calib_source,
             "notes": notes,
             "total_bytes": total_b,
             "total_bits_per_weight": total_b as f64 * 8.0 / total_w as f64,
             "f32_bytes": total_w * 4,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!(
-        "{} -> {} ({} g{})",
-        source,
-        args.output.display(),
+    outln!(
+        "{} -> {} ({}, {})",
+        esc(&source),
+        esc(&args.output.display().to_string()),
         args.scheme,
-        group.label()
+        match group {
+            GroupSize::Row => "one group per row".to_string(),
+            GroupSize::Cols(n) => format!("groups of {n}"),
+        }
     );
-    println!(
+    outln!(
         "{:<28} {:>11} {:<18} {:>8} {:>12} {:>10} {:>8} {:>8}",
-        "tensor", "shape", "format", "bits/w", "bytes", "NMSE", "SQNR dB", "outliers"
+        "tensor",
+        "shape",
+        "format",
+        "bits/w",
+        "bytes",
+        "NMSE",
+        "SQNR dB",
+        "outliers"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:<28} {:>11} {:<18} {:>8.3} {:>12} {:>10.3e} {:>8.2} {:>8}",
-            r.name,
+            esc(&r.name),
             format!("{}x{}", r.rows, r.cols),
             r.format,
             r.bits_per_weight,
@@ -310,24 +408,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     if let Some(src) = &calib_source {
-        println!("calibration: {src}; output NMSE on held-out activations:");
+        outln!("calibration: {src}; output NMSE on held-out activations:");
         for r in &rows {
             if let Some(e) = r.output_nmse {
-                println!("  {:<28} {:.3e}", r.name, e);
+                outln!("  {:<28} {:.3e}", esc(&r.name), e);
             }
         }
     }
     for n in &notes {
-        println!("note: {n}");
+        outln!("note: {}", esc(n));
     }
-    for s in &skipped {
-        println!("skipped {}: {}", s.name, s.reason);
+    for t in &passthrough {
+        outln!(
+            "carried over unchanged: {} {:?} {:?} ({})",
+            esc(&t.name),
+            t.dtype,
+            t.shape,
+            t.reason
+        );
     }
-    println!(
-        "total: {} bytes ({:.3} bits/weight), {:.2}x smaller than f32",
+    let ratio = (total_w * 4) as f64 / total_b as f64;
+    outln!(
+        "total: {} bytes ({:.3} bits/weight), {}",
         total_b,
         total_b as f64 * 8.0 / total_w as f64,
-        (total_w * 4) as f64 / total_b as f64
+        if ratio >= 1.0 {
+            format!("{ratio:.2}x smaller than f32")
+        } else {
+            format!(
+                "{:.2}x larger than f32 (at this size scales and row padding outweigh the codes)",
+                1.0 / ratio
+            )
+        }
     );
     Ok(())
 }

@@ -12,6 +12,9 @@ use quantscope::vector::{
     VectorSpec,
 };
 
+use super::guard::{bad_flag, check_host_memory, esc, outln};
+use quantscope::atomic::Transaction;
+
 /// Flags of `vector`.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
@@ -21,7 +24,10 @@ and uniform-optimal (offset and step with the least squared error); non-uniform 
 The error figure is the reference's ||v - q||_2 / N; RMSE and SQNR are reported too. Latency is \
 fit + quantize, both reported.
 Files in --save-dir: results.txt (appended, the reference's layout), results.json (every figure, \
-appended, written atomically) and PNG plots.")]
+appended) and PNG plots. The results are printed first; then every file of the run is written \
+atomically, all of them or none (an append is old contents + new, written to a temporary file and \
+renamed). A symbolic link in place of a file is written through (the file it points to is \
+replaced).")]
 pub struct Args {
     /// Vector: `small` (the reference's 10 values), `large` (10,000,000
     /// samples) or a length N >= 1 (underscores allowed: 1_000_000).
@@ -31,8 +37,8 @@ pub struct Args {
     /// Distribution of generated vectors (large and N): gaussian (N(0,1)),
     /// laplace (b = 1), student-t (3 degrees of freedom) or gaussian+outliers
     /// (N(0,1) with planted outliers, see --outlier-rate and --outlier-scale).
-    #[arg(long, default_value = "gaussian", value_parser = parse_distribution)]
-    distribution: Distribution,
+    #[arg(long, value_parser = parse_distribution)]
+    distribution: Option<Distribution>,
 
     /// gaussian+outliers: fraction of values replaced by outliers, in [0, 1].
     #[arg(long, default_value_t = 0.001, allow_negative_numbers = true)]
@@ -65,9 +71,9 @@ pub struct Args {
     #[arg(long, default_value = "all", value_parser = parse_backend)]
     backend: BackendArg,
 
-    /// CPU threads (default: every core). 1 = no multiprocessing in the
-    /// results header.
-    #[arg(long, value_parser = parse_positive)]
+    /// CPU threads (default: every core; at most 1024). 1 = no
+    /// multiprocessing in the results header.
+    #[arg(long, value_parser = parse_threads)]
     threads: Option<usize>,
 
     /// Seed of the generated vector and of the fitting sample.
@@ -89,13 +95,14 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-6, value_parser = parse_tolerance, allow_negative_numbers = true)]
     tolerance: f64,
 
-    /// Cap on the iterations of each iterative fitter.
-    #[arg(long, default_value_t = 1000, value_parser = parse_positive)]
+    /// Cap on the iterations of each iterative fitter (at most 10,000,000).
+    #[arg(long, default_value_t = 1000, value_parser = parse_max_iterations)]
     max_iterations: usize,
 
     /// Run each approach this many times and report the median fit and
-    /// quantize latencies (figures do not change: everything is seeded).
-    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    /// quantize latencies (figures do not change: everything is seeded; at
+    /// most 10,000).
+    #[arg(long, default_value_t = 1, value_parser = parse_repeat)]
     repeat: usize,
 
     /// Print the results as JSON on stdout (no progress bar).
@@ -154,6 +161,30 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_bounded(s: &str, max: usize) -> Result<usize, String> {
+    let n = parse_positive(s)?;
+    if n > max {
+        return Err(format!("{n} is more than {max}"));
+    }
+    Ok(n)
+}
+
+/// More threads than this only adds scheduling cost (and creating 100,000
+/// threads takes minutes).
+const MAX_THREADS: usize = 1024;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    parse_bounded(s, MAX_THREADS)
+}
+
+fn parse_max_iterations(s: &str) -> Result<usize, String> {
+    parse_bounded(s, 10_000_000)
+}
+
+fn parse_repeat(s: &str) -> Result<usize, String> {
+    parse_bounded(s, 10_000)
+}
+
 fn parse_approach(s: &str) -> Result<ApproachArg, String> {
     Approach::parse_choice(s)
         .map(ApproachArg)
@@ -200,9 +231,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    if args.distribution.is_some() && args.size == VectorSize::Small && !args.all_configs {
+        bad_flag!("--distribution applies to generated vectors (--size large or N); --size small is the reference's fixed values");
+    }
+    let dir = &args.save_dir;
+    if let Ok(m) = std::fs::metadata(dir) {
+        if !m.is_dir() {
+            bad_flag!(
+                "--save-dir '{}' is {}, not a folder",
+                esc(&dir.display().to_string()),
+                quantscope::atomic::kind_of(m.file_type())
+            );
+        }
+    }
     let spec = |size: VectorSize| VectorSpec {
         size,
-        distribution: args.distribution,
+        distribution: args.distribution.unwrap_or(Distribution::Gaussian),
         outlier_rate: args.outlier_rate,
         outlier_scale: args.outlier_scale,
         seed: args.seed,
@@ -234,7 +278,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         vec![config(args.size, args.threads.unwrap_or(cores))]
     };
     for c in &configs {
-        c.validate()?;
+        if let Err(e) = c.validate() {
+            bad_flag!("{e}");
+        }
+        // The vector, its quantized copy, the fitting sample and the
+        // backends' buffers: about 16 bytes per value.
+        let n = c.spec.size.len() as u128;
+        let sample = c.sample_size.min(c.spec.size.len()) as u128;
+        check_host_memory(
+            &format!("--size {}", c.spec.size.label()),
+            n.checked_mul(16).and_then(|b| b.checked_add(sample * 8)),
+        )?;
     }
     let (backends, unavailable) = open_backends(args.backend)?;
     if backends.is_empty() {
@@ -286,38 +340,59 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
 
-    // Everything is computed: now write.
-    let dir = &args.save_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    if !args.no_plots {
-        write_plots(dir, &mut runs, &vectors, args.all_configs)?;
-    }
-    for r in &runs {
-        report::append_results_txt(dir, r)?;
-        report::append_results_json(dir, r)?;
-    }
-
+    // Everything is computed. Stage every file of the run (nothing is
+    // visible yet), print the results whatever happens, then commit: all
+    // files appear, or none.
+    let mut tx = Transaction::new();
+    let staged = stage_files(&mut tx, &args, &mut runs, &vectors);
     if args.json {
         let out = if runs.len() == 1 {
             serde_json::to_string_pretty(&runs[0])?
         } else {
             serde_json::to_string_pretty(&runs)?
         };
-        println!("{out}");
+        outln!("{out}");
     } else {
         for r in &runs {
             print_run(r);
         }
-        println!(
+    }
+    for r in runs.iter() {
+        for w in &r.warnings {
+            eprintln!("warning: {}", esc(w));
+        }
+    }
+    staged.context("the results above were not saved (no file of this run was written)")?;
+    tx.commit()
+        .context("the results above were not saved (no file of this run was written)")?;
+    if !args.json {
+        outln!(
             "results appended to {} and {}",
-            dir.join(report::RESULTS_TXT).display(),
-            dir.join(report::RESULTS_JSON).display()
+            esc(&dir.join(report::RESULTS_TXT).display().to_string()),
+            esc(&dir.join(report::RESULTS_JSON).display().to_string())
         );
     }
     Ok(())
 }
 
+/// Stages the plots, `results.txt` and `results.json` of the runs in `tx`.
+fn stage_files(
+    tx: &mut Transaction,
+    args: &Args,
+    runs: &mut [StudyRun],
+    vectors: &[(VectorSize, Vec<f32>)],
+) -> anyhow::Result<()> {
+    let dir = &args.save_dir;
+    quantscope::atomic::create_folder(dir)?;
+    if !args.no_plots {
+        write_plots(tx, dir, runs, vectors, args.all_configs)?;
+    }
+    report::stage_results(tx, dir, runs)?;
+    Ok(())
+}
+
 fn write_plots(
+    tx: &mut Transaction,
     dir: &Path,
     runs: &mut [StudyRun],
     vectors: &[(VectorSize, Vec<f32>)],
@@ -333,13 +408,13 @@ fn write_plots(
         let Some((_, values)) = vectors.iter().find(|(s, _)| *s == size) else {
             continue;
         };
-        let (files, warnings) = plot::plot_run(dir, r, values)?;
+        let (files, warnings) = plot::plot_run(tx, dir, r, values)?;
         r.plots = files.iter().map(|p| p.display().to_string()).collect();
         r.warnings.extend(warnings);
     }
     if summary {
         let p = dir.join("quantization_performance_comparison.png");
-        let drawn = plot::plot_summary(&p, runs)?;
+        let drawn = plot::plot_summary(tx, &p, runs)?;
         if let Some(last) = runs.last_mut() {
             last.plots.push(p.display().to_string());
             if let plot::Drawn::WithoutText(e) = drawn {
@@ -348,17 +423,12 @@ fn write_plots(
             }
         }
     }
-    for r in runs.iter() {
-        for w in &r.warnings {
-            eprintln!("warning: {w}");
-        }
-    }
     Ok(())
 }
 
 fn print_run(r: &StudyRun) {
     let c = &r.config;
-    println!(
+    outln!(
         "vector {} (N = {}, {}, mean {:.4}, std {:.4}), {} bits = {} levels, sample {}",
         c.spec.size,
         r.vector.n,
@@ -374,13 +444,19 @@ fn print_run(r: &StudyRun) {
         c.sample_size.min(r.vector.n as usize)
     );
     for b in &r.runs {
-        println!("  {} ({}), {} threads", b.backend, b.device, b.threads);
-        println!(
+        outln!("  {} ({}), {} threads", b.backend, b.device, b.threads);
+        outln!(
             "    {:<16} {:>12} {:>11} {:>9} {:>10} {:>10} {:>8}",
-            "approach", "L2/N", "RMSE", "SQNR dB", "fit s", "quant s", "outliers"
+            "approach",
+            "L2/N",
+            "RMSE",
+            "SQNR dB",
+            "fit s",
+            "quant s",
+            "outliers"
         );
         for a in &b.results {
-            println!(
+            outln!(
                 "    {:<16} {:>12.4e} {:>11.4e} {:>9.3} {:>10} {:>10} {:>8}",
                 a.approach.name(),
                 a.l2_over_n,
@@ -394,7 +470,7 @@ fn print_run(r: &StudyRun) {
             );
         }
         for (a, why) in &b.skipped {
-            println!("    {:<16} skipped: {why}", a.name());
+            outln!("    {:<16} skipped: {why}", a.name());
         }
     }
 }

@@ -11,6 +11,7 @@
 //! Padding is zero and readers never use it.
 
 mod dense;
+pub mod limits;
 mod lut4;
 mod outliers;
 mod q4;
@@ -59,6 +60,18 @@ pub enum FormatError {
         cols: usize,
         /// Format name.
         format: &'static str,
+    },
+    /// A weight the format cannot store (beyond the range of its scales).
+    #[error("row {row}, columns {col_start}..{col_end}: {detail}")]
+    Unrepresentable {
+        /// Row of the weight.
+        row: usize,
+        /// First column of the group (or the weight).
+        col_start: usize,
+        /// One past the last column of the group.
+        col_end: usize,
+        /// The value and the largest one the format holds.
+        detail: String,
     },
     /// A value that the layout forbids (zero point > 15, outlier column out of range, ...).
     #[error("invalid {part}: {detail}")]
@@ -323,8 +336,20 @@ impl QuantizedMatrix {
         }
         let group = group.validate()?;
         let kind = packed.kind();
-        let stride = kind.row_stride_bytes(cols);
-        let groups = rows * group.groups_per_row(cols);
+        // Shapes from files are untrusted: every size below must fit a usize.
+        let too_large = || FormatError::BadValue {
+            part: "shape",
+            detail: format!("{rows}x{cols} is too large to address"),
+        };
+        let stride = cols
+            .checked_mul(4)
+            .and_then(|b| b.checked_add(ROW_ALIGN_BYTES))
+            .map(|_| kind.row_stride_bytes(cols))
+            .ok_or_else(too_large)?;
+        rows.checked_mul(stride).ok_or_else(too_large)?;
+        let groups = rows
+            .checked_mul(group.groups_per_row(cols))
+            .ok_or_else(too_large)?;
         match &packed {
             Packed::F32(v) => check_len("values", v.len(), rows * stride / 4, rows, cols, kind)?,
             Packed::F16(v) => check_len("values", v.len(), rows * stride / 2, rows, cols, kind)?,
@@ -433,11 +458,15 @@ impl QuantizedMatrix {
         self.kind().row_stride_bytes(self.cols)
     }
 
-    /// A short label such as `q4 g128 +outliers`.
+    /// A short label such as `q4 g128 +outliers` (`q4 per-row` for one
+    /// group per row).
     pub fn label(&self) -> String {
         let mut s = self.kind().name().to_string();
         if self.kind().is_grouped() {
-            s.push_str(&format!(" g{}", self.group.label()));
+            match self.group {
+                GroupSize::Cols(n) => s.push_str(&format!(" g{n}")),
+                GroupSize::Row => s.push_str(" per-row"),
+            }
         }
         if self.outliers.is_some() {
             s.push_str(" +outliers");

@@ -51,11 +51,10 @@ impl Outliers {
             part: "outliers",
             detail,
         };
-        if self.row_ptr.len() != rows + 1 {
+        if Some(self.row_ptr.len()) != rows.checked_add(1) {
             return Err(bad(format!(
-                "row_ptr has {} entries, expected {}",
+                "row_ptr has {} entries, expected {rows} + 1",
                 self.row_ptr.len(),
-                rows + 1
             )));
         }
         if self.col_idx.len() != self.values.len() {
@@ -72,6 +71,12 @@ impl Outliers {
             let (a, b) = (self.row_ptr[r] as usize, self.row_ptr[r + 1] as usize);
             if a > b {
                 return Err(bad(format!("row_ptr decreases at row {r}")));
+            }
+            // Found by the fuzzer: a pointer past nnz before the last row.
+            if b > self.col_idx.len() {
+                return Err(bad(format!(
+                    "row_ptr at row {r} points past the last outlier"
+                )));
             }
             let cs = &self.col_idx[a..b];
             if cs.iter().any(|&c| c as usize >= cols) {

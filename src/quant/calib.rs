@@ -290,12 +290,9 @@ pub fn check_calib(calib: &Matrix, layer_cols: usize, what: &str) -> Result<(), 
 /// a float tensor (f32, f16, bf16 or f64) of shape `[n, layer_cols]` (leading
 /// dimensions such as `[batch, seq, layer_cols]` are flattened into rows).
 pub fn load_safetensors(path: &Path, name: &str, layer_cols: usize) -> Result<Matrix, QuantError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        QuantError::Invalid(format!(
-            "cannot read calibration file {}: {e}",
-            path.display()
-        ))
-    })?;
+    // A regular file only (a FIFO would block, /dev/zero never end), mapped.
+    let bytes = crate::input::map_regular(path)
+        .map_err(|e| QuantError::Invalid(format!("calibration file: {e}")))?;
     load_safetensors_bytes(&bytes, &path.display().to_string(), name, layer_cols)
 }
 

@@ -2,6 +2,12 @@
 //!
 //! [`Scheme`] names every strategy the tool offers; [`quantize`] runs the
 //! data-free ones. Calibration-based schemes (GPTQ, AWQ) take activations too.
+//!
+//! The rule every scheme keeps: **no quantizer ever writes a non-finite value
+//! from finite input.** [`quantize`] and [`quantize_calibrated`], the one
+//! door every result passes through, refuse weights beyond the storage
+//! format's range before quantizing ([`crate::format::limits`]) and check
+//! every effective weight of the result after ([`check_output`]).
 
 pub mod awq;
 pub mod calib;
@@ -27,6 +33,23 @@ pub enum QuantError {
     /// The packed result broke its layout (a bug, reported rather than hidden).
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// A result that would hold a non-finite value from finite input.
+    #[error(
+        "the quantized weight at row {row}, column {col} would be {value} (input weight {input:e}): \
+         {format} cannot hold this tensor's magnitudes"
+    )]
+    NonFinite {
+        /// Row.
+        row: usize,
+        /// Column.
+        col: usize,
+        /// The non-finite value.
+        value: f32,
+        /// The input weight there.
+        input: f32,
+        /// The format's label.
+        format: String,
+    },
 }
 
 /// A quantization strategy, by its command-line name.
@@ -82,6 +105,19 @@ impl Scheme {
             Scheme::EasyQuant4 => "easyquant4",
             Scheme::GptqInt4 => "gptq-int4",
             Scheme::AwqInt4 => "awq-int4",
+        }
+    }
+
+    /// The dense format the scheme stores, and whether it adds f16 outliers.
+    pub fn storage(self) -> (FormatKind, bool) {
+        match self {
+            Scheme::None(kind) => (kind, false),
+            Scheme::Int8 => (FormatKind::Q8, false),
+            Scheme::Int4 | Scheme::Int4Clip | Scheme::GptqInt4 | Scheme::AwqInt4 => {
+                (FormatKind::Q4, false)
+            }
+            Scheme::Nf4 | Scheme::KMeans4 => (FormatKind::Lut4, false),
+            Scheme::EasyQuant4 => (FormatKind::Q4, true),
         }
     }
 
@@ -152,10 +188,57 @@ pub fn check_finite(w: &Matrix) -> Result<(), QuantError> {
     }
 }
 
+/// Refuses weights the scheme's storage cannot hold (see [`crate::format::limits`]).
+pub fn check_range(w: &Matrix, scheme: Scheme, group: GroupSize) -> Result<(), QuantError> {
+    let (kind, outliers) = scheme.storage();
+    crate::format::limits::check_representable(w, kind, group, outliers)?;
+    Ok(())
+}
+
+/// Checks every effective weight of a result is finite (the input `w` was):
+/// the invariant every quantizer keeps, checked where every result passes.
+pub fn check_output(w: &Matrix, q: &QuantizedMatrix) -> Result<(), QuantError> {
+    use rayon::prelude::*;
+    let bad = (0..q.rows())
+        .into_par_iter()
+        .map_init(
+            || vec![0.0f32; q.cols()],
+            |buf, r| {
+                q.dequantize_row(r, buf);
+                buf.iter()
+                    .position(|v| !v.is_finite())
+                    .map(|c| (r, c, buf[c]))
+            },
+        )
+        .find_first(|x| x.is_some())
+        .flatten();
+    match bad {
+        None => Ok(()),
+        Some((row, col, value)) => Err(QuantError::NonFinite {
+            row,
+            col,
+            value,
+            input: w.row(row)[col],
+            format: q.label(),
+        }),
+    }
+}
+
 /// Runs a data-free scheme. GPTQ and AWQ need activations: use their modules.
 pub fn quantize(w: &Matrix, cfg: &QuantConfig) -> Result<QuantizedMatrix, QuantError> {
     check_finite(w)?;
     let group = cfg.group.validate()?;
+    check_range(w, cfg.scheme, group)?;
+    let q = quantize_unchecked(w, cfg, group)?;
+    check_output(w, &q)?;
+    Ok(q)
+}
+
+fn quantize_unchecked(
+    w: &Matrix,
+    cfg: &QuantConfig,
+    group: GroupSize,
+) -> Result<QuantizedMatrix, QuantError> {
     match cfg.scheme {
         Scheme::None(kind) => Ok(pack_plain(w, kind)?),
         Scheme::Int8 => rtn::int8(w, group),
@@ -202,6 +285,34 @@ pub fn quantize_calibrated(
 ) -> Result<(QuantizedMatrix, CalibratedNotes), QuantError> {
     check_finite(w)?;
     let group = cfg.group.validate()?;
+    if !cfg.scheme.needs_calibration() {
+        return Ok((quantize(w, cfg)?, CalibratedNotes::default()));
+    }
+    check_range(w, cfg.scheme, group)?;
+    // All-zero activations would make GPTQ zero every weight and AWQ divide
+    // by nothing while reporting a perfect output error: refuse them.
+    let energy: f64 = calib.data().iter().map(|&v| v as f64 * v as f64).sum();
+    if energy == 0.0 {
+        return Err(QuantError::Invalid(format!(
+            "{}: the calibration activations ({}x{}) are all zero: they carry no information to fit to \
+             (give activations recorded from the model, or a data-free scheme)",
+            cfg.scheme,
+            calib.rows(),
+            calib.cols()
+        )));
+    }
+    let (q, notes) = quantize_calibrated_unchecked(w, cfg, group, calib, progress)?;
+    check_output(w, &q)?;
+    Ok((q, notes))
+}
+
+fn quantize_calibrated_unchecked(
+    w: &Matrix,
+    cfg: &QuantConfig,
+    group: GroupSize,
+    calib: &Matrix,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(QuantizedMatrix, CalibratedNotes), QuantError> {
     match cfg.scheme {
         Scheme::GptqInt4 => {
             let g = gptq::GptqConfig {
@@ -231,6 +342,12 @@ pub fn quantize_calibrated(
         }
         _ => Ok((quantize(w, cfg)?, CalibratedNotes::default())),
     }
+}
+
+/// Whether every weight of `q` is zero while `w` has a non-zero one (the
+/// tensor is too small for the format's f16 scales): worth a warning.
+pub fn all_rounded_to_zero(w: &Matrix, q: &QuantizedMatrix) -> bool {
+    crate::format::limits::all_rounded_to_zero(w, &q.dequantize())
 }
 
 /// Output NMSE of a layer on activations `x` (`n x cols`):
@@ -267,5 +384,13 @@ pub fn output_nmse(w: &Matrix, q: &QuantizedMatrix, x: &Matrix) -> Result<f64, Q
             (se, ss)
         })
         .reduce(|| (0.0, 0.0), |p, q| (p.0 + q.0, p.1 + q.1));
-    Ok(if ss > 0.0 { se / ss } else { 0.0 })
+    if ss == 0.0 {
+        // The layer's reference output is zero on these inputs: an error
+        // ratio would be 0/0, and reporting 0 would claim a perfect result.
+        return Err(QuantError::Invalid(format!(
+            "output NMSE is undefined: the layer's output on the {} held-out activation rows is all zero",
+            x.rows()
+        )));
+    }
+    Ok(se / ss)
 }

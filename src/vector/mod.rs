@@ -58,6 +58,10 @@ pub enum VectorError {
         /// What went wrong.
         source: serde_json::Error,
     },
+    /// Writing an output file (refused path, disk full, ...); nothing of
+    /// the run was left behind.
+    #[error(transparent)]
+    Write(#[from] crate::atomic::AtomicError),
     /// Drawing a plot.
     #[error("plot {path}: {message}")]
     Plot {

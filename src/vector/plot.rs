@@ -3,8 +3,8 @@
 //! Text needs a system font (plotters' `ttf` feature goes through
 //! fontconfig). On a machine without one, each plot is drawn again without
 //! any text, so a bare CI machine still gets its images, and the run records
-//! a warning instead of failing. Images are drawn to a temporary file in the
-//! target folder and renamed into place.
+//! a warning instead of failing. Images are drawn to a temporary file of the
+//! run's [`Transaction`] and appear with the run's other files, or not at all.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,7 @@ use plotters::prelude::*;
 
 use super::study::{Approach, ApproachResult, StudyRun};
 use super::VectorError;
+use crate::atomic::{AtomicError, Transaction};
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 type DrawResult = Result<(), Box<dyn std::error::Error + 'static>>;
@@ -39,39 +40,32 @@ pub enum Drawn {
 }
 
 /// Draws `path` (a `.png`) of `size` pixels with `draw`, first with text, then,
-/// if that fails, without text; the file appears only when complete.
+/// if that fails, without text, into a temporary file of `tx` (the file
+/// appears when `tx` is committed).
 pub fn draw_png(
+    tx: &mut Transaction,
     path: &Path,
     size: (u32, u32),
     draw: &dyn Fn(&Area<'_>, bool) -> DrawResult,
 ) -> Result<Drawn, VectorError> {
-    let plot_err = |message: String| VectorError::Plot {
-        path: path.display().to_string(),
-        message,
+    let attempt = |tmp: &Path, text: bool| -> Result<(), String> {
+        let root = BitMapBackend::new(tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        draw(&root, text).map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let attempt = |text: bool| -> Result<(), String> {
-        let tmp = tempfile::Builder::new()
-            .prefix(".plot")
-            .suffix(".png")
-            .tempfile_in(dir)
-            .map_err(|e| e.to_string())?;
-        {
-            let root = BitMapBackend::new(tmp.path(), size).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| e.to_string())?;
-            draw(&root, text).map_err(|e| e.to_string())?;
-            root.present().map_err(|e| e.to_string())?;
-        }
-        super::report::readable_by_all(tmp.path()).map_err(|e| e.to_string())?;
-        tmp.persist(path).map_err(|e| e.error.to_string())?;
-        Ok(())
-    };
-    match attempt(true) {
+    match tx.render(path, |tmp| attempt(tmp, true)) {
         Ok(()) => Ok(Drawn::WithText),
-        Err(first) => match attempt(false) {
-            Ok(()) => Ok(Drawn::WithoutText(first)),
-            Err(second) => Err(plot_err(format!("{first}; without text: {second}"))),
-        },
+        Err(AtomicError::Render { reason: first, .. }) => {
+            match tx.render(path, |tmp| attempt(tmp, false)) {
+                Ok(()) => Ok(Drawn::WithoutText(first)),
+                Err(second) => Err(VectorError::Plot {
+                    path: path.display().to_string(),
+                    message: format!("{first}; without text: {second}"),
+                }),
+            }
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -117,6 +111,7 @@ fn x_range(min: f32, max: f32, levels: &[f32]) -> (f64, f64) {
 /// Histogram of the vector with the approach's levels as vertical lines; for
 /// EasyQuant, the bins beyond the outlier bounds in red and the bounds dashed.
 pub fn plot_histogram(
+    tx: &mut Transaction,
     path: &Path,
     values: &[f32],
     (min, max): (f32, f32),
@@ -128,7 +123,7 @@ pub fn plot_histogram(
     let width = (hi - lo) / HIST_BINS as f64;
     let ymax = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.08;
     let bounds = result.outlier_bounds;
-    draw_png(path, (1000, 600), &|root, text| {
+    draw_png(tx, path, (1000, 600), &|root, text| {
         let mut b = ChartBuilder::on(root);
         b.margin(12);
         if text {
@@ -201,6 +196,7 @@ pub fn plot_histogram(
 /// Original and quantized values by index (vectors of at most 100 values),
 /// levels as horizontal lines, EasyQuant's kept outliers circled in red.
 pub fn plot_original_vs_quantized(
+    tx: &mut Transaction,
     path: &Path,
     values: &[f32],
     result: &ApproachResult,
@@ -215,7 +211,7 @@ pub fn plot_original_vs_quantized(
     let (ylo, yhi) = (mn as f64 - pad, mx as f64 + pad);
     let n = values.len();
     let bounds = result.outlier_bounds;
-    draw_png(path, (1000, 600), &|root, text| {
+    draw_png(tx, path, (1000, 600), &|root, text| {
         let mut b = ChartBuilder::on(root);
         b.margin(12);
         if text {
@@ -299,6 +295,7 @@ pub fn plot_original_vs_quantized(
 /// `original_vs_quantized_<approach>_<size>.png` for vectors of at most 100
 /// values. Returns the files written and the warnings.
 pub fn plot_run(
+    tx: &mut Transaction,
     dir: &Path,
     run: &StudyRun,
     values: &[f32],
@@ -327,14 +324,14 @@ pub fn plot_run(
                 .unwrap_or_default()
         );
         let p = dir.join(format!("histogram_{}_{size}.png", r.approach.name()));
-        note(plot_histogram(&p, values, range, r, &title)?, &p);
+        note(plot_histogram(tx, &p, values, range, r, &title)?, &p);
         files.push(p);
         if r.quantized.is_some() {
             let p = dir.join(format!(
                 "original_vs_quantized_{}_{size}.png",
                 r.approach.name()
             ));
-            note(plot_original_vs_quantized(&p, values, r, &title)?, &p);
+            note(plot_original_vs_quantized(tx, &p, values, r, &title)?, &p);
             files.push(p);
         }
     }
@@ -352,7 +349,11 @@ struct Bar {
 /// The `--all-configs` summary: for each vector size, a panel of the error
 /// (`‖v − q‖₂ / N`) and a panel of the latency (fit + quantize, log scale) per
 /// approach, one bar per backend and thread setting.
-pub fn plot_summary(path: &Path, runs: &[StudyRun]) -> Result<Drawn, VectorError> {
+pub fn plot_summary(
+    tx: &mut Transaction,
+    path: &Path,
+    runs: &[StudyRun],
+) -> Result<Drawn, VectorError> {
     let mut sizes: Vec<String> = Vec::new();
     let mut bars: Vec<(String, Bar)> = Vec::new();
     for run in runs {
@@ -394,7 +395,7 @@ pub fn plot_summary(path: &Path, runs: &[StudyRun]) -> Result<Drawn, VectorError
         .filter(|a| bars.iter().any(|(_, b)| b.approach == *a))
         .collect();
     let cols = sizes.len().max(1) as u32;
-    draw_png(path, (700 * cols, 900), &|root, text| {
+    draw_png(tx, path, (700 * cols, 900), &|root, text| {
         let root = if text {
             root.titled(
                 "Vector quantization: error and latency per approach, by backend and size",
@@ -528,7 +529,8 @@ mod tests {
     fn a_failing_font_falls_back_to_no_text() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.png");
-        let drawn = draw_png(&p, (64, 48), &|root, text| {
+        let mut tx = Transaction::new();
+        let drawn = draw_png(&mut tx, &p, (64, 48), &|root, text| {
             if text {
                 return Err("no font".into());
             }
@@ -537,6 +539,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(drawn, Drawn::WithoutText("no font".into()));
+        assert!(!p.exists(), "visible before the commit");
+        tx.commit().unwrap();
         assert!(std::fs::read(&p).unwrap().starts_with(b"\x89PNG"));
         // Nothing else left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -1,13 +1,13 @@
 //! `results.txt` in the reference exercise's layout (appended per run) and
 //! `results.json` with every figure (a list of runs, rewritten atomically).
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::study::StudyRun;
 use super::VectorError;
+use crate::atomic::Transaction;
 
 /// Name of the text results file.
 pub const RESULTS_TXT: &str = "results.txt";
@@ -81,16 +81,50 @@ pub fn results_text(run: &StudyRun) -> String {
     s
 }
 
-/// Appends the run's block to `dir/results.txt` (one write).
+/// Appends the run's block to `dir/results.txt`, atomically (old contents
+/// plus the block, written to a temporary file and renamed).
 pub fn append_results_txt(dir: &Path, run: &StudyRun) -> Result<(), VectorError> {
-    let path = dir.join(RESULTS_TXT);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    f.write_all(results_text(run).as_bytes())
-        .map_err(io_err(&path))
+    let mut tx = Transaction::new();
+    tx.append(&dir.join(RESULTS_TXT), results_text(run).as_bytes())?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Stages the runs' blocks appended to `dir/results.txt` and the runs added
+/// to `dir/results.json` in `tx`: both files change when `tx` is committed,
+/// or neither. A `results.json` that is not a valid results file is kept
+/// beside as `results.json.bad`.
+pub fn stage_results(
+    tx: &mut Transaction,
+    dir: &Path,
+    runs: &[StudyRun],
+) -> Result<(), VectorError> {
+    let text: String = runs.iter().map(results_text).collect();
+    tx.append(&dir.join(RESULTS_TXT), text.as_bytes())?;
+    let path = dir.join(RESULTS_JSON);
+    let mut file = match read_results_json(dir) {
+        Ok(f) => f,
+        Err(VectorError::Json { .. }) => {
+            let old = std::fs::read(&path).map_err(io_err(&path))?;
+            tx.write(&dir.join(format!("{RESULTS_JSON}.bad")), |w| {
+                w.write_all(&old)
+            })?;
+            ResultsFile::default()
+        }
+        Err(e) => return Err(e),
+    };
+    for run in runs {
+        let value = serde_json::to_value(run).map_err(|source| VectorError::Json {
+            path: path.display().to_string(),
+            source,
+        })?;
+        file.runs.push(value);
+    }
+    tx.write(&path, |w| {
+        serde_json::to_writer_pretty(&mut *w, &file).map_err(std::io::Error::from)?;
+        w.write_all(b"\n")
+    })?;
+    Ok(())
 }
 
 /// Reads `dir/results.json` (empty when absent).
@@ -106,9 +140,8 @@ pub fn read_results_json(dir: &Path) -> Result<ResultsFile, VectorError> {
     }
 }
 
-/// Adds `run` to `dir/results.json`: written to a temporary file in `dir`,
-/// then renamed over the old one, so a reader never sees half a file. A file
-/// that is not a valid results file is kept beside as `results.json.bad`.
+/// Adds `run` to `dir/results.json`, atomically ([`stage_results`] without
+/// the text file).
 pub fn append_results_json(dir: &Path, run: &StudyRun) -> Result<(), VectorError> {
     let path = dir.join(RESULTS_JSON);
     let mut file = match read_results_json(dir) {
@@ -128,33 +161,11 @@ pub fn append_results_json(dir: &Path, run: &StudyRun) -> Result<(), VectorError
     write_json_atomic(&path, &file)
 }
 
-/// Writes `value` as pretty JSON to `path` atomically (temporary file + rename).
+/// Writes `value` as pretty JSON to `path` atomically ([`crate::atomic`]).
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), VectorError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".results")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err(path))?;
-    serde_json::to_writer_pretty(&mut tmp, value).map_err(|source| VectorError::Json {
-        path: path.display().to_string(),
-        source,
+    crate::atomic::write_atomic(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, value).map_err(std::io::Error::from)?;
+        w.write_all(b"\n")
     })?;
-    tmp.write_all(b"\n").map_err(io_err(path))?;
-    tmp.as_file().sync_all().map_err(io_err(path))?;
-    readable_by_all(tmp.path()).map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    Ok(())
-}
-
-/// Temporary files are created private (0600); results are ordinary files.
-pub(crate) fn readable_by_all(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
     Ok(())
 }
