@@ -5,6 +5,8 @@
 //! - [`format`](mod@format): packed layouts and exact byte sizes, shared by every backend;
 //! - [`backend`]: the [`backend::Backend`] trait and its CPU, wgpu and CUDA
 //!   implementations, which run the packed formats;
+//! - [`model`]: transformer encoders (BERT family, CLIP vision) loaded from
+//!   the Hugging Face layout or built as presets, quantized, and run on any backend;
 //! - [`metrics`]: error measures used everywhere;
 //! - [`io`]: safetensors in and out, atomic writes; [`sample`]: the built-in sample model;
 //! - [`vector`]: the vector quantization study (`quantscope vector`).
@@ -14,6 +16,7 @@ pub mod backend;
 pub mod format;
 pub mod io;
 pub mod metrics;
+pub mod model;
 pub mod quant;
 pub mod sample;
 pub mod vector;
