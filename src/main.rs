@@ -17,6 +17,10 @@ struct Cli {
 enum Command {
     /// List the compiled-in backends, whether each can run here, and its device.
     Devices(cli::devices::Args),
+    /// Quantize a transformer encoder (preset or Hugging Face folder) with one
+    /// strategy, run inputs on a backend, and report time per input and
+    /// fidelity to the unquantized model.
+    Forward(cli::forward::Args),
     /// Time one format's matmul kernel on a backend against the device's
     /// measured bandwidth and FMA rate.
     Profile(cli::profile::Args),
@@ -33,6 +37,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices(a) => cli::devices::run(a),
+        Command::Forward(a) => cli::forward::run(a),
         Command::Profile(a) => cli::profile::run(a),
         Command::Quantize(a) => cli::quantize::run(a),
         Command::Vector(a) => cli::vector::run(a),
