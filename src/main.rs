@@ -15,11 +15,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Which quantization should I use? Every strategy on every available
+    /// backend through a real forward pass: accuracy retention, speed,
+    /// memory, per-layer sensitivity, a mixed-precision suggestion and a
+    /// recommendation for a priority under limits.
+    Analyze(cli::analyze::Args),
     /// List the compiled-in backends, whether each can run here, and its device.
     Devices(cli::devices::Args),
     /// The hardware profile: CPU, RAM, NVIDIA GPUs (NVML), wgpu adapters and
     /// their features, and which backends open here.
     Hardware(cli::hardware::Args),
+    /// Quantize a transformer encoder (preset or Hugging Face folder) with one
+    /// strategy, run inputs on a backend, and report time per input and
+    /// fidelity to the unquantized model.
+    Forward(cli::forward::Args),
     /// Time one format's matmul kernel on a backend against the device's
     /// measured bandwidth and FMA rate.
     Profile(cli::profile::Args),
@@ -43,8 +52,10 @@ fn main() -> std::process::ExitCode {
     cli::guard::install_pipe_guard();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Analyze(a) => cli::analyze::run(a),
         Command::Devices(a) => cli::devices::run(a),
         Command::Hardware(a) => cli::hardware::run(a),
+        Command::Forward(a) => cli::forward::run(a),
         Command::Profile(a) => cli::profile::run(a),
         Command::Quantize(a) => cli::quantize::run(a),
         Command::Vector(a) => cli::vector::run(a),

@@ -12,11 +12,13 @@
 //! - [`fidelity`]: retention (cosine, NMSE, top-10 neighbour agreement);
 //! - [`efficiency`]: savings, accuracy per GB, Pareto fronts, scores;
 //! - [`recommend`]: the recommendation under constraints;
-//! - [`timeline`]: memory timelines.
+//! - [`timeline`]: memory timelines;
+//! - [`runner`]: the analysis itself, and `--export`.
 
 pub mod efficiency;
 pub mod fidelity;
 pub mod recommend;
+pub mod runner;
 pub mod schema;
 pub mod timeline;
 

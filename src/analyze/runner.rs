@@ -177,7 +177,11 @@ fn batches(model: &Model, inputs: &Inputs, batch: usize) -> Result<Vec<Batch>, A
     let n = inputs.len();
     (0..n)
         .step_by(batch.max(1))
-        .map(|i| model.encode(inputs, i..(i + batch).min(n)).map_err(model_err))
+        .map(|i| {
+            model
+                .encode(inputs, i..(i + batch).min(n))
+                .map_err(model_err)
+        })
         .collect()
 }
 
@@ -232,7 +236,6 @@ fn format_of(q: &QuantizedModel) -> (String, f64) {
 
 /// One pair's measurement (everything but the efficiency).
 struct Measured {
-    pooled: Vec<f32>,
     result: StrategyResult,
 }
 
@@ -308,10 +311,7 @@ impl Context<'_> {
         let mut sorted = per_input.clone();
         sorted.sort_by(f64::total_cmp);
         let median = percentile(&sorted, 0.5);
-        let median_run = per_input
-            .iter()
-            .position(|&t| t == median)
-            .unwrap_or(0);
+        let median_run = per_input.iter().position(|&t| t == median).unwrap_or(0);
         let (lin, att, oth) = split_runs[median_run];
         let retention = fidelity::retention(&self.reference, &pooled, self.n_eval, self.embedding);
         let (format, bits) = format_of(q);
@@ -364,7 +364,7 @@ impl Context<'_> {
             timeline,
             warnings,
         };
-        Ok(Measured { pooled, result })
+        Ok(Measured { result })
     }
 
     /// Quantizes with `plan` (calibration inputs for GPTQ / AWQ).
@@ -398,14 +398,22 @@ impl Context<'_> {
                 need as f64 / 1e9,
                 100.0 * frac,
                 total as f64 / 1e9,
-                if kind == BackendKind::Cpu { "host" } else { "device" }
+                if kind == BackendKind::Cpu {
+                    "host"
+                } else {
+                    "device"
+                }
             ));
         }
         Ok(())
     }
 
     /// Pooled outputs on the CPU for `q` over the probe subset.
-    fn probe_outputs(&self, cpu: &dyn Backend, q: &QuantizedModel) -> Result<Vec<f32>, AnalyzeError> {
+    fn probe_outputs(
+        &self,
+        cpu: &dyn Backend,
+        q: &QuantizedModel,
+    ) -> Result<Vec<f32>, AnalyzeError> {
         let dm = DeviceModel::upload(cpu, q).map_err(model_err)?;
         let out = forward_all(&dm, &self.probe);
         dm.free().map_err(model_err)?;
@@ -477,7 +485,10 @@ pub fn export(
 }
 
 /// Runs the analysis.
-pub fn run(opts: &AnalyzeOptions, progress: &dyn Fn(Progress)) -> Result<AnalysisRun, AnalyzeError> {
+pub fn run(
+    opts: &AnalyzeOptions,
+    progress: &dyn Fn(Progress),
+) -> Result<AnalysisRun, AnalyzeError> {
     let started = Instant::now();
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -580,7 +591,10 @@ pub fn run(opts: &AnalyzeOptions, progress: &dyn Fn(Progress)) -> Result<Analysi
     progress(Progress::Phase("the f32 reference on the CPU".into()));
     let cpu: Arc<dyn Backend> = Arc::new(backend::cpu::CpuBackend::exact());
     let (f32_model, _) = {
-        let ctx_plan = QuantPlan::uniform(config_for(Scheme::None(crate::format::FormatKind::F32), opts.group));
+        let ctx_plan = QuantPlan::uniform(config_for(
+            Scheme::None(crate::format::FormatKind::F32),
+            opts.group,
+        ));
         let t = Instant::now();
         let q = quantize_model(&model, &ctx_plan, None, &|_, _| {}).map_err(model_err)?;
         (q, t.elapsed().as_secs_f64())
@@ -645,7 +659,9 @@ pub fn run(opts: &AnalyzeOptions, progress: &dyn Fn(Progress)) -> Result<Analysi
                     backend: kind,
                     reason: why.clone(),
                 });
-                progress(Progress::PairDone(format!("{s} on {kind}: skipped ({why})")));
+                progress(Progress::PairDone(format!(
+                    "{s} on {kind}: skipped ({why})"
+                )));
                 continue;
             }
             progress(Progress::Phase(format!("{s} on {kind}")));
@@ -763,7 +779,11 @@ pub fn run(opts: &AnalyzeOptions, progress: &dyn Fn(Progress)) -> Result<Analysi
         model_ref
             .name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            })
             .collect::<String>(),
         &digest[..8]
     );

@@ -136,8 +136,18 @@ fn mb(b: u64) -> String {
 /// The text report: an aligned table, then the recommendation.
 pub fn print_text(run: &AnalysisRun) {
     let header = [
-        "strategy", "backend", "format", "bits/w", "retention", "worst", "top10", "MB", "saved",
-        "ms/input", "speedup", "score",
+        "strategy",
+        "backend",
+        "format",
+        "bits/w",
+        "retention",
+        "worst",
+        "top10",
+        "MB",
+        "saved",
+        "ms/input",
+        "speedup",
+        "score",
     ];
     let p = run.config.priority;
     let rows: Vec<Vec<String>> = run
@@ -190,7 +200,11 @@ pub fn print_text(run: &AnalysisRun) {
     let c = &run.config;
     println!(
         "model {} ({}, {}), {} evaluation inputs ({} tokens each at most), batch {}",
-        c.model.name, c.model.source, c.model.family, c.eval_inputs.count, c.eval_inputs.seq_len,
+        c.model.name,
+        c.model.source,
+        c.model.family,
+        c.eval_inputs.count,
+        c.eval_inputs.seq_len,
         c.batch
     );
     println!(

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod analyze;
 pub mod devices;
+pub mod forward;
 pub mod guard;
 pub mod hardware;
 pub mod profile;

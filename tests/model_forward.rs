@@ -1,0 +1,223 @@
+//! The forward pass on every available backend against an f64 reference of
+//! the same model (tests/model_util): preset `tiny` and a generated small
+//! Hugging Face checkpoint of each family, unquantized and quantized (the
+//! reference then uses the dequantized weights), plus save / load.
+
+mod model_util;
+
+use model_util::{cosine, reference, small_tensors, write_checkpoint};
+use quantscope::backend::{self, Backend};
+use quantscope::format::FormatKind;
+use quantscope::model::{
+    quantize_model, DeviceModel, Family, Inputs, Model, ModelError, Preset, QuantPlan,
+    QuantizedModel,
+};
+use quantscope::quant::{QuantConfig, Scheme};
+use safetensors::tensor::Dtype;
+
+fn plan(s: Scheme) -> QuantPlan {
+    QuantPlan::uniform(QuantConfig::new(s))
+}
+
+/// Runs `q` on `be` over `inputs` and compares with the f64 reference of
+/// `q`'s dequantized weights. Returns false when the backend reports n/a.
+fn check(
+    be: &dyn Backend,
+    q: &QuantizedModel,
+    inputs: &Inputs,
+    min_cos: f64,
+    max_nmse: f64,
+) -> bool {
+    let dm = match DeviceModel::upload(be, q) {
+        Ok(d) => d,
+        Err(ModelError::Unsupported { backend, op }) => {
+            println!("{backend}: n/a ({op})");
+            return false;
+        }
+        Err(e) => panic!("upload on {}: {e}", be.kind()),
+    };
+    let m = q.to_model();
+    // Two batches of different shapes: the scratch is reallocated.
+    for range in [
+        0..inputs.len().min(5),
+        inputs.len().min(5)..inputs.len().min(8),
+    ] {
+        if range.is_empty() {
+            continue;
+        }
+        let batch = m.encode(inputs, range.clone()).unwrap();
+        let out = dm.forward(&batch).unwrap();
+        let r = reference(&m, &batch);
+        assert_eq!(out.pooled.len(), r.pooled.len());
+        assert!(
+            out.pooled
+                .iter()
+                .chain(&out.last_hidden)
+                .all(|v| v.is_finite()),
+            "NaN in output"
+        );
+        for (i, (a, b)) in r
+            .pooled
+            .chunks(r.dim)
+            .zip(out.pooled.chunks(out.dim))
+            .enumerate()
+        {
+            let c = cosine(a, b);
+            assert!(
+                c >= min_cos,
+                "{} {} on {}: input {i} cosine {c}",
+                q.name(),
+                q.strategy(),
+                be.kind()
+            );
+        }
+        let nmse = quantscope::metrics::nmse_f64(&r.last_hidden, &out.last_hidden);
+        assert!(
+            nmse <= max_nmse,
+            "{} {} on {}: last hidden NMSE {nmse:e}",
+            q.name(),
+            q.strategy(),
+            be.kind()
+        );
+    }
+    dm.free().unwrap();
+    true
+}
+
+fn every_backend(m: &Model, inputs: &Inputs) {
+    let f32q = quantize_model(m, &plan(Scheme::None(FormatKind::F32)), None, &|_, _| {}).unwrap();
+    let int8 = quantize_model(m, &plan(Scheme::Int8), None, &|_, _| {}).unwrap();
+    let int4 = quantize_model(m, &plan(Scheme::Int4), None, &|_, _| {}).unwrap();
+    let mut ran = 0;
+    for be in backend::available() {
+        if check(be.as_ref(), &f32q, inputs, 0.99999, 1e-9) {
+            ran += 1;
+            // Quantized formats against the reference of their own weights:
+            // the GEMM path keeps f32 activations, so only rounding differs.
+            assert!(check(be.as_ref(), &int8, inputs, 0.99999, 1e-8));
+            assert!(check(be.as_ref(), &int4, inputs, 0.99999, 1e-8));
+        }
+    }
+    assert!(ran >= 1, "the CPU backend always runs");
+}
+
+#[test]
+fn preset_tiny_matches_f64_reference() {
+    let m = Model::preset(Preset::Tiny).unwrap();
+    every_backend(&m, &m.default_inputs());
+}
+
+#[test]
+fn hf_bert_checkpoint_matches_f64_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, tensors) = small_tensors(Family::Bert, 11);
+    write_checkpoint(dir.path(), &cfg, &tensors, Dtype::F32);
+    let m = Model::load(dir.path()).unwrap();
+    assert_eq!(m.family(), Family::Bert);
+    assert_eq!(m.linear_layers().len(), 12);
+    every_backend(&m, &m.default_inputs());
+}
+
+#[test]
+fn hf_clip_checkpoint_matches_f64_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, tensors) = small_tensors(Family::ClipVision, 12);
+    write_checkpoint(dir.path(), &cfg, &tensors, Dtype::F32);
+    let m = Model::load(dir.path()).unwrap();
+    assert_eq!(m.family(), Family::ClipVision);
+    assert_eq!(m.output_dim(), 24);
+    assert_eq!(m.linear_layers().last().unwrap().name, "visual_projection");
+    every_backend(&m, &m.default_inputs());
+}
+
+#[test]
+fn calibrated_schemes_run_and_stay_close() {
+    let m = Model::preset(Preset::Tiny).unwrap();
+    let inputs = m.default_inputs();
+    let calib = m.calibration_inputs();
+    let cpu = backend::cpu::CpuBackend::new();
+    let f32q = quantize_model(&m, &plan(Scheme::None(FormatKind::F32)), None, &|_, _| {}).unwrap();
+    let batch = m.encode(&inputs, 0..inputs.len()).unwrap();
+    let base = DeviceModel::upload(&cpu, &f32q)
+        .unwrap()
+        .forward(&batch)
+        .unwrap();
+    // Without calibration inputs: a clear error.
+    let err = quantize_model(&m, &plan(Scheme::GptqInt4), None, &|_, _| {})
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("calibration"), "{err}");
+    for s in [Scheme::GptqInt4, Scheme::AwqInt4] {
+        let steps = std::sync::atomic::AtomicUsize::new(0);
+        let q = quantize_model(&m, &plan(s), Some(&calib), &|d, _| {
+            steps.store(d, std::sync::atomic::Ordering::Relaxed)
+        })
+        .unwrap();
+        assert_eq!(steps.into_inner(), m.linear_layers().len());
+        assert!(q.weight_bytes() < m.f32_weight_bytes());
+        let out = DeviceModel::upload(&cpu, &q)
+            .unwrap()
+            .forward(&batch)
+            .unwrap();
+        let min = base
+            .pooled
+            .chunks(out.dim)
+            .zip(out.pooled.chunks(out.dim))
+            .map(|(a, b)| quantscope::metrics::error_stats(a, b).cosine)
+            .fold(1.0f64, f64::min);
+        assert!(min > 0.9, "{s}: min cosine to f32 {min}");
+        // Its own weights through the reference: the forward itself is exact.
+        check(&cpu, &q, &inputs, 0.99999, 1e-8);
+    }
+}
+
+#[test]
+fn save_and_load_keep_the_packed_weights() {
+    let m = Model::preset(Preset::Tiny).unwrap();
+    let q = quantize_model(&m, &plan(Scheme::Int4), None, &|_, _| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    q.save(dir.path()).unwrap();
+    let back = QuantizedModel::load(dir.path()).unwrap();
+    assert_eq!(back.weight_bytes(), q.weight_bytes());
+    assert_eq!(back.name(), "tiny");
+    for l in m.linear_layers() {
+        assert_eq!(
+            back.layer_weights(&l.name),
+            q.layer_weights(&l.name),
+            "{}",
+            l.name
+        );
+    }
+    let inputs = m.default_inputs();
+    let cpu = backend::cpu::CpuBackend::new();
+    let batch = m.encode(&inputs, 0..4).unwrap();
+    let a = DeviceModel::upload(&cpu, &q)
+        .unwrap()
+        .forward(&batch)
+        .unwrap();
+    let b = DeviceModel::upload(&cpu, &back)
+        .unwrap()
+        .forward(&batch)
+        .unwrap();
+    assert_eq!(a, b);
+    // Model::load reads it too (dequantized).
+    let mm = Model::load(dir.path()).unwrap();
+    assert_eq!(mm.encode(&inputs, 0..4).unwrap(), batch);
+}
+
+#[test]
+fn clip_l14_preset_has_the_seed_model_shapes() {
+    // Shapes only: building 300M weights is for the benchmarks.
+    let m = Model::preset(Preset::ClipVitL14);
+    let m = m.unwrap();
+    let c = m.config();
+    assert_eq!(
+        (c.hidden, c.layers, c.heads, c.intermediate),
+        (1024, 24, 16, 4096)
+    );
+    assert_eq!(c.image_tokens(), 257);
+    assert_eq!(m.output_dim(), 768);
+    let inputs = m.default_inputs();
+    let b = m.encode(&inputs, 0..1).unwrap();
+    assert_eq!((b.n, b.seq), (1, 257));
+}
