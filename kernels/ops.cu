@@ -23,10 +23,10 @@
 
 // ---- helpers ----------------------------------------------------------------
 
-// Float4 `k` of a row with the components at columns >= cols set to 0 (the
-// padding is zero already; masking keeps the reductions honest regardless).
-__device__ __forceinline__ float4 load4_masked(const float* __restrict__ row, u32 k, u32 cols) {
-    float4 v = __ldg((const float4*)row + k);
+// `v` (float4 `k` of a row) with the components at columns >= cols set to 0
+// (the padding is zero already; masking keeps the reductions honest
+// regardless).
+__device__ __forceinline__ float4 mask4(float4 v, u32 k, u32 cols) {
     const u32 c0 = 4u * k;
     if (c0 + 4u > cols) {
         if (c0 + 0u >= cols) v.x = 0.0f;
@@ -35,6 +35,11 @@ __device__ __forceinline__ float4 load4_masked(const float* __restrict__ row, u3
         if (c0 + 3u >= cols) v.w = 0.0f;
     }
     return v;
+}
+
+// Float4 `k` of a read-only row (through the read-only data cache), masked.
+__device__ __forceinline__ float4 load4_masked(const float* __restrict__ row, u32 k, u32 cols) {
+    return mask4(__ldg((const float4*)row + k), k, cols);
 }
 
 // Stores the valid components of `v` at columns 4k .. 4k + 3 of a row: a
@@ -201,7 +206,8 @@ extern "C" __global__ void __launch_bounds__(256)
         u32 k;
         if (!float4_at(p, i, r, k)) continue;
         float* yr = y + r * p.stride;
-        const float4 u = load4_masked(yr, k, p.cols);
+        // A plain load: y is written by this kernel (not for __ldg).
+        const float4 u = mask4(((const float4*)yr)[k], k, p.cols);
         const float4 v = load4_masked(bias, k, p.cols);
         store4_valid(yr, k, p.cols, make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w));
     }

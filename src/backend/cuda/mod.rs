@@ -44,7 +44,8 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 
 use super::params::{
-    AssignParams, AttentionParams, MatmulParams, OpParams, QuantizeParams, FLAG_ACT_SCALE,
+    AssignParams, AttentionParams, MatmulParams, OpParams, QuantizeParams, ACT_GELU,
+    ACT_QUICK_GELU, FLAG_ACT_SCALE,
 };
 use super::plan::{rtn_result, rtn_shape, x_stride, DenseStep, MatmulPlan};
 use super::table::{HandleTable, MemCounter};
@@ -845,7 +846,13 @@ impl CudaBackend {
                     Activation::Gelu => "gelu",
                     Activation::QuickGelu => "quick_gelu",
                 };
-                let p = op_params(x.rows(), x.cols(), 0, 0, 0.0);
+                let mut p = op_params(x.rows(), x.cols(), 0, 0, 0.0);
+                // One entry per function here; `kind` says which all the same
+                // (the field the WGSL twin may switch on).
+                p.kind = match kind {
+                    Activation::Gelu => ACT_GELU,
+                    Activation::QuickGelu => ACT_QUICK_GELU,
+                };
                 let f = self.function("ops", entry)?;
                 let mut b = self.stream.launch_builder(&f);
                 b.arg(&p).arg(&t[0].buf.slice).arg(y);
