@@ -280,6 +280,8 @@ extern "C" __global__ void __launch_bounds__(256)
 // 3. y = P · V: per value tile, lane l of warp w accumulates columns
 //    l, l + 32, ... of queries 4w .. 4w + 3 (MC = ceil(d / 32) columns per
 //    lane, a compile-time count so the accumulators stay in registers).
+// Every phase stops at the last kept key: the tiles of padding keys are
+// skipped.
 // Scores are O(ATT_QT · S) shared floats: S up to 512 at d = 64 fits in 48 KB
 // (the launch raises the limit beyond that, up to the device's opt-in size).
 #define ATT_THREADS 128
@@ -314,12 +316,20 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p, const f
     }
     for (u32 j = tid; j < S; j += ATT_THREADS)
         keep[j] = (!p.has_mask || mask[(u64)b * xstride(S) + j] > 0.5f) ? 1.0f : 0.0f;
+    __syncthreads();
+    // Keys past the last kept one add nothing: every loop below stops at
+    // s_eff (the padding of a batch of short sentences costs no work). Every
+    // warp computes the same value, so the loops stay block-uniform.
+    float last = -1.0f;
+    for (u32 j = lane; j < S; j += 32u)
+        if (keep[j] != 0.0f) last = (float)j;  // exact: S < 2^24
+    const u32 s_eff = (u32)(warp_max(last) + 1.0f);
 
     // 1. Scores.
     const u32 qi = 4u * warp;  // this warp's first query in the tile
-    for (u32 j0 = 0; j0 < S; j0 += ATT_KT) {
-        const u32 nk = min((u32)ATT_KT, S - j0);
-        __syncthreads();  // kv free (previous tile consumed), qs / keep written
+    for (u32 j0 = 0; j0 < s_eff; j0 += ATT_KT) {
+        const u32 nk = min((u32)ATT_KT, s_eff - j0);
+        __syncthreads();  // kv free (previous tile consumed)
         for (u32 t = tid; t < nk * d; t += ATT_THREADS) {
             const u32 j = t / d, c = t - j * d;
             kv[j * ld + c] = k[(row0 + j0 + j) * p.stride + col0 + c];
@@ -344,22 +354,23 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p, const f
     }
     __syncthreads();
 
-    // 2. Softmax of each row (warp w: rows 4w .. 4w + 3, as it wrote them).
+    // 2. Softmax of each row (warp w: rows 4w .. 4w + 3, as it wrote them)
+    // over keys < s_eff (the scores beyond were never computed or read).
     for (u32 ii = 0; ii < 4u; ++ii) {
         float* row = sc + (qi + ii) * S;
         float mx = NEG_INF;
-        for (u32 j = lane; j < S; j += 32u)
+        for (u32 j = lane; j < s_eff; j += 32u)
             if (keep[j] != 0.0f) mx = fmaxf(mx, row[j]);
         mx = warp_max(mx);
         float s = 0.0f;
-        for (u32 j = lane; j < S; j += 32u) {
+        for (u32 j = lane; j < s_eff; j += 32u) {
             const float e = (mx != NEG_INF && keep[j] != 0.0f) ? expf(row[j] - mx) : 0.0f;
             row[j] = e;
             s += e;
         }
         s = warp_sum(s);
         const float inv = s > 0.0f ? 1.0f / s : 0.0f;
-        for (u32 j = lane; j < S; j += 32u) row[j] *= inv;
+        for (u32 j = lane; j < s_eff; j += 32u) row[j] *= inv;
     }
 
     // 3. y = P · V.
@@ -368,8 +379,8 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p, const f
     for (u32 ii = 0; ii < 4u; ++ii)
 #pragma unroll
         for (u32 m = 0; m < MC; ++m) acc[ii][m] = 0.0f;
-    for (u32 j0 = 0; j0 < S; j0 += ATT_KT) {
-        const u32 nk = min((u32)ATT_KT, S - j0);
+    for (u32 j0 = 0; j0 < s_eff; j0 += ATT_KT) {
+        const u32 nk = min((u32)ATT_KT, s_eff - j0);
         __syncthreads();  // kv free, probabilities written
         for (u32 t = tid; t < nk * d; t += ATT_THREADS) {
             const u32 j = t / d, c = t - j * d;
