@@ -289,8 +289,8 @@ extern "C" __global__ void __launch_bounds__(256)
 #define ATT_KT 32
 #define ATT_MAX_D 256
 
-// Shared floats of one attention block (the host computes the same number:
-// `attention_smem_bytes` in src/backend/cuda/mod.rs).
+// Row length (floats) of the qs / kv tiles; `attention_smem_bytes` in
+// src/backend/cuda/mod.rs sizes the shared memory with the same d | 1.
 __device__ __forceinline__ u32 att_ld(u32 d) { return d | 1u; }
 
 template <u32 MC>
