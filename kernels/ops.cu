@@ -266,15 +266,19 @@ extern "C" __global__ void __launch_bounds__(256)
 // the mask (has_mask) is one row of xstride(seq_len) floats per sequence.
 //
 // Block of 128 threads (4 warps) for queries i0 .. i0 + 15 of head h of
-// sequence b. Shared memory (dynamic, floats; ld = d | 1, odd, so a warp
-// reading column c of 32 consecutive key rows hits 32 banks):
-//   qs[ATT_QT][ld]   the query tile
-//   kv[ATT_KT][ld]   a tile of 32 keys, later of 32 values
+// sequence b. Shared memory (dynamic, floats; d4 = d rounded up to 4, the
+// extra columns zero):
+//   qs[ATT_QT][d4]   the query tile
+//   kv[ATT_KT][ldk]  a tile of 32 keys, later of 32 values; ldk = d rounded
+//                    up to 8, plus 4: a multiple of 4 that is 4 mod 8, so the
+//                    8 lanes of each quarter-warp phase of a 16-byte load of
+//                    their own key rows hit 8 distinct groups of 4 banks
 //   sc[ATT_QT][S]    scores, then probabilities
 //   keep[S]          1 where the key is kept
 // 1. scores: per key tile, lane j of warp w computes the dot products of key
-//    j with queries 4w .. 4w + 3 (its key row once per column, the query
-//    values broadcast), times `scale`.
+//    j with queries 4w .. 4w + 3, 4 columns per step: one 16-byte load of
+//    its key row and four broadcast 16-byte loads of the queries per 16
+//    FMAs; times `scale`.
 // 2. softmax of each score row by one warp (max, exp, sum by shuffles),
 //    masked keys 0, a query with no key kept all zeros.
 // 3. y = P · V: per value tile, lane l of warp w accumulates columns
@@ -289,30 +293,42 @@ extern "C" __global__ void __launch_bounds__(256)
 #define ATT_KT 32
 #define ATT_MAX_D 256
 
-// Row length (floats) of the qs / kv tiles; `attention_smem_bytes` in
-// src/backend/cuda/mod.rs sizes the shared memory with the same d | 1.
-__device__ __forceinline__ u32 att_ld(u32 d) { return d | 1u; }
+// Row lengths (floats) of the qs and kv tiles; `attention_smem_bytes` in
+// src/backend/cuda/mod.rs sizes the shared memory with the same formulas.
+__device__ __forceinline__ u32 att_ldq(u32 d) { return (d + 3u) & ~3u; }
+__device__ __forceinline__ u32 att_ldk(u32 d) { return ((d + 7u) & ~7u) + 4u; }
+
+// Rows j0 .. j0 + nk - 1 of head `col0` of `src` into a kv tile, columns
+// d .. d4 - 1 zero (they meet the zero columns of the query tile).
+__device__ __forceinline__ void att_load_tile(const AttentionParams& p, const float* __restrict__ src, u64 row0,
+                                              u32 col0, u32 j0, u32 nk, float* kv) {
+    const u32 d = p.head_dim, d4 = att_ldq(d), ldk = att_ldk(d);
+    for (u32 t = threadIdx.x; t < nk * d4; t += ATT_THREADS) {
+        const u32 j = t / d4, c = t - j * d4;
+        kv[j * ldk + c] = c < d ? src[(row0 + j0 + j) * p.stride + col0 + c] : 0.0f;
+    }
+}
 
 template <u32 MC>
 __device__ __forceinline__ void attention_impl(const AttentionParams& p, const float* __restrict__ q,
                                                const float* __restrict__ k, const float* __restrict__ v,
                                                const float* __restrict__ mask, float* __restrict__ y,
                                                float* smem) {
-    const u32 S = p.seq_len, d = p.head_dim, ld = att_ld(d);
+    const u32 S = p.seq_len, d = p.head_dim, d4 = att_ldq(d), ldk = att_ldk(d);
     const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
     const u32 i0 = blockIdx.x * ATT_QT, h = blockIdx.y, b = blockIdx.z;
     float* qs = smem;
-    float* kv = qs + ATT_QT * ld;
-    float* sc = kv + ATT_KT * ld;
+    float* kv = qs + ATT_QT * d4;
+    float* sc = kv + ATT_KT * ldk;
     float* keep = sc + ATT_QT * S;
     const u64 row0 = (u64)b * S;  // first row of the sequence
     const u32 col0 = h * d;       // first column of the head
 
     // Query tile (rows past the sequence are zeros, their outputs unwritten)
     // and the key mask.
-    for (u32 t = tid; t < ATT_QT * d; t += ATT_THREADS) {
-        const u32 i = t / d, c = t - i * d;
-        qs[i * ld + c] = i0 + i < S ? q[(row0 + i0 + i) * p.stride + col0 + c] : 0.0f;
+    for (u32 t = tid; t < ATT_QT * d4; t += ATT_THREADS) {
+        const u32 i = t / d4, c = t - i * d4;
+        qs[i * d4 + c] = (i0 + i < S && c < d) ? q[(row0 + i0 + i) * p.stride + col0 + c] : 0.0f;
     }
     for (u32 j = tid; j < S; j += ATT_THREADS)
         keep[j] = (!p.has_mask || mask[(u64)b * xstride(S) + j] > 0.5f) ? 1.0f : 0.0f;
@@ -330,20 +346,20 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p, const f
     for (u32 j0 = 0; j0 < s_eff; j0 += ATT_KT) {
         const u32 nk = min((u32)ATT_KT, s_eff - j0);
         __syncthreads();  // kv free (previous tile consumed)
-        for (u32 t = tid; t < nk * d; t += ATT_THREADS) {
-            const u32 j = t / d, c = t - j * d;
-            kv[j * ld + c] = k[(row0 + j0 + j) * p.stride + col0 + c];
-        }
+        att_load_tile(p, k, row0, col0, j0, nk, kv);
         __syncthreads();
         if (lane < nk) {
-            const float* kr = kv + lane * ld;
+            const float4* kr = (const float4*)(kv + lane * ldk);
+            const float4* qr = (const float4*)(qs + qi * d4);  // 4 rows, n4 float4s apart
+            const u32 n4 = d4 / 4u;
             float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-            for (u32 c = 0; c < d; ++c) {
-                const float kc = kr[c];
-                a0 = fmaf(qs[(qi + 0u) * ld + c], kc, a0);
-                a1 = fmaf(qs[(qi + 1u) * ld + c], kc, a1);
-                a2 = fmaf(qs[(qi + 2u) * ld + c], kc, a2);
-                a3 = fmaf(qs[(qi + 3u) * ld + c], kc, a3);
+            for (u32 c4 = 0; c4 < n4; ++c4) {
+                const float4 kc = kr[c4];
+                const float4 u0 = qr[c4], u1 = qr[n4 + c4], u2 = qr[2u * n4 + c4], u3 = qr[3u * n4 + c4];
+                a0 = fmaf(u0.x, kc.x, fmaf(u0.y, kc.y, fmaf(u0.z, kc.z, fmaf(u0.w, kc.w, a0))));
+                a1 = fmaf(u1.x, kc.x, fmaf(u1.y, kc.y, fmaf(u1.z, kc.z, fmaf(u1.w, kc.w, a1))));
+                a2 = fmaf(u2.x, kc.x, fmaf(u2.y, kc.y, fmaf(u2.z, kc.z, fmaf(u2.w, kc.w, a2))));
+                a3 = fmaf(u3.x, kc.x, fmaf(u3.y, kc.y, fmaf(u3.z, kc.z, fmaf(u3.w, kc.w, a3))));
             }
             const u32 j = j0 + lane;
             sc[(qi + 0u) * S + j] = p.scale * a0;
@@ -382,16 +398,13 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p, const f
     for (u32 j0 = 0; j0 < s_eff; j0 += ATT_KT) {
         const u32 nk = min((u32)ATT_KT, s_eff - j0);
         __syncthreads();  // kv free, probabilities written
-        for (u32 t = tid; t < nk * d; t += ATT_THREADS) {
-            const u32 j = t / d, c = t - j * d;
-            kv[j * ld + c] = v[(row0 + j0 + j) * p.stride + col0 + c];
-        }
+        att_load_tile(p, v, row0, col0, j0, nk, kv);
         __syncthreads();
         for (u32 j = 0; j < nk; ++j) {
             float pj[4];
 #pragma unroll
             for (u32 ii = 0; ii < 4u; ++ii) pj[ii] = sc[(qi + ii) * S + j0 + j];
-            const float* vr = kv + j * ld;
+            const float* vr = kv + j * ldk;
 #pragma unroll
             for (u32 m = 0; m < MC; ++m) {
                 const u32 c = lane + 32u * m;
@@ -421,8 +434,8 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p, const f
 #endif
 
 // Launch: grid (ceil(seq_len / 16), heads, seqs), 128 threads, dynamic
-// shared memory (16 + 32) · (d | 1) + 17 · seq_len floats; head_dim <= 256.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
+// shared memory 16 · d4 + 32 · ldk + 17 · seq_len floats; head_dim <= 256.
+extern "C" __global__ void __launch_bounds__(ATT_THREADS, 4)
     attention(const AttentionParams p, const float* __restrict__ q, const float* __restrict__ k,
               const float* __restrict__ v, const float* __restrict__ mask, float* __restrict__ y) {
     ATT_DYN_SMEM

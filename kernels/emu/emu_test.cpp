@@ -497,8 +497,8 @@ static void test_attention(u32 seqs, u32 S, u32 heads, u32 d, bool masked) {
     const float scale = 1.0f / std::sqrt((float)d);
     const AttentionParams p{seqs, S, heads, d, q.stride, masked ? 1u : 0u, scale, 0};
     // The launch of src/backend/cuda/mod.rs: grid (ceil(S / 16), heads,
-    // seqs), 128 threads, (16 + 32) * (d | 1) + 17 * S floats.
-    const size_t smem = ((ATT_QT + ATT_KT) * (size_t)(d | 1u) + (ATT_QT + 1) * (size_t)S) * 4;
+    // seqs), 128 threads, 16 * d4 + 32 * ldk + 17 * S floats.
+    const size_t smem = (ATT_QT * (size_t)att_ldq(d) + ATT_KT * (size_t)att_ldk(d) + (ATT_QT + 1) * (size_t)S) * 4;
     emu_launch(dim3{div_ceil(S, ATT_QT), heads, seqs}, dim3{ATT_THREADS},
                [&] { attention(p, q.d.data(), k.d.data(), v.d.data(), m.d.data(), y.d.data()); }, smem);
     std::vector<double> ref((size_t)n * hidden, 0.0);
