@@ -23,10 +23,10 @@
 
 // ---- helpers ----------------------------------------------------------------
 
-// Float4 `k` of a row with the components at columns >= cols set to 0 (the
-// padding is zero already; masking keeps the reductions honest regardless).
-__device__ __forceinline__ float4 load4_masked(const float* __restrict__ row, u32 k, u32 cols) {
-    float4 v = __ldg((const float4*)row + k);
+// `v` (float4 `k` of a row) with the components at columns >= cols set to 0
+// (the padding is zero already; masking keeps the reductions honest
+// regardless).
+__device__ __forceinline__ float4 mask4(float4 v, u32 k, u32 cols) {
     const u32 c0 = 4u * k;
     if (c0 + 4u > cols) {
         if (c0 + 0u >= cols) v.x = 0.0f;
@@ -35,6 +35,11 @@ __device__ __forceinline__ float4 load4_masked(const float* __restrict__ row, u3
         if (c0 + 3u >= cols) v.w = 0.0f;
     }
     return v;
+}
+
+// Float4 `k` of a read-only row (through the read-only data cache), masked.
+__device__ __forceinline__ float4 load4_masked(const float* __restrict__ row, u32 k, u32 cols) {
+    return mask4(__ldg((const float4*)row + k), k, cols);
 }
 
 // Stores the valid components of `v` at columns 4k .. 4k + 3 of a row: a
@@ -201,7 +206,8 @@ extern "C" __global__ void __launch_bounds__(256)
         u32 k;
         if (!float4_at(p, i, r, k)) continue;
         float* yr = y + r * p.stride;
-        const float4 u = load4_masked(yr, k, p.cols);
+        // A plain load: y is written by this kernel (not for __ldg).
+        const float4 u = mask4(((const float4*)yr)[k], k, p.cols);
         const float4 v = load4_masked(bias, k, p.cols);
         store4_valid(yr, k, p.cols, make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w));
     }
@@ -260,20 +266,26 @@ extern "C" __global__ void __launch_bounds__(256)
 // the mask (has_mask) is one row of xstride(seq_len) floats per sequence.
 //
 // Block of 128 threads (4 warps) for queries i0 .. i0 + 15 of head h of
-// sequence b. Shared memory (dynamic, floats; ld = d | 1, odd, so a warp
-// reading column c of 32 consecutive key rows hits 32 banks):
-//   qs[ATT_QT][ld]   the query tile
-//   kv[ATT_KT][ld]   a tile of 32 keys, later of 32 values
+// sequence b. Shared memory (dynamic, floats; d4 = d rounded up to 4, the
+// extra columns zero):
+//   qs[ATT_QT][d4]   the query tile
+//   kv[ATT_KT][ldk]  a tile of 32 keys, later of 32 values; ldk = d rounded
+//                    up to 8, plus 4: a multiple of 4 that is 4 mod 8, so the
+//                    8 lanes of each quarter-warp phase of a 16-byte load of
+//                    their own key rows hit 8 distinct groups of 4 banks
 //   sc[ATT_QT][S]    scores, then probabilities
 //   keep[S]          1 where the key is kept
 // 1. scores: per key tile, lane j of warp w computes the dot products of key
-//    j with queries 4w .. 4w + 3 (its key row once per column, the query
-//    values broadcast), times `scale`.
+//    j with queries 4w .. 4w + 3, 4 columns per step: one 16-byte load of
+//    its key row and four broadcast 16-byte loads of the queries per 16
+//    FMAs; times `scale`.
 // 2. softmax of each score row by one warp (max, exp, sum by shuffles),
 //    masked keys 0, a query with no key kept all zeros.
 // 3. y = P · V: per value tile, lane l of warp w accumulates columns
 //    l, l + 32, ... of queries 4w .. 4w + 3 (MC = ceil(d / 32) columns per
 //    lane, a compile-time count so the accumulators stay in registers).
+// Every phase stops at the last kept key: the tiles of padding keys are
+// skipped.
 // Scores are O(ATT_QT · S) shared floats: S up to 512 at d = 64 fits in 48 KB
 // (the launch raises the limit beyond that, up to the device's opt-in size).
 #define ATT_THREADS 128
@@ -281,53 +293,73 @@ extern "C" __global__ void __launch_bounds__(256)
 #define ATT_KT 32
 #define ATT_MAX_D 256
 
-// Shared floats of one attention block (the host computes the same number:
-// `attention_smem_bytes` in src/backend/cuda/mod.rs).
-__device__ __forceinline__ u32 att_ld(u32 d) { return d | 1u; }
+// Row lengths (floats) of the qs and kv tiles; `attention_smem_bytes` in
+// src/backend/cuda/mod.rs sizes the shared memory with the same formulas.
+__device__ __forceinline__ u32 att_ldq(u32 d) { return (d + 3u) & ~3u; }
+__device__ __forceinline__ u32 att_ldk(u32 d) { return ((d + 7u) & ~7u) + 4u; }
+
+// Rows j0 .. j0 + nk - 1 of head `col0` of `src` into a kv tile, columns
+// d .. d4 - 1 zero (they meet the zero columns of the query tile).
+__device__ __forceinline__ void att_load_tile(const AttentionParams& p, const float* __restrict__ src, u64 row0,
+                                              u32 col0, u32 j0, u32 nk, float* kv) {
+    const u32 d = p.head_dim, d4 = att_ldq(d), ldk = att_ldk(d);
+    for (u32 t = threadIdx.x; t < nk * d4; t += ATT_THREADS) {
+        const u32 j = t / d4, c = t - j * d4;
+        kv[j * ldk + c] = c < d ? src[(row0 + j0 + j) * p.stride + col0 + c] : 0.0f;
+    }
+}
 
 template <u32 MC>
 __device__ __forceinline__ void attention_impl(const AttentionParams& p, const float* __restrict__ q,
                                                const float* __restrict__ k, const float* __restrict__ v,
                                                const float* __restrict__ mask, float* __restrict__ y,
                                                float* smem) {
-    const u32 S = p.seq_len, d = p.head_dim, ld = att_ld(d);
+    const u32 S = p.seq_len, d = p.head_dim, d4 = att_ldq(d), ldk = att_ldk(d);
     const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
     const u32 i0 = blockIdx.x * ATT_QT, h = blockIdx.y, b = blockIdx.z;
     float* qs = smem;
-    float* kv = qs + ATT_QT * ld;
-    float* sc = kv + ATT_KT * ld;
+    float* kv = qs + ATT_QT * d4;
+    float* sc = kv + ATT_KT * ldk;
     float* keep = sc + ATT_QT * S;
     const u64 row0 = (u64)b * S;  // first row of the sequence
     const u32 col0 = h * d;       // first column of the head
 
     // Query tile (rows past the sequence are zeros, their outputs unwritten)
     // and the key mask.
-    for (u32 t = tid; t < ATT_QT * d; t += ATT_THREADS) {
-        const u32 i = t / d, c = t - i * d;
-        qs[i * ld + c] = i0 + i < S ? q[(row0 + i0 + i) * p.stride + col0 + c] : 0.0f;
+    for (u32 t = tid; t < ATT_QT * d4; t += ATT_THREADS) {
+        const u32 i = t / d4, c = t - i * d4;
+        qs[i * d4 + c] = (i0 + i < S && c < d) ? q[(row0 + i0 + i) * p.stride + col0 + c] : 0.0f;
     }
     for (u32 j = tid; j < S; j += ATT_THREADS)
         keep[j] = (!p.has_mask || mask[(u64)b * xstride(S) + j] > 0.5f) ? 1.0f : 0.0f;
+    __syncthreads();
+    // Keys past the last kept one add nothing: every loop below stops at
+    // s_eff (the padding of a batch of short sentences costs no work). Every
+    // warp computes the same value, so the loops stay block-uniform.
+    float last = -1.0f;
+    for (u32 j = lane; j < S; j += 32u)
+        if (keep[j] != 0.0f) last = (float)j;  // exact: S < 2^24
+    const u32 s_eff = (u32)(warp_max(last) + 1.0f);
 
     // 1. Scores.
     const u32 qi = 4u * warp;  // this warp's first query in the tile
-    for (u32 j0 = 0; j0 < S; j0 += ATT_KT) {
-        const u32 nk = min((u32)ATT_KT, S - j0);
-        __syncthreads();  // kv free (previous tile consumed), qs / keep written
-        for (u32 t = tid; t < nk * d; t += ATT_THREADS) {
-            const u32 j = t / d, c = t - j * d;
-            kv[j * ld + c] = k[(row0 + j0 + j) * p.stride + col0 + c];
-        }
+    for (u32 j0 = 0; j0 < s_eff; j0 += ATT_KT) {
+        const u32 nk = min((u32)ATT_KT, s_eff - j0);
+        __syncthreads();  // kv free (previous tile consumed)
+        att_load_tile(p, k, row0, col0, j0, nk, kv);
         __syncthreads();
         if (lane < nk) {
-            const float* kr = kv + lane * ld;
+            const float4* kr = (const float4*)(kv + lane * ldk);
+            const float4* qr = (const float4*)(qs + qi * d4);  // 4 rows, n4 float4s apart
+            const u32 n4 = d4 / 4u;
             float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-            for (u32 c = 0; c < d; ++c) {
-                const float kc = kr[c];
-                a0 = fmaf(qs[(qi + 0u) * ld + c], kc, a0);
-                a1 = fmaf(qs[(qi + 1u) * ld + c], kc, a1);
-                a2 = fmaf(qs[(qi + 2u) * ld + c], kc, a2);
-                a3 = fmaf(qs[(qi + 3u) * ld + c], kc, a3);
+            for (u32 c4 = 0; c4 < n4; ++c4) {
+                const float4 kc = kr[c4];
+                const float4 u0 = qr[c4], u1 = qr[n4 + c4], u2 = qr[2u * n4 + c4], u3 = qr[3u * n4 + c4];
+                a0 = fmaf(u0.x, kc.x, fmaf(u0.y, kc.y, fmaf(u0.z, kc.z, fmaf(u0.w, kc.w, a0))));
+                a1 = fmaf(u1.x, kc.x, fmaf(u1.y, kc.y, fmaf(u1.z, kc.z, fmaf(u1.w, kc.w, a1))));
+                a2 = fmaf(u2.x, kc.x, fmaf(u2.y, kc.y, fmaf(u2.z, kc.z, fmaf(u2.w, kc.w, a2))));
+                a3 = fmaf(u3.x, kc.x, fmaf(u3.y, kc.y, fmaf(u3.z, kc.z, fmaf(u3.w, kc.w, a3))));
             }
             const u32 j = j0 + lane;
             sc[(qi + 0u) * S + j] = p.scale * a0;
@@ -338,22 +370,23 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p, const f
     }
     __syncthreads();
 
-    // 2. Softmax of each row (warp w: rows 4w .. 4w + 3, as it wrote them).
+    // 2. Softmax of each row (warp w: rows 4w .. 4w + 3, as it wrote them)
+    // over keys < s_eff (the scores beyond were never computed or read).
     for (u32 ii = 0; ii < 4u; ++ii) {
         float* row = sc + (qi + ii) * S;
         float mx = NEG_INF;
-        for (u32 j = lane; j < S; j += 32u)
+        for (u32 j = lane; j < s_eff; j += 32u)
             if (keep[j] != 0.0f) mx = fmaxf(mx, row[j]);
         mx = warp_max(mx);
         float s = 0.0f;
-        for (u32 j = lane; j < S; j += 32u) {
+        for (u32 j = lane; j < s_eff; j += 32u) {
             const float e = (mx != NEG_INF && keep[j] != 0.0f) ? expf(row[j] - mx) : 0.0f;
             row[j] = e;
             s += e;
         }
         s = warp_sum(s);
         const float inv = s > 0.0f ? 1.0f / s : 0.0f;
-        for (u32 j = lane; j < S; j += 32u) row[j] *= inv;
+        for (u32 j = lane; j < s_eff; j += 32u) row[j] *= inv;
     }
 
     // 3. y = P · V.
@@ -362,19 +395,16 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p, const f
     for (u32 ii = 0; ii < 4u; ++ii)
 #pragma unroll
         for (u32 m = 0; m < MC; ++m) acc[ii][m] = 0.0f;
-    for (u32 j0 = 0; j0 < S; j0 += ATT_KT) {
-        const u32 nk = min((u32)ATT_KT, S - j0);
+    for (u32 j0 = 0; j0 < s_eff; j0 += ATT_KT) {
+        const u32 nk = min((u32)ATT_KT, s_eff - j0);
         __syncthreads();  // kv free, probabilities written
-        for (u32 t = tid; t < nk * d; t += ATT_THREADS) {
-            const u32 j = t / d, c = t - j * d;
-            kv[j * ld + c] = v[(row0 + j0 + j) * p.stride + col0 + c];
-        }
+        att_load_tile(p, v, row0, col0, j0, nk, kv);
         __syncthreads();
         for (u32 j = 0; j < nk; ++j) {
             float pj[4];
 #pragma unroll
             for (u32 ii = 0; ii < 4u; ++ii) pj[ii] = sc[(qi + ii) * S + j0 + j];
-            const float* vr = kv + j * ld;
+            const float* vr = kv + j * ldk;
 #pragma unroll
             for (u32 m = 0; m < MC; ++m) {
                 const u32 c = lane + 32u * m;
@@ -404,8 +434,8 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p, const f
 #endif
 
 // Launch: grid (ceil(seq_len / 16), heads, seqs), 128 threads, dynamic
-// shared memory (16 + 32) · (d | 1) + 17 · seq_len floats; head_dim <= 256.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
+// shared memory 16 · d4 + 32 · ldk + 17 · seq_len floats; head_dim <= 256.
+extern "C" __global__ void __launch_bounds__(ATT_THREADS, 4)
     attention(const AttentionParams p, const float* __restrict__ q, const float* __restrict__ k,
               const float* __restrict__ v, const float* __restrict__ mask, float* __restrict__ y) {
     ATT_DYN_SMEM

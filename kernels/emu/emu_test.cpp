@@ -482,8 +482,9 @@ static void test_softmax(u32 rows, u32 cols, u32 mask_rows, bool one_block) {
 }
 
 // Attention over `seqs` sequences of S tokens, `heads` heads of d columns.
-// Masked: sequence b keeps its first S - 3b % S keys; with several sequences
-// the last keeps none (its queries must get zeros).
+// Masked: sequence b keeps its first S - 3b % S keys (sequence 0 with holes
+// at keys 2, 7, 12, ...); with several sequences the last keeps none (its
+// queries must get zeros).
 static void test_attention(u32 seqs, u32 S, u32 heads, u32 d, bool masked) {
     const u32 hidden = heads * d, n = seqs * S;
     Tensor q = Tensor::random(n, hidden, -2.f, 2.f), k = Tensor::random(n, hidden, -2.f, 2.f),
@@ -491,11 +492,13 @@ static void test_attention(u32 seqs, u32 S, u32 heads, u32 d, bool masked) {
     for (u32 b = 0; b < seqs; ++b)
         for (u32 j = 0; j < S; ++j)
             m.at(b, j) = (seqs > 1 && b + 1 == seqs) ? 0.f : (j < S - (3 * b) % S ? 1.f : 0.f);
+    // Holes inside the kept prefix of sequence 0 (keys dropped mid-sequence).
+    for (u32 j = 2; j + 1 < S; j += 5) m.at(0, j) = 0.f;
     const float scale = 1.0f / std::sqrt((float)d);
     const AttentionParams p{seqs, S, heads, d, q.stride, masked ? 1u : 0u, scale, 0};
     // The launch of src/backend/cuda/mod.rs: grid (ceil(S / 16), heads,
-    // seqs), 128 threads, (16 + 32) * (d | 1) + 17 * S floats.
-    const size_t smem = ((ATT_QT + ATT_KT) * (size_t)(d | 1u) + (ATT_QT + 1) * (size_t)S) * 4;
+    // seqs), 128 threads, 16 * d4 + 32 * ldk + 17 * S floats.
+    const size_t smem = (ATT_QT * (size_t)att_ldq(d) + ATT_KT * (size_t)att_ldk(d) + (ATT_QT + 1) * (size_t)S) * 4;
     emu_launch(dim3{div_ceil(S, ATT_QT), heads, seqs}, dim3{ATT_THREADS},
                [&] { attention(p, q.d.data(), k.d.data(), v.d.data(), m.d.data(), y.d.data()); }, smem);
     std::vector<double> ref((size_t)n * hidden, 0.0);

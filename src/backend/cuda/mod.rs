@@ -44,7 +44,8 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 
 use super::params::{
-    AssignParams, AttentionParams, MatmulParams, OpParams, QuantizeParams, FLAG_ACT_SCALE,
+    AssignParams, AttentionParams, MatmulParams, OpParams, QuantizeParams, ACT_GELU,
+    ACT_QUICK_GELU, FLAG_ACT_SCALE,
 };
 use super::plan::{rtn_result, rtn_shape, x_stride, DenseStep, MatmulPlan};
 use super::table::{HandleTable, MemCounter};
@@ -189,11 +190,15 @@ const ATT_MAX_D: usize = 256;
 /// Shared memory a block may use without opting in.
 const SMEM_DEFAULT: usize = 48 * 1024;
 
-/// Dynamic shared memory of one `attention` block: the query tile and a
-/// key / value tile of rows of `d | 1` floats (odd, so the score loop is free
-/// of bank conflicts), the scores of 16 queries and the key mask.
+/// Dynamic shared memory of one `attention` block: the query tile (rows of
+/// `d` rounded up to 4 floats), a key / value tile (rows of `d` rounded up
+/// to 8, plus 4: 16-byte loads of 8 lanes' rows without bank conflicts), the
+/// scores of 16 queries and the key mask (`att_ldq` / `att_ldk` in
+/// kernels/ops.cu).
 pub fn attention_smem_bytes(seq_len: usize, head_dim: usize) -> usize {
-    ((ATT_QT + ATT_KT) * (head_dim | 1) + (ATT_QT + 1) * seq_len) * 4
+    let ldq = head_dim.div_ceil(4) * 4;
+    let ldk = head_dim.div_ceil(8) * 8 + 4;
+    (ATT_QT * ldq + ATT_KT * ldk + (ATT_QT + 1) * seq_len) * 4
 }
 
 /// Output rows each warp of `gemv_<format>` computes (`GemvRows` in
@@ -866,7 +871,13 @@ impl CudaBackend {
                     Activation::Gelu => "gelu",
                     Activation::QuickGelu => "quick_gelu",
                 };
-                let p = op_params(x.rows(), x.cols(), 0, 0, 0.0);
+                let mut p = op_params(x.rows(), x.cols(), 0, 0, 0.0);
+                // One entry per function here; `kind` says which all the same
+                // (the field the WGSL twin may switch on).
+                p.kind = match kind {
+                    Activation::Gelu => ACT_GELU,
+                    Activation::QuickGelu => ACT_QUICK_GELU,
+                };
                 let f = self.function("ops", entry)?;
                 let mut b = self.stream.launch_builder(&f);
                 b.arg(&p).arg(&t[0].buf.slice).arg(y);
@@ -1744,15 +1755,24 @@ mod tests {
                 "kernels/ops.cu does not define {name} {value}"
             );
         }
+        assert!(src.contains("float* kv = qs + ATT_QT * d4;"));
+        assert!(src.contains("float* sc = kv + ATT_KT * ldk;"));
         assert!(src.contains("float* keep = sc + ATT_QT * S;"));
-        assert!(src.contains("float* sc = kv + ATT_KT * ld;"));
-        assert!(src.contains("__device__ __forceinline__ u32 att_ld(u32 d) { return d | 1u; }"));
+        assert!(src.contains("u32 att_ldq(u32 d) { return (d + 3u) & ~3u; }"));
+        assert!(src.contains("u32 att_ldk(u32 d) { return ((d + 7u) & ~7u) + 4u; }"));
         // The longest sequence at BERT / CLIP head sizes fits the
         // default 48 KB; head size 256 needs the opt-in.
         assert!(attention_smem_bytes(512, 64) <= SMEM_DEFAULT);
         assert!(attention_smem_bytes(257, 64) <= SMEM_DEFAULT);
         assert!(attention_smem_bytes(512, 256) > SMEM_DEFAULT);
-        assert_eq!(attention_smem_bytes(7, 125), ((16 + 32) * 125 + 17 * 7) * 4);
+        assert_eq!(
+            attention_smem_bytes(7, 125),
+            (16 * 128 + 32 * 132 + 17 * 7) * 4
+        );
+        assert_eq!(
+            attention_smem_bytes(512, 64),
+            (16 * 64 + 32 * 68 + 17 * 512) * 4
+        );
     }
 
     #[test]
