@@ -265,6 +265,7 @@ const CASES: &[Case] = &[
     Case { what: "1-D and integer tensors carried over", args: &["quantize", "--input", "{mixed.st}", "--output", "{new.st}"], env: NO_ENV, status: 0, phrase: "carried over unchanged: position_ids", absent: &[], writes: true },
     Case { what: "only a 1-D tensor: nothing to quantize", args: &["quantize", "--input", "{onlybias.st}", "--output", "{new.st}"], env: NO_ENV, status: 1, phrase: "no 2-D float tensor", absent: &[], writes: false },
     Case { what: "a 4-D float tensor without --skip-incompatible", args: &["quantize", "--input", "{conv.st}", "--output", "{new.st}"], env: NO_ENV, status: 1, phrase: "--skip-incompatible carries such tensors over", absent: &[], writes: false },
+    Case { what: "a flag value with escape sequences (clap's message escaped)", args: &["quantize", "--bits", "\u{1b}[2J"], env: NO_ENV, status: 2, phrase: "invalid value '", absent: &["\u{1b}"], writes: false },
     Case { what: "clap's own errors exit 2 too", args: &["quantize", "--no-such-flag"], env: NO_ENV, status: 2, phrase: "unexpected argument", absent: &[], writes: false },
 ];
 
