@@ -132,17 +132,17 @@ fn check_sizes(
 /// (16 times a q4 one) never exists on the host.
 const PACK_ROWS: usize = 256;
 
-/// The profiled matrix: uniform values in [-1, 1) from a fixed seed, packed
+/// The profiled matrix: uniform values in [-1, 1) drawn from `rng`, packed
 /// in blocks of [`PACK_ROWS`] rows (the layouts are row-major, so the
 /// blocks' parts concatenate into the whole matrix's, bit for bit what
 /// packing it at once gives).
 fn random_packed(
+    rng: &mut rand_xoshiro::Xoshiro256PlusPlus,
     rows: usize,
     cols: usize,
     format: FormatKind,
     group: GroupSize,
 ) -> anyhow::Result<QuantizedMatrix> {
-    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
     let mut whole: Option<Packed> = None;
     for start in (0..rows).step_by(PACK_ROWS) {
         let n = PACK_ROWS.min(rows - start);
@@ -236,7 +236,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     check_sizes(&args, rows, cols, format, dev.as_ref())?;
 
     // A random matrix packed in the chosen format, and its exact byte size.
-    let m = random_packed(rows, cols, format, group)?;
+    // The generator continues after the matrix (for anything drawn later).
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
+    let m = random_packed(&mut rng, rows, cols, format, group)?;
     let h = dev.upload(&m)?;
     let timing = dev.time_matmul(&h, args.batch, args.runs)?;
     let seconds = timing.median_s();
@@ -400,7 +402,8 @@ mod tests {
                 plain => pack_plain(&w, plain),
             }
             .unwrap();
-            let blocks = random_packed(rows, cols, format, g).unwrap();
+            let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
+            let blocks = random_packed(&mut rng, rows, cols, format, g).unwrap();
             assert_eq!(blocks, at_once, "{format}");
         }
     }
