@@ -50,7 +50,17 @@ fn main() -> std::process::ExitCode {
         );
     }
     cli::guard::install_pipe_guard();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version: clap prints them and exits 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A bad flag: clap's message, with control characters in the values
+        // the user typed escaped, and clap's status 2.
+        Err(e) => {
+            eprint!("{}", cli::guard::esc_keep_lines(&e.render().to_string()));
+            return std::process::ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Analyze(a) => cli::analyze::run(a),
         Command::Devices(a) => cli::devices::run(a),

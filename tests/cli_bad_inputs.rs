@@ -94,6 +94,10 @@ impl Fixture {
         w("tiny.st", vec![("w".into(), scaled(4, 64, 1e-9))]);
         w("one.st", vec![("w".into(), scaled(1, 1, 1.0))]);
         w(
+            "zero.st",
+            vec![("w".into(), Matrix::from_vec(4, 64, vec![0.0; 256]).unwrap())],
+        );
+        w(
             "zcalib.st",
             vec![(
                 "layer.a".into(),
@@ -224,6 +228,7 @@ const CASES: &[Case] = &[
     Case { what: "kmeans4 on 1e6 names the weight", args: &["quantize", "--input", "{big.st}", "--scheme", "kmeans4", "--output", "{new.st}"], env: NO_ENV, status: 1, phrase: "tensor 'w': row 0, columns 0..64", absent: &["invalid codebook"], writes: false },
     Case { what: "easyquant4 on 1e6 names the weight", args: &["quantize", "--input", "{big.st}", "--scheme", "easyquant4", "--output", "{new.st}"], env: NO_ENV, status: 1, phrase: "tensor 'w': row 0", absent: &["not finite"], writes: false },
     Case { what: "weights that all round to zero: warned", args: &["quantize", "--input", "{tiny.st}", "--output", "{new.st}"], env: NO_ENV, status: 0, phrase: "every weight rounds to zero", absent: &[], writes: true },
+    Case { what: "an all-zero layer's output error is undefined, not 0", args: &["quantize", "--input", "{zero.st}", "--output-error", "--output", "{new.st}"], env: NO_ENV, status: 0, phrase: "output NMSE is undefined", absent: &["NaN"], writes: true },
     Case { what: "GPTQ with all-zero calibration", args: &["quantize", "--input", "{gw.st}", "--scheme", "gptq-int4", "--calib", "{zcalib.st}", "--output", "{new.st}"], env: NO_ENV, status: 1, phrase: "are all zero", absent: &[], writes: false },
     Case { what: "AWQ with all-zero calibration", args: &["quantize", "--input", "{gw.st}", "--scheme", "awq-int4", "--calib", "{zcalib.st}", "--output", "{new.st}"], env: NO_ENV, status: 1, phrase: "are all zero", absent: &[], writes: false },
     // Aborts, panics, hangs.
@@ -260,6 +265,7 @@ const CASES: &[Case] = &[
     Case { what: "1-D and integer tensors carried over", args: &["quantize", "--input", "{mixed.st}", "--output", "{new.st}"], env: NO_ENV, status: 0, phrase: "carried over unchanged: position_ids", absent: &[], writes: true },
     Case { what: "only a 1-D tensor: nothing to quantize", args: &["quantize", "--input", "{onlybias.st}", "--output", "{new.st}"], env: NO_ENV, status: 1, phrase: "no 2-D float tensor", absent: &[], writes: false },
     Case { what: "a 4-D float tensor without --skip-incompatible", args: &["quantize", "--input", "{conv.st}", "--output", "{new.st}"], env: NO_ENV, status: 1, phrase: "--skip-incompatible carries such tensors over", absent: &[], writes: false },
+    Case { what: "a flag value with escape sequences (clap's message escaped)", args: &["quantize", "--bits", "\u{1b}[2J"], env: NO_ENV, status: 2, phrase: "invalid value '", absent: &["\u{1b}"], writes: false },
     Case { what: "clap's own errors exit 2 too", args: &["quantize", "--no-such-flag"], env: NO_ENV, status: 2, phrase: "unexpected argument", absent: &[], writes: false },
 ];
 

@@ -106,6 +106,11 @@ pub fn esc(s: &str) -> String {
         .collect()
 }
 
+/// [`esc`], keeping line breaks (for multi-line messages such as clap's).
+pub fn esc_keep_lines(s: &str) -> String {
+    s.split('\n').map(esc).collect::<Vec<_>>().join("\n")
+}
+
 /// Bytes of memory available to this process now (sysinfo).
 pub fn available_memory() -> u64 {
     let mut sys = sysinfo::System::new();

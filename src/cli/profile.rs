@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use half::f16;
 use quantscope::backend::KernelTiming;
 use quantscope::backend::{self, Backend, BackendKind, Bandwidth, TimingSource};
 use quantscope::format::{
-    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, Matrix, Outliers, NF4_CODEBOOK,
+    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers, Packed,
+    QuantizedMatrix, NF4_CODEBOOK,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -110,7 +111,7 @@ fn check_sizes(
     let packed =
         product(&[r, c, format_bytes_per_weight_x2(format)]).map(|v| v / 2 + r * c / 8 + 64 * r);
     let io = product(&[b, r + c, 4 * 2]);
-    let weights = product(&[r, c, 4]);
+    let weights = product(&[r.min(PACK_ROWS as u128), c, 4]);
     let matmul = weights
         .zip(packed)
         .zip(io)
@@ -132,6 +133,75 @@ fn check_sizes(
         }
     }
     Ok(())
+}
+
+/// Rows generated and packed at a time: the f32 form of the whole matrix
+/// (16 times a q4 one) never exists on the host.
+const PACK_ROWS: usize = 256;
+
+/// The profiled matrix: uniform values in [-1, 1) drawn from `rng`, packed
+/// in blocks of [`PACK_ROWS`] rows (the layouts are row-major, so the
+/// blocks' parts concatenate into the whole matrix's, bit for bit what
+/// packing it at once gives).
+fn random_packed(
+    rng: &mut rand_xoshiro::Xoshiro256PlusPlus,
+    rows: usize,
+    cols: usize,
+    format: FormatKind,
+    group: GroupSize,
+) -> anyhow::Result<QuantizedMatrix> {
+    let mut whole: Option<Packed> = None;
+    for start in (0..rows).step_by(PACK_ROWS) {
+        let n = PACK_ROWS.min(rows - start);
+        let data = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let w = Matrix::from_vec(n, cols, data)?;
+        let block = match format {
+            FormatKind::Q8 => pack_q8(&w, group)?,
+            FormatKind::Q4 => pack_q4(&w, group)?,
+            FormatKind::Lut4 => pack_lut4(&w, group, NF4_CODEBOOK)?,
+            plain => pack_plain(&w, plain)?,
+        };
+        let part = block.packed().clone();
+        whole = Some(match (whole, part) {
+            (None, p) => p,
+            (Some(Packed::F32(mut a)), Packed::F32(b)) => {
+                a.extend(b);
+                Packed::F32(a)
+            }
+            (Some(Packed::F16(mut a)), Packed::F16(b)) => {
+                a.extend(b);
+                Packed::F16(a)
+            }
+            (Some(Packed::Bf16(mut a)), Packed::Bf16(b)) => {
+                a.extend(b);
+                Packed::Bf16(a)
+            }
+            (Some(Packed::Q8(mut a)), Packed::Q8(b)) => {
+                a.codes.extend(b.codes);
+                a.scales.extend(b.scales);
+                Packed::Q8(a)
+            }
+            (Some(Packed::Q4(mut a)), Packed::Q4(b)) => {
+                a.codes.extend(b.codes);
+                a.scales.extend(b.scales);
+                a.zeros.extend(b.zeros);
+                Packed::Q4(a)
+            }
+            (Some(Packed::Lut4(mut a)), Packed::Lut4(b)) => {
+                a.codes.extend(b.codes);
+                a.scales.extend(b.scales);
+                Packed::Lut4(a)
+            }
+            _ => bail!("internal error: packed blocks of different formats"),
+        });
+    }
+    let packed = whole.context("no rows to pack")?;
+    let group = if format.is_grouped() {
+        group
+    } else {
+        GroupSize::Row
+    };
+    Ok(QuantizedMatrix::new(rows, cols, group, packed)?)
 }
 
 /// Bytes per weight of a format, times 2 (q4 and lut4 are half a byte).
@@ -176,21 +246,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     check_sizes(&args, rows, cols, format, dev.as_ref())?;
 
     // A random matrix packed in the chosen format, and its exact byte size.
+    // The generator continues after the matrix (for anything drawn later).
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
-    let w = Matrix::from_vec(
-        rows,
-        cols,
-        (0..rows * cols)
-            .map(|_| rng.random_range(-1.0..1.0))
-            .collect(),
-    )?;
-    let m = match format {
-        FormatKind::Q8 => pack_q8(&w, group)?,
-        FormatKind::Q4 => pack_q4(&w, group)?,
-        FormatKind::Lut4 => pack_lut4(&w, group, NF4_CODEBOOK)?,
-        plain => pack_plain(&w, plain)?,
-    };
-    drop(w);
+    let m = random_packed(&mut rng, rows, cols, format, group)?;
     let m = if args.outliers > 0.0 {
         m.with_outliers(random_outliers(&mut rng, rows, cols, args.outliers))?
     } else {
@@ -425,4 +483,33 @@ fn report(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_in_blocks_is_packing_at_once() {
+        // 600 rows: two full blocks and a short one; 70 columns: short groups.
+        let (rows, cols) = (2 * PACK_ROWS + 88, 70);
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
+        let data = (0..rows * cols)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let w = Matrix::from_vec(rows, cols, data).unwrap();
+        let g = GroupSize::Cols(32);
+        for format in FormatKind::ALL {
+            let at_once = match format {
+                FormatKind::Q8 => pack_q8(&w, g),
+                FormatKind::Q4 => pack_q4(&w, g),
+                FormatKind::Lut4 => pack_lut4(&w, g, NF4_CODEBOOK),
+                plain => pack_plain(&w, plain),
+            }
+            .unwrap();
+            let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7);
+            let blocks = random_packed(&mut rng, rows, cols, format, g).unwrap();
+            assert_eq!(blocks, at_once, "{format}");
+        }
+    }
 }

@@ -293,8 +293,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .with_context(|| format!("tensor '{name}'"))?;
                 notes.extend(n.notes.into_iter().map(|t| format!("{name}: {t}")));
-                let e = output_nmse(w, &q, &set.eval)?;
-                (q, Some(e))
+                // An all-zero layer has a zero reference output: its output
+                // error is undefined (0/0), said as such rather than as 0.
+                let e = if w.data().iter().all(|&v| v == 0.0) {
+                    notes.push(format!(
+                        "{name}: every weight is zero, so the output NMSE is undefined (not reported)"
+                    ));
+                    None
+                } else {
+                    Some(
+                        output_nmse(w, &q, &set.eval)
+                            .with_context(|| format!("tensor '{name}'"))?,
+                    )
+                };
+                (q, e)
             } else {
                 (
                     quantize(w, &cfg).with_context(|| format!("tensor '{name}'"))?,
