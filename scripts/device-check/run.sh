@@ -7,7 +7,8 @@
 #
 # Options: --kit DIR (default device-kit), --budget SECONDS (default 480 on
 # the device, 110 locally), --out DIR (default $OUT, else
-# target/device-check).
+# target/device-check). QUANTSCOPE_CUDA_LIBS=dir:dir is searched first for
+# libnvrtc / libcublas.
 #
 # Steps, in order, each time-boxed (`timeout`); a failing step does not stop
 # the next, and a step that no longer fits the budget is skipped with a line:
@@ -261,7 +262,7 @@ record env ok 0 "${nv:+NVRTC $nv, }driver CUDA ${driver_cuda:-none}"
 
 # ---- devices -----------------------------------------------------------------
 step devices 60 "$bin" devices
-"$bin" devices --json >"$logs/devices.json" 2>/dev/null || echo '[]' >"$logs/devices.json"
+timeout -k 5 60 "$bin" devices --json >"$logs/devices.json" 2>/dev/null || echo '[]' >"$logs/devices.json"
 available() { # kind -> exit 0 when `devices` lists it available
   python3 -c '
 import json, sys
