@@ -59,9 +59,10 @@ for line in sys.stdin:
 }
 
 echo "== building (profile $profile)"
-bins=$(cargo build "${profile_args[@]}" --bin quantscope --message-format=json-render-diagnostics \
-  | executables)
-test_bins=$(cargo test "${profile_args[@]}" --no-run "${test_args[@]}" \
+# One cargo call: building integration tests also builds the binary (for
+# CARGO_BIN_EXE_quantscope) with the same profile, and cargo reports it, so
+# after a plain `cargo test` nothing is rebuilt.
+artifacts=$(cargo test "${profile_args[@]}" --no-run "${test_args[@]}" \
   --message-format=json-render-diagnostics | executables)
 
 rm -rf "$kit/bin" "$kit/tests"
@@ -73,13 +74,10 @@ copy() { # name path dest-folder
 }
 while read -r name path; do
   if [ "$name" = quantscope ]; then copy "$name" "$path" "$kit/bin"; fi
-done <<<"$bins"
-# (Building the tests also builds the binary; keep the test targets only.)
-while read -r name path; do
   for t in "${tests[@]}"; do
     if [ "$name" = "$t" ]; then copy "$name" "$path" "$kit/tests"; fi
   done
-done <<<"$test_bins"
+done <<<"$artifacts"
 for t in quantscope; do
   [ -x "$kit/bin/$t" ] || { echo "build.sh: no $t binary was built" >&2; exit 1; }
 done
@@ -113,7 +111,8 @@ fi
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), profile $profile"
   echo "rustc: $(rustc --version 2>/dev/null || echo unknown)"
-  (cd "$kit" && find bin tests gl -type f 2>/dev/null | sort | xargs -r ls -l | awk '{print $5, $9}')
+  (cd "$kit" && find . -path ./MANIFEST -prune -o -type f -print | sort | xargs -r ls -l \
+    | awk '{ sub("^./", "", $9); print $5, $9 }')
 } >"$kit/MANIFEST"
 
 bytes=$(du -sb "$kit" | cut -f1)
@@ -131,8 +130,10 @@ esac
 if git check-ignore -q "$rel/MANIFEST" 2>/dev/null; then :; else
   echo "warning: $rel is not git-ignored: the device tool would send it as part of the working tree" >&2
 fi
+kit_arg=
+[ "$rel" = device-kit ] || kit_arg=" --kit $rel"
 cat <<CALL
 == on a session lent the GPU machine, one call (about 8 minutes):
-run(command="bash scripts/device-check/run.sh", carry=["$rel"], timeout_s=570)
+run(command="bash scripts/device-check/run.sh$kit_arg", carry=["$rel"], timeout_s=570)
    results: the table at the end of the output; \$OUT/summary.txt and \$OUT/logs.tar.gz
 CALL

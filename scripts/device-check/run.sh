@@ -7,7 +7,8 @@
 #
 # Options: --kit DIR (default device-kit), --budget SECONDS (default 480 on
 # the device, 110 locally), --out DIR (default $OUT, else
-# target/device-check).
+# target/device-check). QUANTSCOPE_CUDA_LIBS=dir:dir is searched first for
+# libnvrtc / libcublas.
 #
 # Steps, in order, each time-boxed (`timeout`); a failing step does not stop
 # the next, and a step that no longer fits the budget is skipped with a line:
@@ -17,10 +18,10 @@
 #   tests      cuda_compile (NVRTC required), cuda_unavailable (CUDA
 #              required), cross_backend (CUDA and wgpu required,
 #              CUDA_LAUNCH_BLOCKING=1, one test thread), wgpu_backend
-#   sanitizer  cross_backend on CUDA alone under compute-sanitizer (memcheck)
 #   profile    per format and batch on CUDA and wgpu, each beside the copy
 #              bandwidth and (CUDA) cuBLAS's f16 GEMM at the same shape
 #   vector     `vector --size large --bits 3` on every backend
+#   sanitizer  cross_backend on CUDA alone under compute-sanitizer (memcheck)
 #   forward, analyze   when the binary has these commands
 # The table is printed last; $OUT gets summary.txt, profile.json,
 # devices.json and logs.tar.gz (every log).
@@ -220,6 +221,10 @@ setup_vulkan() {
       [ -f "$egl" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$egl
       say "VK_DRIVER_FILES=$icd"
     fi
+    # The ICD names libGLX_nvidia.so.0 without a folder.
+    for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
+      if [ -d "$d" ]; then export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d; fi
+    done
     export QUANTSCOPE_WGPU_BACKEND=vulkan
   fi
   say "Vulkan ICDs: $(ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null | grep json | tr '\n' ' ')"
@@ -257,7 +262,7 @@ record env ok 0 "${nv:+NVRTC $nv, }driver CUDA ${driver_cuda:-none}"
 
 # ---- devices -----------------------------------------------------------------
 step devices 60 "$bin" devices
-"$bin" devices --json >"$logs/devices.json" 2>/dev/null || echo '[]' >"$logs/devices.json"
+timeout -k 5 60 "$bin" devices --json >"$logs/devices.json" 2>/dev/null || echo '[]' >"$logs/devices.json"
 available() { # kind -> exit 0 when `devices` lists it available
   python3 -c '
 import json, sys
@@ -299,16 +304,6 @@ else
     unavailable test-cross-backend "no wgpu adapter here"
   fi
 fi
-if ! need $have_cuda; then
-  unavailable sanitizer "no CUDA device here"
-elif [ -z "$sanitizer" ]; then
-  record sanitizer FAIL 0 "compute-sanitizer not found"
-else
-  step sanitizer $lim_sanitizer env QUANTSCOPE_REQUIRE_CUDA=1 QUANTSCOPE_TEST_BACKENDS=cuda \
-    "$sanitizer" --tool memcheck --error-exitcode 3 --print-limit 20 \
-    "$tests/cross_backend" --test-threads=1 every_backend_matches_the_cpu
-fi
-
 # ---- profile ---------------------------------------------------------------------
 # format|batch|extra flags
 configs=(
@@ -353,6 +348,19 @@ if need $have_wgpu; then profile_all wgpu; else unavailable profile-wgpu "no wgp
 # ---- vector study ------------------------------------------------------------------
 step vector $lim_vector "$bin" vector --size "$vector_size" --bits 3 --backend all \
   --no-plots --save-dir "$logs/vector"
+
+# ---- compute-sanitizer ----------------------------------------------------------
+# After the figures: CUDA_LAUNCH_BLOCKING=1 above already names a kernel
+# that faults; memcheck finds the out-of-bounds accesses that do not fault.
+if ! need $have_cuda; then
+  unavailable sanitizer "no CUDA device here"
+elif [ -z "$sanitizer" ]; then
+  record sanitizer FAIL 0 "compute-sanitizer not found"
+else
+  step sanitizer $lim_sanitizer env QUANTSCOPE_REQUIRE_CUDA=1 QUANTSCOPE_TEST_BACKENDS=cuda \
+    "$sanitizer" --tool memcheck --error-exitcode 3 --print-limit 20 \
+    "$tests/cross_backend" --test-threads=1 every_backend_matches_the_cpu
+fi
 
 # ---- forward pass and analyzer (when the binary has them) ------------------------
 if "$bin" forward --help >/dev/null 2>&1; then
