@@ -206,10 +206,8 @@ fn save_and_load_keep_the_packed_weights() {
 }
 
 #[test]
-fn clip_l14_preset_has_the_seed_model_shapes() {
-    // Shapes only: building 300M weights is for the benchmarks.
-    let m = Model::preset(Preset::ClipVitL14);
-    let m = m.unwrap();
+fn clip_l14_preset_has_the_seed_model_shapes_and_runs() {
+    let m = Model::preset(Preset::ClipVitL14).unwrap();
     let c = m.config();
     assert_eq!(
         (c.hidden, c.layers, c.heads, c.intermediate),
@@ -220,4 +218,18 @@ fn clip_l14_preset_has_the_seed_model_shapes() {
     let inputs = m.default_inputs();
     let b = m.encode(&inputs, 0..1).unwrap();
     assert_eq!((b.n, b.seq), (1, 257));
+    // One image through all 24 blocks on the CPU: finite, unit-scale output.
+    let q = quantize_model(&m, &plan(Scheme::None(FormatKind::F32)), None, &|_, _| {}).unwrap();
+    drop(m);
+    let cpu = backend::cpu::CpuBackend::new();
+    let dm = DeviceModel::upload(&cpu, &q).unwrap();
+    let out = dm.forward(&b).unwrap();
+    assert_eq!(out.pooled.len(), 768);
+    assert_eq!(out.last_hidden.len(), 257 * 1024);
+    assert!(out
+        .pooled
+        .iter()
+        .chain(&out.last_hidden)
+        .all(|v| v.is_finite()));
+    assert!(out.pooled.iter().any(|&v| v != 0.0));
 }

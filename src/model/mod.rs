@@ -604,8 +604,13 @@ pub(crate) fn load_spec(dir: &Path) -> Result<(Spec, PathBuf), ModelError> {
     };
     let cfg_path = dir.join("config.json");
     let cfg = ModelConfig::from_hf_json(&cfg_path, &read(&cfg_path)?)?;
-    let name = dir
-        .file_name()
+    // A folder called `model` (as in pip-packaged checkpoints) is named
+    // after its parent.
+    let named = match dir.file_name() {
+        Some(n) if n == "model" => dir.parent().and_then(Path::file_name),
+        n => n,
+    };
+    let name = named
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
     let json = |p: &Path| -> Result<Option<serde_json::Value>, ModelError> {
