@@ -7,7 +7,8 @@
 //!   implementations, which run the packed formats;
 //! - [`metrics`]: error measures used everywhere;
 //! - [`io`]: safetensors in and out, atomic writes; [`sample`]: the built-in sample model;
-//! - [`vector`]: the vector quantization study (`quantscope vector`).
+//! - [`vector`]: the vector quantization study (`quantscope vector`);
+//! - [`report`]: chart data, charts, the HTML report and the comparison of runs.
 #![warn(missing_docs)]
 
 pub mod analyze;
@@ -17,5 +18,6 @@ pub mod hardware;
 pub mod io;
 pub mod metrics;
 pub mod quant;
+pub mod report;
 pub mod sample;
 pub mod vector;

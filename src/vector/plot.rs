@@ -1,9 +1,9 @@
 //! PNG plots of the study (plotters, bitmap backend).
 //!
-//! Text needs a system font (plotters' `ttf` feature goes through
-//! fontconfig). On a machine without one, each plot is drawn again without
-//! any text, so a bare CI machine still gets its images, and the run records
-//! a warning instead of failing. Images are drawn to a temporary file in the
+//! Text is drawn in the font embedded in the binary ([`crate::report::font`]),
+//! so no system font or fontconfig is needed. Should text still fail, each
+//! plot is drawn again without any text, and the run records a warning
+//! instead of failing. Images are drawn to a temporary file in the
 //! target folder and renamed into place.
 
 use std::path::{Path, PathBuf};
@@ -51,6 +51,9 @@ pub fn draw_png(
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let attempt = |text: bool| -> Result<(), String> {
+        if text {
+            crate::report::font::register()?;
+        }
         let tmp = tempfile::Builder::new()
             .prefix(".plot")
             .suffix(".png")
