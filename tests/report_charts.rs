@@ -68,7 +68,9 @@ fn labels_never_overlap_each_other() {
         .map(|i| (100 + (i % 3) * 6, 100 + (i / 3) * 5))
         .collect();
     let sizes = vec![(60u32, 14u32); 12];
-    let placed = place_labels(&pts, &sizes, (800, 600), 9);
+    // A line through the crowd is an obstacle too.
+    let line = vec![(0, 130), (800, 130)];
+    let placed = place_labels(&pts, &sizes, (800, 600), 9, &[line]);
     let rects: Vec<(i32, i32, i32, i32)> = placed
         .iter()
         .flatten()
@@ -77,6 +79,7 @@ fn labels_never_overlap_each_other() {
     assert!(rects.len() >= 6, "only {} of 12 placed", rects.len());
     for (i, a) in rects.iter().enumerate() {
         assert!(a.0 >= 0 && a.1 >= 0 && a.2 <= 800 && a.3 <= 600);
+        assert!(a.3 <= 128 || a.1 >= 132, "{a:?} crosses the line");
         for b in &rects[i + 1..] {
             let overlap = a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3;
             assert!(!overlap, "{a:?} overlaps {b:?}");

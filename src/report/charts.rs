@@ -553,6 +553,8 @@ where
                 .configure_mesh()
                 .x_desc(x_desc.clone())
                 .y_desc("accuracy retention (mean cosine)")
+                .max_light_lines(3)
+                .light_line_style(RGBColor(238, 238, 238))
                 .x_label_style(font(12))
                 .y_label_style(font(12))
                 .axis_desc_style(font(13))
@@ -614,7 +616,15 @@ where
                         .unwrap_or((l.len() as u32 * 7, 12))
                 })
                 .collect();
-            let placed = place_labels(&px, &sizes, (pw as i32, ph as i32), 9);
+            let front_px: Vec<(i32, i32)> = front
+                .iter()
+                .filter(|&&i| i < pts.len() && pts[i].0 > 0.0)
+                .map(|&i| {
+                    let (x, y) = chart.backend_coord(&(pts[i].0 / div, pts[i].1));
+                    (x - base.0, y - base.1)
+                })
+                .collect();
+            let placed = place_labels(&px, &sizes, (pw as i32, ph as i32), 9, &[front_px]);
             for (k, pos) in placed.iter().enumerate() {
                 if let Some((lx, ly)) = pos {
                     let i = usable[k];
@@ -679,13 +689,27 @@ pub fn place_labels(
     sizes: &[(u32, u32)],
     bounds: (i32, i32),
     gap: i32,
+    lines: &[Vec<(i32, i32)>],
 ) -> Vec<Option<(i32, i32)>> {
     type R = (i32, i32, i32, i32);
     let overlaps = |a: &R, b: &R| a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3;
-    let dots: Vec<R> = points
+    let mut dots: Vec<R> = points
         .iter()
         .map(|&(x, y)| (x - 7, y - 7, x + 7, y + 7))
         .collect();
+    // Lines (the Pareto front) are obstacles too: small boxes every few pixels.
+    for line in lines {
+        for w in line.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let len = ((b.0 - a.0).pow(2) as f64 + (b.1 - a.1).pow(2) as f64).sqrt();
+            let steps = (len / 4.0).ceil().max(1.0) as i32;
+            for k in 0..=steps {
+                let x = a.0 + (b.0 - a.0) * k / steps;
+                let y = a.1 + (b.1 - a.1) * k / steps;
+                dots.push((x - 2, y - 2, x + 2, y + 2));
+            }
+        }
+    }
     let mut taken: Vec<R> = Vec::new();
     points
         .iter()
@@ -753,7 +777,7 @@ where
         let cx = pw as i32 / 2;
         let cy = ph as i32 / 2 + 14;
         // Room for the axis names around the circle.
-        let r = ((pw as f64 / 2.0 - 115.0).min(ph as f64 / 2.0 - 50.0)).max(20.0);
+        let r = ((pw as f64 / 2.0 - 75.0).min(ph as f64 / 2.0 - 50.0)).max(20.0);
         let at = |k: usize, v: f64| {
             let a = -std::f64::consts::FRAC_PI_2 + k as f64 * std::f64::consts::TAU / m as f64;
             (cx + (r * v * a.cos()) as i32, cy + (r * v * a.sin()) as i32)
@@ -786,10 +810,13 @@ where
             } else {
                 VPos::Center
             };
-            let name = if n.lower_is_better.get(k) == Some(&true) {
-                format!("{} (inv.)", n.metrics[k])
-            } else {
-                n.metrics[k].clone()
+            // Short names keep the radar large in narrow panels; the
+            // title says costs are inverted.
+            let name = match n.metrics[k].as_str() {
+                "weight memory" => "weights".to_string(),
+                "peak memory" => "peak mem.".to_string(),
+                "accuracy per GB" => "acc./GB".to_string(),
+                m => m.to_string(),
             };
             panel.draw(&Text::new(name, (lx, ly), text_at(12, h, v)))?;
         }
