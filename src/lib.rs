@@ -11,7 +11,8 @@
 //! - [`io`]: safetensors in and out; [`atomic`]: the one way a file is written
 //!   (all files of a run or none); [`input`]: regular input files, memory-mapped;
 //!   [`sample`]: the built-in sample model;
-//! - [`vector`]: the vector quantization study (`quantscope vector`).
+//! - [`vector`]: the vector quantization study (`quantscope vector`);
+//! - [`report`]: chart data, charts, the HTML report and the comparison of runs.
 #![warn(missing_docs)]
 
 pub mod analyze;
@@ -24,5 +25,6 @@ pub mod io;
 pub mod metrics;
 pub mod model;
 pub mod quant;
+pub mod report;
 pub mod sample;
 pub mod vector;

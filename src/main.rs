@@ -35,6 +35,11 @@ enum Command {
     /// Quantize every 2-D float tensor of a safetensors file (or the built-in
     /// sample model) and report bits/weight, bytes and error per tensor.
     Quantize(cli::quantize::Args),
+    /// Chart data, charts and the self-contained HTML report of a results
+    /// file; with several files, the HTML comparison.
+    Report(cli::report::Args),
+    /// List, show and compare results files (one or many machines).
+    Results(cli::results::Args),
     /// Quantize a vector to 2^bits levels with uniform, non-uniform (Lloyd-Max,
     /// exact DP) and outlier-aware (EasyQuant) approaches on every backend, and
     /// report error, latency and plots.
@@ -68,6 +73,8 @@ fn main() -> std::process::ExitCode {
         Command::Forward(a) => cli::forward::run(a),
         Command::Profile(a) => cli::profile::run(a),
         Command::Quantize(a) => cli::quantize::run(a),
+        Command::Report(a) => cli::report::run(a),
+        Command::Results(a) => cli::results::run(a),
         Command::Vector(a) => cli::vector::run(a),
     };
     let result = result.and_then(|()| {

@@ -8,4 +8,6 @@ pub mod hardware;
 pub mod profile;
 pub mod progress;
 pub mod quantize;
+pub mod report;
+pub mod results;
 pub mod vector;

@@ -1,10 +1,10 @@
 //! PNG plots of the study (plotters, bitmap backend).
 //!
-//! Text needs a system font (plotters' `ttf` feature goes through
-//! fontconfig). On a machine without one, each plot is drawn again without
-//! any text, so a bare CI machine still gets its images, and the run records
-//! a warning instead of failing. Images are drawn to a temporary file of the
-//! run's [`Transaction`] and appear with the run's other files, or not at all.
+//! Text is drawn in the font embedded in the binary ([`crate::report::font`]),
+//! so no system font or fontconfig is needed. Should text still fail, each
+//! plot is drawn again without any text, and the run records a warning
+//! instead of failing. Images are drawn to a temporary file of the run's
+//! [`Transaction`] and appear with the run's other files, or not at all.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +49,9 @@ pub fn draw_png(
     draw: &dyn Fn(&Area<'_>, bool) -> DrawResult,
 ) -> Result<Drawn, VectorError> {
     let attempt = |tmp: &Path, text: bool| -> Result<(), String> {
+        if text {
+            crate::report::font::register()?;
+        }
         let root = BitMapBackend::new(tmp, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         draw(&root, text).map_err(|e| e.to_string())?;
