@@ -197,17 +197,31 @@ pub fn recommend(
             }
         }
     }
+    // Fragmentation: one line per backend, its worst pair, and only when
+    // the unused reservation is material (a fresh allocator's first blocks
+    // are mostly empty for a small model: 90 % of a 256 MiB block says
+    // nothing about the run).
+    let mut worst: Vec<(crate::backend::BackendKind, f64, u64, &str)> = Vec::new();
     for r in results {
-        if let Some(f) = r.memory.fragmentation {
-            if f > 0.10 {
-                warnings.push(format!(
-                    "{} on {}: allocator fragmentation {:.0} % (above 10 %)",
-                    r.strategy,
-                    r.backend,
-                    100.0 * f
-                ));
+        let (Some(f), Some(res)) = (r.memory.fragmentation, r.memory.reserved_bytes) else {
+            continue;
+        };
+        let slack = (res as f64 * f) as u64;
+        if f > 0.10 && slack >= FRAGMENTATION_SLACK_BYTES {
+            match worst.iter_mut().find(|w| w.0 == r.backend) {
+                Some(w) if w.1 >= f => {}
+                Some(w) => *w = (r.backend, f, slack, &r.strategy),
+                None => worst.push((r.backend, f, slack, &r.strategy)),
             }
         }
+    }
+    for (b, f, slack, s) in worst {
+        warnings.push(format!(
+            "{b}: allocator fragmentation up to {:.0} % (above 10 %; {:.0} MiB reserved but \
+             unused, with {s})",
+            100.0 * f,
+            slack as f64 / (1u64 << 20) as f64
+        ));
     }
     if let Some(min) = c.min_accuracy {
         let below: Vec<String> = results
@@ -222,14 +236,25 @@ pub fn recommend(
             ));
         }
     }
-    let mut skipped_backends: Vec<String> = Vec::new();
+    // Skipped pairs: one line per backend and reason, naming the strategies.
+    let mut grouped: Vec<(crate::backend::BackendKind, &str, Vec<&str>)> = Vec::new();
     for s in skipped {
-        let line = format!("{} skipped for {}: {}", s.backend, s.strategy, s.reason);
-        if !skipped_backends.contains(&line) {
-            skipped_backends.push(line);
+        match grouped
+            .iter_mut()
+            .find(|g| g.0 == s.backend && g.1 == s.reason)
+        {
+            Some(g) => g.2.push(&s.strategy),
+            None => grouped.push((s.backend, &s.reason, vec![&s.strategy])),
         }
     }
-    warnings.extend(skipped_backends);
+    for (b, reason, strategies) in grouped {
+        let which = if strategies.len() == results_strategies(results, skipped) {
+            "every strategy".to_string()
+        } else {
+            strategies.join(", ")
+        };
+        warnings.push(format!("{b} skipped ({which}): {reason}"));
+    }
 
     let binding_constraint = if recommended.is_none() {
         Some(binding(results, c))
@@ -244,6 +269,21 @@ pub fn recommend(
         warnings,
         binding_constraint,
     }
+}
+
+/// Unused allocator reservation below which fragmentation is not worth a warning.
+pub const FRAGMENTATION_SLACK_BYTES: u64 = 256 << 20;
+
+/// Number of distinct strategies among results and skipped pairs.
+fn results_strategies(results: &[StrategyResult], skipped: &[SkippedPair]) -> usize {
+    let mut names: Vec<&str> = results
+        .iter()
+        .map(|r| r.strategy.as_str())
+        .chain(skipped.iter().map(|s| s.strategy.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.len()
 }
 
 /// Which constraint binds when no pair meets them all, and by how much.

@@ -885,7 +885,6 @@ fn mixed_precision(
     }
     let k = hi;
     eval_k(k)?;
-    drop(eval_k);
     let chosen = cache
         .remove(&k)
         .ok_or_else(|| AnalyzeError::Invalid("mixed precision: no measurement".into()))?;

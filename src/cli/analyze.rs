@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+
+use super::guard::{bad_flag, outln, BadFlag};
 use quantscope::analyze::runner::{self, AnalyzeOptions, ModelSource, Progress};
 use quantscope::analyze::{AnalysisRun, Priority};
 use quantscope::backend::BackendKind;
@@ -72,6 +74,10 @@ pub struct Args {
     /// With --export: write the mixed-precision configuration instead.
     #[arg(long, requires = "export")]
     export_mixed: bool,
+    /// Also write the self-contained HTML report of this run (charts,
+    /// table, per-layer view, recommendation) to this file.
+    #[arg(long, value_name = "OUT.html")]
+    html: Option<PathBuf>,
     /// Print the results document as JSON on stdout (the text table goes
     /// away; the file is still written).
     #[arg(long)]
@@ -82,16 +88,24 @@ fn parse_group(s: &str) -> anyhow::Result<GroupSize> {
     if s.eq_ignore_ascii_case("row") {
         return Ok(GroupSize::Row);
     }
-    let n: usize = s
-        .parse()
-        .with_context(|| format!("--group '{s}' is not a number or 'row'"))?;
-    Ok(GroupSize::Cols(n).validate()?)
+    let Ok(n) = s.parse::<usize>() else {
+        bad_flag!("--group '{s}' is not a number or 'row'");
+    };
+    match GroupSize::Cols(n).validate() {
+        Ok(g) => Ok(g),
+        Err(e) => bad_flag!("--group {n}: {e}"),
+    }
+}
+
+/// A flag value refused by the library, as a bad flag (exit status 2).
+fn flag<T, E: std::fmt::Display>(r: Result<T, E>) -> anyhow::Result<T> {
+    r.map_err(|e| anyhow::Error::new(BadFlag(e.to_string())))
 }
 
 fn options(a: &Args) -> anyhow::Result<AnalyzeOptions> {
     let model = match (&a.model, &a.preset) {
         (Some(d), _) => ModelSource::Dir(d.clone()),
-        (None, Some(p)) => ModelSource::Preset(p.parse::<Preset>()?),
+        (None, Some(p)) => ModelSource::Preset(flag(p.parse::<Preset>())?),
         (None, None) => ModelSource::Preset(Preset::Tiny),
     };
     let backends = match &a.backends {
@@ -99,7 +113,7 @@ fn options(a: &Args) -> anyhow::Result<AnalyzeOptions> {
         Some(list) => {
             let mut v = Vec::new();
             for b in list {
-                let k: BackendKind = b.trim().parse()?;
+                let k: BackendKind = flag(b.trim().parse())?;
                 if !v.contains(&k) {
                     v.push(k);
                 }
@@ -110,7 +124,7 @@ fn options(a: &Args) -> anyhow::Result<AnalyzeOptions> {
     let mut o = AnalyzeOptions {
         model,
         backends,
-        priority: a.priority.parse::<Priority>()?,
+        priority: flag(a.priority.parse::<Priority>())?,
         max_memory_gb: a.max_memory_gb,
         min_accuracy: a.min_accuracy,
         inputs: a.inputs.clone(),
@@ -124,7 +138,24 @@ fn options(a: &Args) -> anyhow::Result<AnalyzeOptions> {
         o.strategies = s.clone();
     }
     if a.export_mixed && a.no_sensitivity {
-        bail!("--export-mixed needs the mixed-precision suggestion: drop --no-sensitivity");
+        bad_flag!("--export-mixed needs the mixed-precision suggestion: drop --no-sensitivity");
+    }
+    flag(runner::parse_strategies(&o.strategies))?;
+    if !(1..=4096).contains(&o.batch) {
+        bad_flag!("--batch {} is out of range (1..=4096)", o.batch);
+    }
+    if !(1..=1000).contains(&o.timed_runs) {
+        bad_flag!("--runs {} is out of range (1..=1000)", o.timed_runs);
+    }
+    if let Some(m) = o.min_accuracy {
+        if !(-1.0..=1.0).contains(&m) {
+            bad_flag!("--min-accuracy {m} is not a cosine in [-1, 1]");
+        }
+    }
+    if let Some(m) = o.max_memory_gb {
+        if !(m.is_finite() && m > 0.0) {
+            bad_flag!("--max-memory-gb {m} must be a positive number");
+        }
     }
     Ok(o)
 }
@@ -195,10 +226,10 @@ pub fn print_text(run: &AnalysisRun) {
                 }
             })
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end());
     };
     let c = &run.config;
-    println!(
+    outln!(
         "model {} ({}, {}), {} evaluation inputs ({} tokens each at most), batch {}",
         c.model.name,
         c.model.source,
@@ -207,21 +238,21 @@ pub fn print_text(run: &AnalysisRun) {
         c.eval_inputs.seq_len,
         c.batch
     );
-    println!(
+    outln!(
         "retention = fidelity to the unquantized f32 model on the CPU (mean cosine of pooled \
          outputs), not task accuracy; score = {p} priority"
     );
-    println!();
+    outln!();
     line(header.iter().map(|s| s.to_string()).collect());
     for r in rows {
         line(r);
     }
     for s in &run.skipped {
-        println!("skipped: {} on {}: {}", s.strategy, s.backend, s.reason);
+        outln!("skipped: {} on {}: {}", s.strategy, s.backend, s.reason);
     }
     if let Some(m) = &run.mixed_precision {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "mixed precision: int4 with {} of {} layers at int8 -> retention {:.5}, {} MB ({}; target {})",
             m.high_layers.len(),
             run.config.model.linear_layers.len(),
@@ -231,22 +262,24 @@ pub fn print_text(run: &AnalysisRun) {
             m.target_accuracy
         );
         if !m.high_layers.is_empty() {
-            println!("  int8 layers: {}", m.high_layers.join(", "));
+            outln!("  int8 layers: {}", m.high_layers.join(", "));
         }
     }
     let rec = &run.recommendation;
-    println!();
+    outln!();
     match &rec.recommended {
         Some(pk) => {
-            println!(
+            outln!(
                 "recommended ({}): {} on {}",
-                rec.priority, pk.strategy, pk.backend
+                rec.priority,
+                pk.strategy,
+                pk.backend
             );
             for r in &pk.reasons {
-                println!("  - {r}");
+                outln!("  - {r}");
             }
             if let Some(ru) = &rec.runner_up {
-                println!(
+                outln!(
                     "runner-up: {} on {} (score {:.3}, retention {:.5}, {} MB, {:.3} ms/input)",
                     ru.strategy,
                     ru.backend,
@@ -257,7 +290,7 @@ pub fn print_text(run: &AnalysisRun) {
                 );
             }
         }
-        None => println!(
+        None => outln!(
             "no recommendation: {}",
             rec.binding_constraint
                 .as_deref()
@@ -265,10 +298,10 @@ pub fn print_text(run: &AnalysisRun) {
         ),
     }
     for a in &rec.avoid {
-        println!("avoid: {} on {}: {}", a.strategy, a.backend, a.reason);
+        outln!("avoid: {} on {}: {}", a.strategy, a.backend, a.reason);
     }
     for w in &rec.warnings {
-        println!("warning: {w}");
+        outln!("warning: {w}");
     }
 }
 
@@ -293,7 +326,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     // Print first: a failing write never loses a finished analysis.
     if a.json {
-        println!("{}", run.to_json()?);
+        outln!("{}", run.to_json()?);
     } else {
         print_text(&run);
     }
@@ -302,12 +335,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let path = a.results_dir.join(format!("{}.json", run.run_id));
     quantscope::io::write_atomic(&path, run.to_json()?.as_bytes())?;
     if !a.json {
-        println!("results: {}", path.display());
+        outln!("results: {}", path.display());
+    }
+    if let Some(out) = &a.html {
+        quantscope::report::html::write_run_report(&run, out)?;
+        if !a.json {
+            outln!("report: {}", out.display());
+        }
     }
     if let Some(dir) = &a.export {
         let what = runner::export(&opts, &run, dir, a.export_mixed)?;
         if !a.json {
-            println!("exported {what} to {}", dir.display());
+            outln!("exported {what} to {}", dir.display());
         }
     }
     if run.results.is_empty() {
