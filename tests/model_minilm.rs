@@ -23,6 +23,11 @@ fn model_dir() -> Option<PathBuf> {
     if dir.join("model.safetensors").is_file() {
         Some(dir)
     } else {
+        assert!(
+            std::env::var("QUANTSCOPE_REQUIRE_MINILM").as_deref() != Ok("1"),
+            "QUANTSCOPE_REQUIRE_MINILM=1 but there is no MiniLM checkpoint at {}",
+            dir.display()
+        );
         println!(
             "skipped: no MiniLM checkpoint at {} (set QUANTSCOPE_MINILM_DIR)",
             dir.display()
