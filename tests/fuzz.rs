@@ -59,6 +59,14 @@ fn targets() -> Vec<Target> {
             name: "flag_values",
             run: flag_values,
         },
+        Target {
+            name: "model_config",
+            run: model_config,
+        },
+        Target {
+            name: "analysis_results",
+            run: analysis_results,
+        },
     ]
 }
 
@@ -103,6 +111,26 @@ fn results_json(b: &[u8]) {
     }
 }
 
+fn model_config(b: &[u8]) {
+    let text = String::from_utf8_lossy(b);
+    let p = Path::new("fuzz/config.json");
+    if let Ok(c) = quantscope::model::ModelConfig::from_hf_json(p, &text) {
+        // A config that parses must validate or be refused, and what
+        // validates must describe its layers without panicking.
+        if c.validate(p).is_ok() {
+            let _ = c.output_dim();
+            let _ = c.to_hf_json();
+        }
+    }
+}
+
+fn analysis_results(b: &[u8]) {
+    let text = String::from_utf8_lossy(b);
+    if let Ok(run) = quantscope::analyze::AnalysisRun::from_json(&text, "fuzz.json") {
+        let _ = run.to_json();
+    }
+}
+
 fn flag_values(b: &[u8]) {
     let s = String::from_utf8_lossy(b);
     let _ = s.parse::<quantscope::format::GroupSize>();
@@ -111,6 +139,8 @@ fn flag_values(b: &[u8]) {
     let _ = s.parse::<quantscope::vector::VectorSize>();
     let _ = s.parse::<quantscope::vector::Distribution>();
     let _ = s.parse::<quantscope::backend::BackendKind>();
+    let _ = s.parse::<quantscope::model::Preset>();
+    let _ = s.parse::<quantscope::analyze::Priority>();
     let _ = quantscope::vector::Approach::parse_choice(&s);
 }
 
