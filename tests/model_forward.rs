@@ -93,9 +93,12 @@ fn every_backend(m: &Model, inputs: &Inputs) {
         if check(be.as_ref(), &f32q, inputs, 0.99999, 1e-9) {
             ran += 1;
             // Quantized formats against the reference of their own weights:
-            // the GEMM path keeps f32 activations, so only rounding differs.
-            assert!(check(be.as_ref(), &int8, inputs, 0.99999, 1e-8));
-            assert!(check(be.as_ref(), &int4, inputs, 0.99999, 1e-8));
+            // the GEMM path keeps f32 activations, so the hidden states differ
+            // by rounding only. The pooled bound is looser: a GEMV (batch < 8,
+            // e.g. CLIP's projection of the class tokens) may dot int8
+            // activations (wgpu's packed-dot q8 path, measured 0.99998 here).
+            assert!(check(be.as_ref(), &int8, inputs, 0.9999, 1e-8));
+            assert!(check(be.as_ref(), &int4, inputs, 0.9999, 1e-8));
         }
     }
     assert!(ran >= 1, "the CPU backend always runs");
