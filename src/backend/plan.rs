@@ -2,6 +2,8 @@
 //! padded activation layout their kernels read, the round-to-nearest
 //! quantize parameters and how the kernels' outputs become a
 //! [`QuantizedMatrix`] again.
+// Only the GPU backends plan matmuls; a CPU-only build keeps the x stride.
+#![cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 
 use half::f16;
 
