@@ -247,8 +247,24 @@ pub fn print_text(run: &AnalysisRun) {
     for r in rows {
         line(r);
     }
+    // One line per backend and reason, naming the strategies.
+    let mut grouped: Vec<(BackendKind, &str, Vec<&str>)> = Vec::new();
     for s in &run.skipped {
-        outln!("skipped: {} on {}: {}", s.strategy, s.backend, s.reason);
+        match grouped
+            .iter_mut()
+            .find(|g| g.0 == s.backend && g.1 == s.reason)
+        {
+            Some(g) => g.2.push(&s.strategy),
+            None => grouped.push((s.backend, &s.reason, vec![&s.strategy])),
+        }
+    }
+    for (b, reason, strategies) in grouped {
+        let which = if strategies.len() == run.config.strategies.len() {
+            "every strategy".to_string()
+        } else {
+            strategies.join(", ")
+        };
+        outln!("skipped on {b} ({which}): {reason}");
     }
     if let Some(m) = &run.mixed_precision {
         outln!();
