@@ -543,15 +543,17 @@ pub fn run(
     let tokens: usize = eval.iter().map(|b| b.lengths().iter().sum::<usize>()).sum();
     let seq_len = eval.iter().map(|b| b.seq).max().unwrap_or(0);
     let probe_n = n_eval.min(PROBE_INPUTS);
-    let probe = batches(&model, &eval_inputs, opts.batch)?
-        .into_iter()
-        .scan(0usize, |seen, b| {
-            let keep = *seen < probe_n;
-            *seen += b.n;
-            Some((keep, b))
+    // The first evaluation batches covering PROBE_INPUTS inputs (encoded once).
+    let mut seen = 0usize;
+    let probe: Vec<Batch> = eval
+        .iter()
+        .take_while(|b| {
+            let keep = seen < probe_n;
+            seen += b.n;
+            keep
         })
-        .filter_map(|(k, b)| k.then_some(b))
-        .collect::<Vec<_>>();
+        .cloned()
+        .collect();
     let probe_rows: usize = probe.iter().map(|b| b.n).sum();
 
     progress(Progress::Phase("profiling the hardware".into()));
