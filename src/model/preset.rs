@@ -13,7 +13,7 @@ use rand_distr::{Distribution, Normal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 
-use super::config::{expected_tensors, ModelConfig};
+use super::config::{expected_tensors, BlockNames, ModelConfig, CLIP_POST_LN};
 use super::image::ImagePrep;
 use super::tokenize::TextEncoder;
 use super::{Family, Model, ModelError, Pooling, Preset, Spec};
@@ -90,6 +90,16 @@ pub(crate) fn synthetic_params(cfg: &ModelConfig, seed: u64) -> BTreeMap<String,
     let hot: Vec<(usize, f32)> = (0..3.min(h))
         .map(|_| (rng.random_range(0..h), rng.random_range(10.0..100.0f32)))
         .collect();
+    // The layer norm whose output is the model's output carries no hot
+    // channels: 3 channels at 10-100x would hold ~98 % of the pooled
+    // vector's norm and make every cosine ~1 whatever the quantizer did.
+    let final_ln = match cfg.family {
+        Family::Bert => format!(
+            "{}.weight",
+            BlockNames::new(Family::Bert, cfg.layers.saturating_sub(1)).ln2
+        ),
+        Family::ClipVision => format!("{CLIP_POST_LN}.weight"),
+    };
     let tensors = expected_tensors(cfg);
     tensors
         .par_iter()
@@ -110,13 +120,20 @@ pub(crate) fn synthetic_params(cfg: &ModelConfig, seed: u64) -> BTreeMap<String,
                 || name.ends_with("layernorm.weight")
             {
                 let mut g: Vec<f32> = normal(0.05, &mut rng, h).iter().map(|v| 1.0 + v).collect();
-                for &(c, k) in &hot {
-                    g[c] *= k;
+                if *name != final_ln {
+                    for &(c, k) in &hot {
+                        g[c] *= k;
+                    }
                 }
                 Matrix::from_vec(1, h, g)
             } else if shape.len() == 2 && name.ends_with(".weight") && !name.contains("embedding") {
-                // A linear: heavy-tailed, std 0.02 (BERT's init scale).
-                Ok(heavy_tailed(rows, cols, s))
+                // A linear: heavy-tailed, std 1/sqrt(fan-in) (0.02 is
+                // BERT's init scale; trained weights grow past it, and at
+                // 0.02 the sublayers barely move the residual stream, so
+                // their quantization errors would barely show).
+                let k = 1.0 / (0.02 * (cols as f32).sqrt());
+                let w = heavy_tailed(rows, cols, s).into_vec();
+                Matrix::from_vec(rows, cols, w.into_iter().map(|v| v * k).collect())
             } else if name.contains("embedding") && shape.len() >= 2 {
                 Matrix::from_vec(rows, cols, normal(0.05, &mut rng, rows * cols))
             } else {
