@@ -1,14 +1,23 @@
-//! Every CPU kernel path (scalar, AVX2, AVX-512 where the CPU has them)
-//! against the scalar path and an f64 reference computed from `dequantize()`,
-//! on every format, odd shapes, grouped and whole-row scales, outliers and
-//! activation scales.
+//! Every CPU kernel path (scalar, AVX2, AVX-512, NEON where the CPU has
+//! them) against the scalar path and an f64 reference computed from
+//! `dequantize()`, on every format, odd shapes, grouped and whole-row
+//! scales, outliers and activation scales.
+//!
+//! No silent skips: a path this build target has but this CPU lacks prints
+//! one line; with `CI=true` it prints `SKIP-IN-CI: ...` and fails when the
+//! CI machine class is expected to have it (see [`expected_in_ci`]).
 
+mod common;
+
+use std::sync::Once;
+
+use common::matmul_check::int8_rounding_nmse;
 use half::f16;
 use quantscope::backend::cpu::{
     bandwidth, matmul_opts, matmul_outliers_into, matmul_with, GemvActivations, KernelPath,
 };
 use quantscope::format::{
-    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers,
+    pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers, Packed,
     QuantizedMatrix, NF4_CODEBOOK,
 };
 use quantscope::metrics::{nmse, nmse_f64};
@@ -18,11 +27,82 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// Paths that keep f32 activations: NMSE against the f64 reference.
 const EXACT_NMSE: f64 = 1e-10;
-/// q8 / q4 / lut4 GEMV with int8 activations: the documented bound
-/// (`docs/PERFORMANCE.md`), well inside the cross-backend 5e-4.
-const INT8_ACT_NMSE: f64 = 2.5e-4;
 /// SIMD path against the scalar path: f32 rounding only.
 const PATH_NMSE: f64 = 1e-9;
+
+/// q8 / q4 / lut4 GEMV with int8 activations (blocks of 32 columns,
+/// `dx = absmax / 127`, round to nearest): NMSE against the f64 reference
+/// at most this factor times the NMSE the rounding adds on the case's own
+/// data (`int8_rounding_nmse`, the rounding done in f64 by its definition;
+/// lut4 with its codebook on 256 levels as well, `lut4_rounded_dense`).
+/// Expected: ~2.3e-5 for Gaussian X (error uniform in ±dx/2, variance
+/// `dx²/12`); truncating instead of rounding is 4x that (`dx²/3`).
+/// Measured (the 180 int8 cases per format of this file: scalar, avx2 and
+/// avx512 paths on an AVX-512 Xeon), measured / computed: q8 0.9995 ..
+/// 1.0004 (NMSE 3.4e-6 .. 7.1e-5), q4 0.9997 .. 1.0006 (2.7e-6 .. 6.2e-5),
+/// lut4 0.9999 .. 1.0006 (6.5e-6 .. 1.4e-4): f32 noise only. Bounds 1.25
+/// (the old fixed 2.5e-4 let a truncating quantizer pass everywhere).
+fn int8_act_factor(kind: FormatKind) -> f64 {
+    match kind {
+        FormatKind::Q8 | FormatKind::Q4 | FormatKind::Lut4 => 1.25,
+        k => panic!("{k} does not take int8 activations"),
+    }
+}
+
+/// Whether CI's machine class is expected to run `path`: CI is an x86-64
+/// Xeon with AVX2 + FMA (+ F16C, every AVX2 Xeon has it), AVX-512 not
+/// guaranteed (cloud instance types vary), and the aarch64 job runs under
+/// qemu-user, whose default CPU has NEON with the dot-product extension.
+/// `QUANTSCOPE_REQUIRE_CPU_PATHS` (a comma list of path names) adds paths
+/// a particular runner must have, e.g. `avx512`.
+fn expected_in_ci(path: KernelPath) -> bool {
+    let extra = std::env::var("QUANTSCOPE_REQUIRE_CPU_PATHS").unwrap_or_default();
+    if extra.split(',').any(|p| p.trim() == path.name()) {
+        return true;
+    }
+    match path {
+        KernelPath::Scalar => true,
+        KernelPath::Avx2 => cfg!(target_arch = "x86_64"),
+        KernelPath::Neon => cfg!(target_arch = "aarch64"),
+        KernelPath::Avx512 => false,
+    }
+}
+
+/// The kernel paths to test: every one this CPU supports. A path of this
+/// build target that the CPU lacks is reported once on stderr; under
+/// `CI=true` an expected one (see [`expected_in_ci`]) fails the test.
+fn paths() -> Vec<KernelPath> {
+    static REPORT: Once = Once::new();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let target_has = |p: KernelPath| match p {
+        KernelPath::Scalar => true,
+        KernelPath::Avx2 | KernelPath::Avx512 => cfg!(target_arch = "x86_64"),
+        KernelPath::Neon => cfg!(target_arch = "aarch64"),
+    };
+    let missing: Vec<KernelPath> = KernelPath::ALL
+        .into_iter()
+        .filter(|&p| target_has(p) && !p.is_supported())
+        .collect();
+    let required: Vec<KernelPath> = missing
+        .iter()
+        .copied()
+        .filter(|&p| ci && expected_in_ci(p))
+        .collect();
+    REPORT.call_once(|| {
+        for p in &missing {
+            if required.contains(p) {
+                eprintln!("SKIP-IN-CI: the {p} kernel path does not run: this CPU lacks it");
+            } else {
+                eprintln!("skipping the {p} kernel path: this CPU lacks it");
+            }
+        }
+    });
+    assert!(
+        required.is_empty(),
+        "CI=true and the CPU lacks kernel paths CI must test: {required:?}"
+    );
+    KernelPath::available()
+}
 
 fn rng(seed: u64) -> Xoshiro256PlusPlus {
     Xoshiro256PlusPlus::seed_from_u64(seed)
@@ -110,13 +190,38 @@ fn run(path: KernelPath, m: &QuantizedMatrix, x: &[f32], batch: usize) -> Vec<f3
     y
 }
 
+/// lut4's dense weights as its int8 GEMV uses them: the codebook on 256
+/// levels (`codebook[i] ≈ lo + step · u8[i]`, `lo`/`hi` the extremes of the
+/// codebook and 0, `step = (hi - lo) / 255`, round to nearest), built here
+/// from that definition; `None` for other formats.
+fn lut4_rounded_dense(m: &QuantizedMatrix) -> Option<Matrix> {
+    let Packed::Lut4(q) = m.packed() else {
+        return None;
+    };
+    let lo = q.codebook.iter().fold(0.0f32, |a, &v| a.min(v));
+    let hi = q.codebook.iter().fold(0.0f32, |a, &v| a.max(v));
+    let step = (hi - lo) / 255.0;
+    let mut rounded = q.clone();
+    for v in rounded.codebook.iter_mut() {
+        *v = lo + step * ((*v - lo) / step).round().clamp(0.0, 255.0);
+    }
+    let r = QuantizedMatrix::new(m.rows(), m.cols(), m.group(), Packed::Lut4(rounded))
+        .expect("same shape");
+    Some(r.dequantize())
+}
+
 fn check(m: &QuantizedMatrix, batch: usize, seed: u64) {
     let x = gaussian(batch * m.cols(), seed);
     let want = reference(m, &x, batch);
     let scalar = run(KernelPath::Scalar, m, &x, batch);
     let int8_act = batch == 1 && m.kind().is_grouped();
-    let bound = if int8_act { INT8_ACT_NMSE } else { EXACT_NMSE };
-    for path in KernelPath::available() {
+    let bound = if int8_act {
+        let used = lut4_rounded_dense(m);
+        int8_act_factor(m.kind()) * int8_rounding_nmse(m, used.as_ref(), &x, 1, 32)
+    } else {
+        EXACT_NMSE
+    };
+    for path in paths() {
         let got = if path == KernelPath::Scalar {
             scalar.clone()
         } else {
@@ -133,8 +238,14 @@ fn check(m: &QuantizedMatrix, batch: usize, seed: u64) {
             "{what}: non-finite output"
         );
         let e = nmse_f64(&want, &got);
+        if std::env::var("QUANTSCOPE_PRINT_MATMUL_ERRORS").is_ok_and(|v| v == "1") && int8_act {
+            eprintln!(
+                "{what}: int8-activation NMSE {e:.3e}, {:.5} x the rounding's",
+                e / bound * int8_act_factor(m.kind())
+            );
+        }
         assert!(
-            e < bound,
+            e <= bound,
             "{what}: NMSE {e:e} vs f64 reference (bound {bound:e})"
         );
         let p = nmse(&scalar, &got);
@@ -272,7 +383,7 @@ fn outlier_rows_of_every_length_on_every_path() {
         // 19: more batch rows than one transposed block (16 / 8 lanes).
         for batch in [1, 3, 19] {
             let x = gaussian(batch * cols, 42 + batch as u64);
-            for path in KernelPath::available() {
+            for path in paths() {
                 let with = run(path, &sparse, &x, batch);
                 let without = run(path, &dense, &x, batch);
                 // The sparse part alone, added to what `y` held.
@@ -314,7 +425,7 @@ fn nan_input_gives_nan_output() {
         for batch in [1, 2] {
             let mut x = gaussian(batch * 100, 13);
             x[40] = f32::NAN;
-            for path in KernelPath::available() {
+            for path in paths() {
                 let y = run(path, &m, &x, batch);
                 assert!(
                     y[..8].iter().all(|v| v.is_nan()),
@@ -346,12 +457,23 @@ fn kernel_path_names_round_trip() {
     assert!(KernelPath::best().is_supported());
 }
 
+/// The read-bandwidth probe's accounting (its rate is a measurement:
+/// `cargo bench --bench cpu_kernels` prints it with the FMA rate): the bytes
+/// it reports reading are the buffer it was asked for (rounded down to
+/// whole u64, at least 64 MiB), and the rate is those bytes over the median.
 #[test]
-fn probes_report_positive_rates() {
-    let b = bandwidth::measure_read_bandwidth(64 << 20);
-    assert!(b.bytes_per_s > 0.0 && b.bytes_per_s.is_finite());
-    let f = bandwidth::measure_fma_rate();
-    assert!(f > 0.0 && f.is_finite());
+fn read_probe_counts_the_bytes_it_reads() {
+    for (asked, moved) in [(1usize << 20, 64usize << 20), ((70 << 20) + 5, 70 << 20)] {
+        let b = bandwidth::measure_read_bandwidth(asked);
+        assert_eq!(b.bytes_moved, moved as u64, "asked {asked}: {b:?}");
+        assert!(b.seconds.is_finite() && b.seconds > 0.0, "{b:?}");
+        let rate = moved as f64 / b.seconds;
+        assert!(
+            (b.bytes_per_s - rate).abs() <= 1e-9 * rate,
+            "rate {} is not bytes / seconds {rate}",
+            b.bytes_per_s
+        );
+    }
 }
 
 /// Prints the int8-activation GEMV error per format on a larger matrix

@@ -1,6 +1,8 @@
 //! Seeded random inputs shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod matmul_check;
+
 use quantscope::format::Matrix;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
