@@ -1819,8 +1819,8 @@ impl Backend for CudaBackend {
         let blocks = self.multiprocessors * 8;
         let threads = blocks as u64 * 256;
         let out = self.zeros::<f32>(threads as usize)?;
-        // Compiled before the timing starts.
-        self.function("probe", "fma_rate")?;
+        // Looked up once, before the timing starts.
+        let f = self.function("probe", "fma_rate")?;
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
@@ -1836,8 +1836,8 @@ impl Backend for CudaBackend {
                     .arg("out", &out)?
                     .arg("iters", &ITERS)?
                     .arg("seed", &seed)?;
-                // SAFETY: out holds one float per thread.
-                unsafe { l.launch(self, cfg) }
+                // SAFETY: out holds one float per thread; f is fma_rate.
+                unsafe { l.launch_on(self, &f, cfg) }
             },
         )?;
         let seconds = KernelTiming {
