@@ -667,7 +667,7 @@ static void test_emulator() {
     std::printf("%zu __shared__ arrays (%zu bytes) refilled with garbage before each block\n", emu_shared_regions().size(), bytes);
 }
 
-// `--only a,b` runs the named parts: quantize, matmul, assign, ops.
+// Whether `part` is in the comma-separated `only` (empty: everything).
 static bool wanted(const std::string& only, const char* part) {
     if (only.empty()) return true;
     const std::string p(part);
@@ -682,15 +682,17 @@ static bool wanted(const std::string& only, const char* part) {
 
 int main(int argc, char** argv) {
     // --quick: fewer shapes, for CI (several GEMM blocks in both directions
-    // all the same); --only quantize,matmul,assign,ops: some parts only.
+    // all the same); --only=quantize,matmul,assign,ops: some parts only;
+    // --formats=q4,lut4: the matmul part for some formats only.
     bool quick = false;
-    std::string only;
+    std::string only, formats;
     for (int i = 1; i < argc; ++i) {
         const std::string a(argv[i]);
         if (a == "--quick") quick = true;
         else if (a.rfind("--only=", 0) == 0) only = a.substr(7);
+        else if (a.rfind("--formats=", 0) == 0) formats = a.substr(10);
         else {
-            std::printf("usage: emu_test [--quick] [--only=quantize,matmul,assign,ops]\n");
+            std::printf("usage: emu_test [--quick] [--only=quantize,matmul,assign,ops] [--formats=f32,f16,bf16,q8,q4,lut4]\n");
             return 2;
         }
     }
@@ -709,6 +711,7 @@ int main(int argc, char** argv) {
     }
     if (wanted(only, "matmul")) {
         for (int fmt = 0; fmt < 6; ++fmt) {
+            if (!wanted(formats, NAMES[fmt])) continue;
             for (u32 cols : mcols)
                 for (u32 g : {0u, 32u, 128u}) {
                     if (fmt < FMT_Q8 && g) continue;
