@@ -134,7 +134,10 @@ __device__ __forceinline__ void gemm_simt(const MatmulParams p, const u8* __rest
     }
 }
 
-#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(QUANTSCOPE_HOST_EMU)
+// The host emulation (kernels/emu) picks the path with QUANTSCOPE_EMU_ARCH
+// (cuda_emu.h: 800 unless run.sh builds the sm_75 binary); on a GPU only
+// __CUDA_ARCH__ decides.
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || (defined(QUANTSCOPE_HOST_EMU) && QUANTSCOPE_EMU_ARCH >= 800)
 #define GEMM_HAS_MMA 1
 // Tensor-core path (sm_80+) of gemm_f16, gemm_q8, gemm_q4 and gemm_lut4: a
 // block's 32 x 64 tile of Y is 8 warps, each computing a 16 x 16 sub-tile

@@ -45,24 +45,54 @@ static float rint_even(float x) { return std::nearbyint(x); }
 
 // ---- quantize ---------------------------------------------------------------
 
+// Rust's `v.clamp(lo, hi) as i32` (src/format/q8.rs q8_code, q4.rs q4_code):
+// NaN stays NaN through clamp and `as` turns it into 0. (std::fmin/fmax
+// would turn NaN into a bound instead.)
+static int rust_clamp_as_int(float v, float lo, float hi) {
+    if (std::isnan(v)) return 0;
+    return (int)std::min(std::max(v, lo), hi);
+}
+
+struct QuantOut {
+    std::vector<u32> codes;
+    std::vector<u16> scales;
+    std::vector<u8> zeros;
+    u32 stride;
+    u32 code(int fmt, u32 r, u32 c) const {
+        return fmt == FMT_Q8 ? ((const u8*)codes.data())[r * stride + c] : (codes[r * stride / 4 + c / 8] >> (4 * (c % 8))) & 15u;
+    }
+};
+
+// quantize_q8 / quantize_q4 on rows x cols values, groups of glen columns
+// (0: the whole row), launched as src/backend/cuda/mod.rs does.
+static QuantOut run_quantize(int fmt, u32 rows, u32 cols, u32 glen_or_0, const std::vector<float>& w) {
+    const u32 glen = glen_or_0 ? glen_or_0 : cols;
+    const u32 gpr = div_ceil(cols, glen);
+    QuantOut o;
+    o.stride = row_stride_bytes(fmt, cols);
+    QuantizeParams p{rows, cols, (u32)fmt, o.stride / 4, glen, gpr, 0, 0};
+    o.codes.assign(rows * o.stride / 4, 0);
+    o.scales.assign(rows * gpr, 0xDEAD);
+    o.zeros.assign(rows * gpr, 0xAB);
+    dim3 grid{div_ceil(rows * gpr, 8)}, block{256};
+    if (fmt == FMT_Q8)
+        emu_launch(grid, block, [&] { quantize_q8(p, w.data(), o.codes.data(), o.scales.data()); });
+    else
+        emu_launch(grid, block, [&] { quantize_q4(p, w.data(), o.codes.data(), o.scales.data(), o.zeros.data()); });
+    return o;
+}
+
 static void test_quantize(u32 rows, u32 cols, u32 glen_or_0) {
     const u32 glen = glen_or_0 ? glen_or_0 : cols;
     const u32 gpr = div_ceil(cols, glen);
     std::vector<float> w(rows * cols);
     for (auto& v : w) v = uni(-2.f, 2.f);
     if (cols > 40) for (u32 c = 0; c < 32 && c < cols; ++c) w[c] = 0.f;  // an all-zero group in row 0
+    if (rows > 1 && cols > 3) w[cols + 3] = NAN;                          // NaN: ignored by the statistics, code 0
     for (int fmt : {FMT_Q8, FMT_Q4}) {
-        const u32 stride = row_stride_bytes(fmt, cols);
-        QuantizeParams p{rows, cols, (u32)fmt, stride / 4, glen, gpr, 0, 0};
-        std::vector<u32> codes(rows * stride / 4, 0);
-        std::vector<u16> scales(rows * gpr);
-        std::vector<u8> zeros(rows * gpr);
-        dim3 grid{div_ceil(rows * gpr, 8)}, block{256};
-        if (fmt == FMT_Q8)
-            emu_launch(grid, block, [&] { quantize_q8(p, w.data(), codes.data(), scales.data()); });
-        else
-            emu_launch(grid, block, [&] { quantize_q4(p, w.data(), codes.data(), scales.data(), zeros.data()); });
-        // Reference.
+        const QuantOut o = run_quantize(fmt, rows, cols, glen_or_0, w);
+        const u32 stride = o.stride;
+        // Reference (src/format/q8.rs pack_row_q8, q4.rs pack_row_q4).
         for (u32 r = 0; r < rows; ++r)
             for (u32 g = 0; g < gpr; ++g) {
                 const u32 c0 = g * glen, c1 = std::min(c0 + glen, cols);
@@ -71,12 +101,12 @@ static void test_quantize(u32 rows, u32 cols, u32 glen_or_0) {
                     float amax = 0.f;
                     for (u32 c = c0; c < c1; ++c) amax = std::fmax(amax, std::fabs(w[r * cols + c]));
                     const u16 s = emu_f2h_rn(amax * __uint_as_float(0x3C010204u));
-                    CHECK(scales[gi] == s, "q8 scale r%u g%u: %04x vs %04x", r, g, scales[gi], s);
+                    CHECK(o.scales[gi] == s, "q8 scale r%u g%u: %04x vs %04x", r, g, o.scales[gi], s);
                     const float s32 = emu_h2f(s);
                     for (u32 c = c0; c < c1; ++c) {
                         int q = 0;
-                        if (s32 != 0.f) q = (int)std::fmin(std::fmax(rint_even(w[r * cols + c] * (1.0f / s32)), -127.f), 127.f);
-                        const int got = (int)(signed char)((const u8*)codes.data())[r * stride + c];
+                        if (s32 != 0.f) q = rust_clamp_as_int(rint_even(w[r * cols + c] * (1.0f / s32)), -127.f, 127.f);
+                        const int got = (int)(signed char)o.code(fmt, r, c);
                         CHECK(got == q, "q8 code r%u c%u: %d vs %d", r, c, got, q);
                     }
                 } else {
@@ -87,12 +117,12 @@ static void test_quantize(u32 rows, u32 cols, u32 glen_or_0) {
                     const float s32 = emu_h2f(s);
                     u32 z = 0;
                     float inv = 0.f;
-                    if (s32 != 0.f) inv = 1.0f / s32, z = (u32)std::fmin(std::fmax(rint_even(-lo * inv), 0.f), 15.f);
-                    CHECK(scales[gi] == s && zeros[gi] == z, "q4 params r%u g%u", r, g);
+                    if (s32 != 0.f) inv = 1.0f / s32, z = (u32)rust_clamp_as_int(rint_even(-lo * inv), 0.f, 15.f);
+                    CHECK(o.scales[gi] == s && o.zeros[gi] == z, "q4 params r%u g%u", r, g);
                     for (u32 c = c0; c < c1; ++c) {
                         u32 q = z;
-                        if (inv != 0.f) q = (u32)std::fmin(std::fmax(rint_even(w[r * cols + c] * inv) + (float)z, 0.f), 15.f);
-                        const u32 got = (codes[r * stride / 4 + c / 8] >> (4 * (c % 8))) & 15u;
+                        if (inv != 0.f) q = (u32)rust_clamp_as_int(rint_even(w[r * cols + c] * inv) + (float)z, 0.f, 15.f);
+                        const u32 got = o.code(fmt, r, c);
                         CHECK(got == q, "q4 code r%u c%u: %u vs %u", r, c, got, q);
                     }
                 }
@@ -100,10 +130,58 @@ static void test_quantize(u32 rows, u32 cols, u32 glen_or_0) {
         // Padding stays zero.
         for (u32 r = 0; r < rows; ++r)
             for (u32 b = (fmt == FMT_Q8 ? cols : div_ceil(cols, 8) * 4); b < stride; ++b)
-                CHECK(((const u8*)codes.data())[r * stride + b] == 0, "padding byte r%u b%u", r, b);
+                CHECK(((const u8*)o.codes.data())[r * stride + b] == 0, "padding byte r%u b%u", r, b);
         if (fmt == FMT_Q4)
             for (u32 r = 0; r < rows; ++r)
-                if (cols % 8) CHECK((codes[r * stride / 4 + cols / 8] >> (4 * (cols % 8))) == 0, "q4 padding nibbles row %u", r);
+                if (cols % 8) CHECK((o.codes[r * stride / 4 + cols / 8] >> (4 * (cols % 8))) == 0, "q4 padding nibbles row %u", r);
+    }
+}
+
+// Exact ties and NaN, with the expected codes written out by hand from the
+// rules of src/format/q8.rs and q4.rs (round half to even, NaN -> code 0,
+// NaN ignored by absmax / min / max), not computed by a reference.
+static void test_quantize_ties_and_nan() {
+    struct Case { float x; int code; };
+    for (u32 glen : {32u, 0u}) {
+        const u32 cols = 37;  // a group of 32 + a partial one of 5, or the whole row
+        // q8: absmax 7.9375 gives scale f16(7.9375 * f32(1/127)) = 1/16
+        // exactly (the product is within an f16 ulp of 0.0625), inv = 16, so
+        // x = (k + 0.5) / 16 is an exact tie.
+        const Case q8[] = {{7.9375f, 127}, {2.5f / 16, 2}, {3.5f / 16, 4}, {-2.5f / 16, -2}, {-3.5f / 16, -4},
+                           {0.5f / 16, 0}, {-0.5f / 16, 0},  {1.5f / 16, 2}, {126.5f / 16, 126}, {NAN, 0}, {-7.9375f, -127}};
+        std::vector<float> w(2 * cols, 0.f);
+        for (u32 i = 0; i < std::size(q8); ++i) w[i] = q8[i].x;
+        for (u32 c = 0; c < cols; ++c) w[cols + c] = NAN;  // row 1: all NaN
+        {
+            const QuantOut o = run_quantize(FMT_Q8, 2, cols, glen, w);
+            CHECK(o.scales[0] == 0x2C00, "q8 ties (group %u): scale %04x, expected 0x2C00 (1/16)", glen, o.scales[0]);
+            for (u32 i = 0; i < std::size(q8); ++i)
+                CHECK((int)(signed char)o.code(FMT_Q8, 0, i) == q8[i].code, "q8 tie / NaN (group %u): x = %g gives code %d, expected %d", glen,
+                      q8[i].x, (int)(signed char)o.code(FMT_Q8, 0, i), q8[i].code);
+            const u32 gpr = glen ? div_ceil(cols, glen) : 1;
+            for (u32 g = 0; g < gpr; ++g) CHECK(o.scales[gpr + g] == 0, "q8 all-NaN group %u: scale %04x, expected 0", g, o.scales[gpr + g]);
+            for (u32 c = 0; c < cols; ++c) CHECK(o.code(FMT_Q8, 1, c) == 0, "q8 all-NaN row: code %u at column %u", o.code(FMT_Q8, 1, c), c);
+        }
+        // q4: range [-0.5625, 1.3125] gives scale f16(1.875 * f32(1/15)) =
+        // 1/8, inv = 8 and zero rne(4.5) = 4 (itself a tie); codes are
+        // rne(8x) + 4, then clamped.
+        const Case q4[] = {{-0.5625f, 0}, {1.3125f, 14}, {0.1875f, 6}, {0.3125f, 6}, {-0.1875f, 2}, {-0.3125f, 2},
+                           {0.0625f, 4},  {-0.0625f, 4}, {NAN, 0},     {0.f, 4}};
+        std::fill(w.begin(), w.begin() + cols, 0.f);
+        for (u32 i = 0; i < std::size(q4); ++i) w[i] = q4[i].x;
+        {
+            const QuantOut o = run_quantize(FMT_Q4, 2, cols, glen, w);
+            CHECK(o.scales[0] == 0x3000 && o.zeros[0] == 4, "q4 ties (group %u): scale %04x zero %u, expected 0x3000 (1/8) and 4", glen,
+                  o.scales[0], o.zeros[0]);
+            for (u32 i = 0; i < std::size(q4); ++i)
+                CHECK((int)o.code(FMT_Q4, 0, i) == q4[i].code, "q4 tie / NaN (group %u): x = %g gives code %u, expected %d", glen, q4[i].x,
+                      o.code(FMT_Q4, 0, i), q4[i].code);
+            const u32 gpr = glen ? div_ceil(cols, glen) : 1;
+            for (u32 g = 0; g < gpr; ++g)
+                CHECK(o.scales[gpr + g] == 0 && o.zeros[gpr + g] == 0, "q4 all-NaN group %u: scale %04x zero %u, expected 0 and 0", g,
+                      o.scales[gpr + g], o.zeros[gpr + g]);
+            for (u32 c = 0; c < cols; ++c) CHECK(o.code(FMT_Q4, 1, c) == 0, "q4 all-NaN row: code %u at column %u", o.code(FMT_Q4, 1, c), c);
+        }
     }
 }
 
@@ -269,8 +347,9 @@ static void test_matmul(const Packed& m, u32 batch) {
         for (u32 r = m.rows; r < ys; ++r) pad_bad += y[b * ys + r] != PAD_SENTINEL;
     }
     const double nmse = err / (norm > 0 ? norm : 1);
-    // The tensor-core GEMM rounds X and W to f16.
-    const bool mma = batch >= 8 && m.fmt != FMT_F32 && m.fmt != FMT_BF16;
+    // The tensor-core GEMM (sm_80+) rounds X and W to f16; the SIMT one
+    // (f32, bf16, and every format on sm_75) is f32 throughout.
+    const bool mma = batch >= 8 && m.fmt != FMT_F32 && m.fmt != FMT_BF16 && QUANTSCOPE_EMU_ARCH >= 800;
     CHECK(nmse < (mma ? 1e-5 : 1e-9), "%s_%s %ux%u g%u batch %u flags %u: NMSE %g", batch < 8 ? "gemv" : "gemm", NAMES[m.fmt], m.rows,
           m.cols, m.glen, batch, m.flags, nmse);
     CHECK(pad_bad == 0, "%s_%s %ux%u batch %u: %d padding values of Y written", batch < 8 ? "gemv" : "gemm", NAMES[m.fmt], m.rows,
@@ -558,32 +637,112 @@ static void test_ops(bool quick) {
     std::printf("attention done (%d failures)\n", failures);
 }
 
+// ---- the emulator itself ------------------------------------------------------
+
+// Shared memory starts every block as garbage: not zero, not what the block
+// before left there (cuda_emu.h fills it; a zero-filled static would hide a
+// kernel that forgets to write shared memory, or expects it to persist).
+static void probe_shared_kernel(u32* seen) {
+    __shared__ u32 probe[64];
+    if (threadIdx.x == 0) {
+        u32 zeros = 0, kept = 0;
+        for (u32 i = 0; i < 64; ++i) zeros += probe[i] == 0u, kept += probe[i] == 0x5EED0000u + i;
+        seen[2 * blockIdx.x] = zeros;
+        seen[2 * blockIdx.x + 1] = kept;
+    }
+    __syncthreads();
+    if (threadIdx.x < 64) probe[threadIdx.x] = 0x5EED0000u + threadIdx.x;
+}
+
+static void test_emulator() {
+    std::vector<u32> seen(2 * 6, 99);
+    emu_launch(dim3{6}, dim3{64}, [&] { probe_shared_kernel(seen.data()); });
+    for (u32 b = 0; b < 6; ++b)
+        CHECK(seen[2 * b] < 64 && seen[2 * b + 1] == 0, "block %u: shared memory started with %u zero words and %u words of the block before", b,
+              seen[2 * b], seen[2 * b + 1]);
+    size_t bytes = 0;
+    bool has_gemm_tile = false;
+    for (const EmuSharedRegion& r : emu_shared_regions()) bytes += r.n, has_gemm_tile |= r.name.find("gemm_simt<0>") == 0;
+    CHECK(has_gemm_tile, "the __shared__ tiles of gemm_simt<FMT_F32> are not among the statics cuda_emu.h fills");
+    std::printf("%zu __shared__ arrays (%zu bytes) refilled with garbage before each block\n", emu_shared_regions().size(), bytes);
+}
+
+// Whether `part` is in the comma-separated `only` (empty: everything).
+static bool wanted(const std::string& only, const char* part) {
+    if (only.empty()) return true;
+    const std::string p(part);
+    size_t i = 0;
+    while (i <= only.size()) {
+        const size_t j = std::min(only.find(',', i), only.size());
+        if (only.compare(i, j - i, p) == 0) return true;
+        i = j + 1;
+    }
+    return false;
+}
+
 int main(int argc, char** argv) {
-    // --quick: fewer shapes (about a quarter of the time), for CI.
-    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+    // --quick: fewer shapes, for CI (several GEMM blocks in both directions
+    // all the same); --only=quantize,matmul,assign,ops: some parts only;
+    // --formats=q4,lut4: the matmul part for some formats only.
+    bool quick = false;
+    std::string only, formats;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a(argv[i]);
+        if (a == "--quick") quick = true;
+        else if (a.rfind("--only=", 0) == 0) only = a.substr(7);
+        else if (a.rfind("--formats=", 0) == 0) formats = a.substr(10);
+        else {
+            std::printf("usage: emu_test [--quick] [--only=quantize,matmul,assign,ops] [--formats=f32,f16,bf16,q8,q4,lut4]\n");
+            return 2;
+        }
+    }
+    std::printf("emulating sm_%d (%s GEMM for f16 / q8 / q4 / lut4)\n", QUANTSCOPE_EMU_ARCH / 10,
+                QUANTSCOPE_EMU_ARCH >= 800 ? "tensor-core" : "SIMT");
+    test_emulator();
     const std::vector<u32> qcols = quick ? std::vector<u32>{33u, 70u} : std::vector<u32>{1u, 31u, 32u, 70u, 129u, 300u};
     const std::vector<u32> mcols = quick ? std::vector<u32>{5u, 70u} : std::vector<u32>{1u, 5u, 33u, 70u, 256u, 300u};
     const std::vector<u32> batches = quick ? std::vector<u32>{1u, 3u, 9u} : std::vector<u32>{1u, 3u, 7u, 8u, 33u};
-    for (u32 cols : qcols)
-        for (u32 g : {0u, 32u, 64u}) test_quantize(5, cols, g);
-    std::printf("quantize done (%d failures)\n", failures);
-    for (int fmt = 0; fmt < 6; ++fmt)
-        for (u32 cols : mcols)
-            for (u32 g : {0u, 32u, 128u}) {
-                if (fmt < FMT_Q8 && g) continue;
-                for (int extra = 0; extra < 3; ++extra) {
-                    const Packed m = random_packed(fmt, 13, cols, g, extra == 1, extra == 2);
-                    test_dequantize(m);
-                    for (u32 batch : batches) test_matmul(m, batch);
+    if (wanted(only, "quantize")) {
+        for (u32 cols : qcols)
+            for (u32 g : {0u, 32u, 64u}) test_quantize(5, cols, g);
+        test_quantize(37, 70, 32);  // 37 x 3 groups: 14 blocks of 8 warps
+        test_quantize_ties_and_nan();
+        std::printf("quantize done (%d failures)\n", failures);
+    }
+    if (wanted(only, "matmul")) {
+        for (int fmt = 0; fmt < 6; ++fmt) {
+            if (!wanted(formats, NAMES[fmt])) continue;
+            for (u32 cols : mcols)
+                for (u32 g : {0u, 32u, 128u}) {
+                    if (fmt < FMT_Q8 && g) continue;
+                    for (int extra = 0; extra < 3; ++extra) {
+                        const Packed m = random_packed(fmt, 13, cols, g, extra == 1, extra == 2);
+                        test_dequantize(m);
+                        for (u32 batch : batches) test_matmul(m, batch);
+                    }
                 }
+            // Several GEMM blocks both ways: 130 rows = two full 64-row tiles
+            // and a partial one, batch 40 = a full 32-row tile and a partial
+            // one (batch 70 and 8: three tiles, and one at the GEMM threshold).
+            const u32 g = fmt < FMT_Q8 ? 0u : 32u;
+            const Packed big = random_packed(fmt, 130, 70, g, fmt == FMT_Q4, fmt == FMT_Q8);
+            for (u32 batch : quick ? std::vector<u32>{8u, 40u} : std::vector<u32>{5u, 8u, 40u, 70u}) test_matmul(big, batch);
+            if (!quick) {
+                const Packed tall = random_packed(fmt, 257, 300, g, false, false);
+                test_dequantize(tall);
+                for (u32 batch : {1u, 33u}) test_matmul(tall, batch);
             }
-    std::printf("dequantize / gemv / gemm / sparse done (%d failures)\n", failures);
-    test_assign(5000, {-1.f, -0.25f, 0.f, 0.3f, 0.9f});
-    std::vector<float> many;
-    for (int i = 0; i < 256; ++i) many.push_back(-1.f + i / 128.f);
-    test_assign(3000, many);
-    std::printf("assign done (%d failures)\n", failures);
-    test_ops(quick);
-    std::printf(failures ? "FAILED\n" : "ALL OK\n");
+        }
+        std::printf("dequantize / gemv / gemm / sparse done (%d failures)\n", failures);
+    }
+    if (wanted(only, "assign")) {
+        test_assign(5000, {-1.f, -0.25f, 0.f, 0.3f, 0.9f});
+        std::vector<float> many;
+        for (int i = 0; i < 256; ++i) many.push_back(-1.f + i / 128.f);
+        test_assign(3000, many);
+        std::printf("assign done (%d failures)\n", failures);
+    }
+    if (wanted(only, "ops")) test_ops(quick);
+    std::printf(failures ? "FAILED (%d failures)\n" : "ALL OK\n", failures);
     return failures ? 1 : 0;
 }

@@ -29,6 +29,7 @@
 //! warm-up; the runs are queued back to back so launch gaps are not timed.
 
 pub mod compile;
+pub mod launch;
 pub mod nvml;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use half::f16;
+use launch::{ArgKind, Elem, HostParts, KernelLaunch, MatrixParts, ParamBlock, Part};
 use rand::{Rng, SeedableRng};
 
 use super::params::{
@@ -54,7 +56,7 @@ use super::{
     DeviceInfo, KernelTiming, LevelAssignment, MatrixHandle, MemoryReport, Op, OpTimings, RtnSpec,
     TensorHandle, TensorInit, TimingSource, GEMM_MIN_BATCH,
 };
-use crate::format::{FormatKind, Matrix, Packed, QuantizedMatrix};
+use crate::format::{FormatKind, Matrix, QuantizedMatrix};
 
 use nvml::{NvmlDevice, NvmlFacts};
 
@@ -131,31 +133,28 @@ impl<T> Drop for Buf<T> {
     }
 }
 
+/// The device copies of a matrix's parts ([`launch::MatrixParts`]).
+type DeviceParts = MatrixParts<Buf<u8>, Buf<u16>, Buf<u32>, Buf<f32>>;
+
 /// A packed matrix on the device: every part in its own buffer (parts a
 /// format lacks are one-element placeholders the kernels never read).
 struct DeviceMatrix {
     params: MatmulParams,
     kind: FormatKind,
-    dense: Buf<u8>,
-    scales: Buf<u16>,
-    zeros: Buf<u8>,
-    codebook: Buf<f32>,
-    row_ptr: Buf<u32>,
-    col_idx: Buf<u32>,
-    out_vals: Buf<u16>,
-    act_scale: Buf<f32>,
+    parts: DeviceParts,
 }
 
 impl DeviceMatrix {
     fn bytes(&self) -> u64 {
-        self.dense.bytes
-            + self.scales.bytes
-            + self.zeros.bytes
-            + self.codebook.bytes
-            + self.row_ptr.bytes
-            + self.col_idx.bytes
-            + self.out_vals.bytes
-            + self.act_scale.bytes
+        let p = &self.parts;
+        p.dense.bytes
+            + p.scales.bytes
+            + p.zeros.bytes
+            + p.codebook.bytes
+            + p.row_ptr.bytes
+            + p.col_idx.bytes
+            + p.out_vals.bytes
+            + p.act_scale.bytes
     }
     fn rows(&self) -> usize {
         self.params.rows as usize
@@ -219,6 +218,237 @@ fn grid_stride(n: u64, max_blocks: u32) -> LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+fn internal(what: String) -> BackendError {
+    BackendError::Invalid(format!("internal: {what}"))
+}
+
+/// The value of one launch argument: a parameter block, a device buffer of
+/// one element type, or a scalar.
+#[derive(Clone, Copy)]
+enum DevArg<'a> {
+    Matmul(&'a MatmulParams),
+    Quantize(&'a QuantizeParams),
+    Assign(&'a AssignParams),
+    Op(&'a OpParams),
+    Attention(&'a AttentionParams),
+    U8(&'a CudaSlice<u8>),
+    U16(&'a CudaSlice<u16>),
+    U32(&'a CudaSlice<u32>),
+    U64(&'a CudaSlice<u64>),
+    F32(&'a CudaSlice<f32>),
+    F64(&'a CudaSlice<f64>),
+    /// Bytes holding elements of another type (an f32 matrix's dense part
+    /// read as floats).
+    Bytes(&'a CudaSlice<u8>, Elem),
+    ScalarU32(&'a u32),
+    ScalarF32(&'a f32),
+}
+
+impl DevArg<'_> {
+    /// What this value is, in the terms of a launch description.
+    fn kind(&self) -> ArgKind {
+        let ptr = |elem| ArgKind::Ptr {
+            elem,
+            writes: false,
+        };
+        match *self {
+            DevArg::Matmul(_) => ArgKind::Params(ParamBlock::Matmul),
+            DevArg::Quantize(_) => ArgKind::Params(ParamBlock::Quantize),
+            DevArg::Assign(_) => ArgKind::Params(ParamBlock::Assign),
+            DevArg::Op(_) => ArgKind::Params(ParamBlock::Op),
+            DevArg::Attention(_) => ArgKind::Params(ParamBlock::Attention),
+            DevArg::U8(_) => ptr(Elem::U8),
+            DevArg::U16(_) => ptr(Elem::U16),
+            DevArg::U32(_) => ptr(Elem::U32),
+            DevArg::U64(_) => ptr(Elem::U64),
+            DevArg::F32(_) => ptr(Elem::F32),
+            DevArg::F64(_) => ptr(Elem::F64),
+            DevArg::Bytes(_, elem) => ptr(elem),
+            DevArg::ScalarU32(_) => ArgKind::Scalar(Elem::U32),
+            DevArg::ScalarF32(_) => ArgKind::Scalar(Elem::F32),
+        }
+    }
+
+    /// Whether this value can be argument `want` (a buffer is writable or
+    /// not by the kernel's declaration; the type must match).
+    fn fits(&self, want: ArgKind) -> bool {
+        match (self.kind(), want) {
+            (ArgKind::Ptr { elem: a, .. }, ArgKind::Ptr { elem: b, .. }) => a == b,
+            (a, b) => a == b,
+        }
+    }
+}
+
+macro_rules! dev_arg_from {
+    ($($t:ty => $v:ident),* $(,)?) => {$(
+        impl<'a> From<&'a $t> for DevArg<'a> {
+            fn from(v: &'a $t) -> Self {
+                DevArg::$v(v)
+            }
+        }
+    )*};
+}
+dev_arg_from!(
+    MatmulParams => Matmul,
+    QuantizeParams => Quantize,
+    AssignParams => Assign,
+    OpParams => Op,
+    AttentionParams => Attention,
+    CudaSlice<u8> => U8,
+    CudaSlice<u16> => U16,
+    CudaSlice<u32> => U32,
+    CudaSlice<u64> => U64,
+    CudaSlice<f32> => F32,
+    CudaSlice<f64> => F64,
+    u32 => ScalarU32,
+    f32 => ScalarF32,
+);
+
+impl<'a, T> From<&'a Buf<T>> for DevArg<'a>
+where
+    DevArg<'a>: From<&'a CudaSlice<T>>,
+{
+    fn from(b: &'a Buf<T>) -> Self {
+        DevArg::from(&b.slice)
+    }
+}
+
+/// One kernel launch, checked against the kernel's launch description
+/// ([`launch::LAUNCHES`]): the backend binds each value by its parameter
+/// name, and the launch pushes them in the description's order once every
+/// argument is bound exactly once with a value of the described kind. The
+/// only way the backend passes arguments to a kernel.
+struct Launch<'a> {
+    entry: String,
+    desc: &'static KernelLaunch,
+    values: Vec<Option<DevArg<'a>>>,
+}
+
+impl<'a> Launch<'a> {
+    fn new(entry: &str) -> Result<Launch<'a>, BackendError> {
+        let desc = launch::launch_of(entry)
+            .ok_or_else(|| internal(format!("kernel {entry} has no launch description")))?;
+        Ok(Launch {
+            entry: entry.to_string(),
+            desc,
+            values: vec![None; desc.args.len()],
+        })
+    }
+
+    /// Binds argument `name` to `value`.
+    fn arg(mut self, name: &str, value: impl Into<DevArg<'a>>) -> Result<Launch<'a>, BackendError> {
+        let value = value.into();
+        let Some(i) = self.desc.args.iter().position(|a| a.name == name) else {
+            let names: Vec<&str> = self.desc.args.iter().map(|a| a.name).collect();
+            return Err(internal(format!(
+                "{} has no argument {name} (its arguments: {})",
+                self.entry,
+                names.join(", ")
+            )));
+        };
+        let want = self.desc.args[i].kind;
+        if !value.fits(want) {
+            return Err(internal(format!(
+                "{} argument {name} is {want:?}, the backend passes {:?}",
+                self.entry,
+                value.kind()
+            )));
+        }
+        if self.values[i].replace(value).is_some() {
+            return Err(internal(format!(
+                "{} argument {name} bound twice",
+                self.entry
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Binds every argument that names a part of `m`
+    /// ([`launch::MatrixParts::by_name`]).
+    fn matrix(mut self, m: &'a DeviceMatrix) -> Result<Launch<'a>, BackendError> {
+        for a in self.desc.args {
+            let value = match m.parts.by_name(a.name) {
+                Some(Part::U8(b)) => DevArg::U8(&b.slice),
+                Some(Part::U16(b)) => DevArg::U16(&b.slice),
+                Some(Part::U32(b)) => DevArg::U32(&b.slice),
+                Some(Part::F32(b)) => DevArg::F32(&b.slice),
+                None => continue,
+            };
+            self = self.arg(a.name, value)?;
+        }
+        Ok(self)
+    }
+
+    /// Queues the kernel on `backend`'s stream.
+    ///
+    /// # Safety
+    ///
+    /// The bound buffers must hold what the kernel reads and writes for
+    /// these parameters and `cfg` (each call says why they do).
+    unsafe fn launch(self, backend: &CudaBackend, cfg: LaunchConfig) -> Result<(), BackendError> {
+        self.check_bound()?;
+        let f = backend.function(self.desc.stem, &self.entry)?;
+        // SAFETY: passed on from the caller.
+        unsafe { self.launch_on(backend, &f, cfg) }
+    }
+
+    fn check_bound(&self) -> Result<(), BackendError> {
+        match self
+            .desc
+            .args
+            .iter()
+            .zip(&self.values)
+            .find(|(_, v)| v.is_none())
+        {
+            Some((a, _)) => Err(internal(format!(
+                "{} argument {} is not bound",
+                self.entry, a.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Launch::launch`] with the kernel already looked up (e.g. to set an
+    /// attribute first).
+    ///
+    /// # Safety
+    ///
+    /// As [`Launch::launch`]; `f` must be the kernel `entry`.
+    unsafe fn launch_on(
+        self,
+        backend: &CudaBackend,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+    ) -> Result<(), BackendError> {
+        self.check_bound()?;
+        let mut b = backend.stream.launch_builder(f);
+        for v in self.values.iter().flatten() {
+            match *v {
+                DevArg::Matmul(p) => b.arg(p),
+                DevArg::Quantize(p) => b.arg(p),
+                DevArg::Assign(p) => b.arg(p),
+                DevArg::Op(p) => b.arg(p),
+                DevArg::Attention(p) => b.arg(p),
+                DevArg::U8(s) | DevArg::Bytes(s, _) => b.arg(s),
+                DevArg::U16(s) => b.arg(s),
+                DevArg::U32(s) => b.arg(s),
+                DevArg::U64(s) => b.arg(s),
+                DevArg::F32(s) => b.arg(s),
+                DevArg::F64(s) => b.arg(s),
+                DevArg::ScalarU32(v) => b.arg(v),
+                DevArg::ScalarF32(v) => b.arg(v),
+            };
+        }
+        // SAFETY: the arguments are those of the kernel's description, in
+        // its order and of its kinds (checked above and by
+        // tests/cuda_compile.rs against the .cu signature and the PTX); the
+        // buffers' sizes are the caller's promise.
+        unsafe { b.launch(cfg) }
+            .map(drop)
+            .map_err(|e| device_error(format!("launch {}: {e}", self.entry)))
     }
 }
 
@@ -691,17 +921,14 @@ impl CudaBackend {
                     "internal: no scratch buffer for the activation scale".into(),
                 ));
             };
-            let f = self.function("sparse", "scale_input")?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&p)
-                .arg(&x.slice)
-                .arg(&m.act_scale.slice)
-                .arg(&xo.slice);
-            // SAFETY: matches scale_input(MatmulParams, const float* x,
-            // const float* act_scale, float* xo); x and xo hold
-            // batch * x_stride floats, act_scale holds cols floats.
-            unsafe { b.launch(grid_stride(batch as u64 * xs, 65_535)) }
-                .map_err(drv("launch scale_input"))?;
+            let l = Launch::new("scale_input")?
+                .matrix(m)?
+                .arg("p", &p)?
+                .arg("x", x)?
+                .arg("xo", xo)?;
+            // SAFETY: x and xo hold batch * x_stride floats, act_scale
+            // holds cols floats.
+            unsafe { l.launch(self, grid_stride(batch as u64 * xs, 65_535)) }?;
             xo
         } else {
             x
@@ -732,40 +959,24 @@ impl CudaBackend {
                 },
             )
         };
-        let stem = if plan.dense == DenseStep::Gemm {
-            "gemm"
-        } else {
-            "gemv"
-        };
-        let f = self.function(stem, &entry)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p)
-            .arg(&m.dense.slice)
-            .arg(&m.scales.slice)
-            .arg(&m.zeros.slice)
-            .arg(&m.codebook.slice)
-            .arg(&input.slice)
-            .arg(&y.slice);
-        // SAFETY: matches gemv_* / gemm_*(MatmulParams, const u8* w,
-        // const u16* scales, const u8* zeros, const float* codebook,
-        // const float* x, float* y); the buffers have the sizes of
-        // kernels/common.cuh for these params (checked at upload), x holds
+        let l = Launch::new(&entry)?
+            .matrix(m)?
+            .arg("p", &p)?
+            .arg("x", input)?
+            .arg("y", y)?;
+        // SAFETY: the matrix buffers have the sizes of kernels/common.cuh
+        // for these params (checked at upload), x holds
         // batch * x_stride(cols) floats, y batch * x_stride(rows).
-        unsafe { b.launch(cfg) }.map_err(|e| device_error(format!("launch {entry}: {e}")))?;
+        unsafe { l.launch(self, cfg) }?;
         if plan.outliers {
-            let f = self.function("sparse", "outliers_add")?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&p)
-                .arg(&m.row_ptr.slice)
-                .arg(&m.col_idx.slice)
-                .arg(&m.out_vals.slice)
-                .arg(&input.slice)
-                .arg(&y.slice);
-            // SAFETY: matches outliers_add(MatmulParams, const u32* row_ptr,
-            // const u32* col_idx, const u16* values, const float* x, float* y);
-            // the CSR arrays were validated on the host at upload.
-            unsafe { b.launch(grid_stride(batch as u64 * p.rows as u64, 65_535)) }
-                .map_err(drv("launch outliers_add"))?;
+            let l = Launch::new("outliers_add")?
+                .matrix(m)?
+                .arg("p", &p)?
+                .arg("x", input)?
+                .arg("y", y)?;
+            // SAFETY: the CSR arrays were validated on the host at upload;
+            // x and y as above.
+            unsafe { l.launch(self, grid_stride(batch as u64 * p.rows as u64, 65_535)) }?;
         }
         Ok(())
     }
@@ -826,8 +1037,6 @@ impl CudaBackend {
     fn enqueue_op(&self, r: &ReadyOp<'_>) -> Result<(), BackendError> {
         let t = &r.tensors;
         let y = &t[t.len() - 1].buf.slice;
-        let name = r.op.name();
-        let launch_err = |e: DriverError| device_error(format!("launch {name}: {e}"));
         match r.op {
             Op::Linear { x, w, bias, .. } => {
                 let m = r.matrix.as_ref().ok_or_else(|| {
@@ -842,29 +1051,26 @@ impl CudaBackend {
                 self.enqueue_matmul(m, batch, &t[0].buf, scratch.as_ref(), &t[t.len() - 1].buf)?;
                 if bias.is_some() {
                     let p = op_params(batch, w.rows(), 1, 0, 0.0);
-                    let f = self.function("ops", "bias_add")?;
-                    let mut b = self.stream.launch_builder(&f);
-                    b.arg(&p).arg(&t[1].buf.slice).arg(y);
-                    // SAFETY: matches bias_add(OpParams, const float* bias,
-                    // float* y): bias is 1 x w.rows, y batch x w.rows, rows
-                    // of x_stride(w.rows) floats (Op::check).
-                    unsafe { b.launch(float4_launch(batch, w.rows())) }.map_err(launch_err)?;
+                    let l = Launch::new("bias_add")?
+                        .arg("p", &p)?
+                        .arg("bias", &t[1].buf)?
+                        .arg("y", y)?;
+                    // SAFETY: bias is 1 x w.rows, y batch x w.rows, rows of
+                    // x_stride(w.rows) floats (Op::check).
+                    unsafe { l.launch(self, float4_launch(batch, w.rows())) }?;
                 }
             }
             Op::LayerNorm { x, eps, .. } => {
                 let p = op_params(x.rows(), x.cols(), 0, 0, eps);
-                let f = self.function("ops", "layer_norm")?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p)
-                    .arg(&t[0].buf.slice)
-                    .arg(&t[1].buf.slice)
-                    .arg(&t[2].buf.slice)
-                    .arg(y);
-                // SAFETY: matches layer_norm(OpParams, const float* x,
-                // const float* gamma, const float* beta, float* y): x and y
-                // are rows x cols, gamma and beta 1 x cols, rows of
-                // x_stride(cols) floats (Op::check).
-                unsafe { b.launch(rows_launch(x.rows())) }.map_err(launch_err)?;
+                let l = Launch::new("layer_norm")?
+                    .arg("p", &p)?
+                    .arg("x", &t[0].buf)?
+                    .arg("gamma", &t[1].buf)?
+                    .arg("beta", &t[2].buf)?
+                    .arg("y", y)?;
+                // SAFETY: x and y are rows x cols, gamma and beta 1 x cols,
+                // rows of x_stride(cols) floats (Op::check).
+                unsafe { l.launch(self, rows_launch(x.rows())) }?;
             }
             Op::Activation { kind, x, .. } => {
                 let entry = match kind {
@@ -878,22 +1084,23 @@ impl CudaBackend {
                     Activation::Gelu => ACT_GELU,
                     Activation::QuickGelu => ACT_QUICK_GELU,
                 };
-                let f = self.function("ops", entry)?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p).arg(&t[0].buf.slice).arg(y);
-                // SAFETY: matches gelu / quick_gelu(OpParams, const float* x,
-                // float* y), both rows x cols (Op::check).
-                unsafe { b.launch(float4_launch(x.rows(), x.cols())) }.map_err(launch_err)?;
+                let l = Launch::new(entry)?
+                    .arg("p", &p)?
+                    .arg("x", &t[0].buf)?
+                    .arg("y", y)?;
+                // SAFETY: x and y are both rows x cols (Op::check).
+                unsafe { l.launch(self, float4_launch(x.rows(), x.cols())) }?;
             }
             Op::Add { a, b: bt, .. } => {
                 let p = op_params(a.rows(), a.cols(), bt.rows(), 0, 0.0);
-                let f = self.function("ops", "add")?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p).arg(&t[0].buf.slice).arg(&t[1].buf.slice).arg(y);
-                // SAFETY: matches add(OpParams, const float* a, const float* b,
-                // float* y): a and y rows x cols, b aux_rows x cols with
+                let l = Launch::new("add")?
+                    .arg("p", &p)?
+                    .arg("a", &t[0].buf)?
+                    .arg("b", &t[1].buf)?
+                    .arg("y", y)?;
+                // SAFETY: a and y rows x cols, b aux_rows x cols with
                 // aux_rows >= 1 dividing rows (Op::check).
-                unsafe { b.launch(float4_launch(a.rows(), a.cols())) }.map_err(launch_err)?;
+                unsafe { l.launch(self, float4_launch(a.rows(), a.cols())) }?;
             }
             Op::Softmax { x, mask, scale, .. } => {
                 let per_mask = mask.map_or(0, |m| x.rows() / m.rows());
@@ -901,13 +1108,14 @@ impl CudaBackend {
                 // Without a mask, x stands in for the pointer: the kernel
                 // does not read it when aux_rows is 0.
                 let m = if mask.is_some() { &t[1] } else { &t[0] };
-                let f = self.function("ops", "softmax")?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p).arg(&t[0].buf.slice).arg(&m.buf.slice).arg(y);
-                // SAFETY: matches softmax(OpParams, const float* x,
-                // const float* mask, float* y): x and y rows x cols, the mask
-                // rows / aux_rows x cols (Op::check), rows of x_stride(cols).
-                unsafe { b.launch(rows_launch(x.rows())) }.map_err(launch_err)?;
+                let l = Launch::new("softmax")?
+                    .arg("p", &p)?
+                    .arg("x", &t[0].buf)?
+                    .arg("mask", &m.buf)?
+                    .arg("y", y)?;
+                // SAFETY: x and y rows x cols, the mask rows / aux_rows x
+                // cols (Op::check), rows of x_stride(cols).
+                unsafe { l.launch(self, rows_launch(x.rows())) }?;
             }
             Op::Attention {
                 q,
@@ -945,21 +1153,19 @@ impl CudaBackend {
                     shared_mem_bytes: smem as u32,
                 };
                 let m = if mask.is_some() { &t[3] } else { &t[0] };
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p)
-                    .arg(&t[0].buf.slice)
-                    .arg(&t[1].buf.slice)
-                    .arg(&t[2].buf.slice)
-                    .arg(&m.buf.slice)
-                    .arg(y);
-                // SAFETY: matches attention(AttentionParams, const float* q,
-                // const float* k, const float* v, const float* mask,
-                // float* y): q, k, v, y are seqs * s x heads * d, the mask
-                // (read only when has_mask) seqs x s, rows of x_stride floats
+                let l = Launch::new("attention")?
+                    .arg("p", &p)?
+                    .arg("q", &t[0].buf)?
+                    .arg("k", &t[1].buf)?
+                    .arg("v", &t[2].buf)?
+                    .arg("mask", &m.buf)?
+                    .arg("y", y)?;
+                // SAFETY: q, k, v, y are seqs * s x heads * d, the mask (read
+                // only when has_mask) seqs x s, rows of x_stride floats
                 // (Op::check); the dynamic shared memory is the kernel's
                 // (16 + 32) * (d | 1) + 17 * s floats, head_dim <= 256
-                // (supports).
-                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+                // (supports); f is the attention kernel.
+                unsafe { l.launch_on(self, &f, cfg) }?;
             }
             Op::TakeRows {
                 x,
@@ -968,13 +1174,13 @@ impl CudaBackend {
                 y: yt,
             } => {
                 let p = op_params(yt.rows(), x.cols(), step, offset, 0.0);
-                let f = self.function("ops", "take_rows")?;
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p).arg(&t[0].buf.slice).arg(y);
-                // SAFETY: matches take_rows(OpParams, const float* x,
-                // float* y): y rows x cols, every source row
+                let l = Launch::new("take_rows")?
+                    .arg("p", &p)?
+                    .arg("x", &t[0].buf)?
+                    .arg("y", y)?;
+                // SAFETY: y rows x cols, every source row
                 // offset + i * step < x.rows (Op::check).
-                unsafe { b.launch(float4_launch(yt.rows(), x.cols())) }.map_err(launch_err)?;
+                unsafe { l.launch(self, float4_launch(yt.rows(), x.cols())) }?;
             }
         }
         Ok(())
@@ -1066,31 +1272,23 @@ impl CudaBackend {
             return Ok(None);
         }
         let n = m.rows() * m.cols();
-        let mut out = self.zeros::<f32>(n)?;
+        let out = self.zeros::<f32>(n)?;
         let mut p = m.params;
         p.flags = 0; // the raw dense values, as the CPU backend uses
-        let f = self.function("dequantize", "dequantize_f32")?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p)
-            .arg(&m.dense.slice)
-            .arg(&m.scales.slice)
-            .arg(&m.zeros.slice)
-            .arg(&m.codebook.slice)
-            .arg(&m.row_ptr.slice)
-            .arg(&m.col_idx.slice)
-            .arg(&m.out_vals.slice)
-            .arg(&m.act_scale.slice)
-            .arg(&mut out.slice);
-        // SAFETY: matches dequantize_*(MatmulParams, w, scales, zeros,
-        // codebook, row_ptr, col_idx, values, act_scale, out); out holds
-        // rows * cols floats.
-        unsafe { b.launch(grid_stride(n as u64, 65_535)) }.map_err(drv("launch dequantize_f32"))?;
+        let l = Launch::new("dequantize_f32")?
+            .matrix(m)?
+            .arg("p", &p)?
+            .arg("out", &out)?;
+        // SAFETY: out holds rows * cols floats, the matrix buffers the
+        // sizes of its params.
+        unsafe { l.launch(self, grid_stride(n as u64, 65_535)) }?;
         Ok(Some(out))
     }
 
-    fn run_assign<T>(
+    /// `values`: `n` floats on the device.
+    fn run_assign(
         &self,
-        values: &CudaSlice<T>,
+        values: DevArg<'_>,
         n: usize,
         levels: &[f32],
         want_codes: bool,
@@ -1103,31 +1301,27 @@ impl CudaBackend {
             _pad0: 0,
         };
         let levels_d = self.upload_slice(levels)?;
-        let mut codes = self.zeros::<u8>(n)?;
+        let codes = self.zeros::<u8>(n)?;
         let cfg = grid_stride(n as u64, 1024);
         let blocks = cfg.grid_dim.0 as usize;
-        let mut sums = self.zeros::<f64>(blocks * k)?;
-        let mut counts = self.zeros::<u64>(blocks * k)?;
-        let f = self.function("assign", "assign_levels")?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p)
-            .arg(values)
-            .arg(&levels_d.slice)
-            .arg(&mut codes.slice);
-        // SAFETY: matches assign_levels(AssignParams, const float* values,
-        // const float* levels, u8* codes); values holds n floats, codes n bytes.
-        unsafe { b.launch(cfg) }.map_err(drv("launch assign_levels"))?;
-        let f = self.function("assign", "reduce_levels")?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p)
-            .arg(values)
-            .arg(&codes.slice)
-            .arg(&mut sums.slice)
-            .arg(&mut counts.slice);
-        // SAFETY: matches reduce_levels(AssignParams, const float* values,
-        // const u8* codes, double* sums, u64* counts); the partial buffers
-        // hold gridDim.x * levels entries.
-        unsafe { b.launch(cfg) }.map_err(drv("launch reduce_levels"))?;
+        let sums = self.zeros::<f64>(blocks * k)?;
+        let counts = self.zeros::<u64>(blocks * k)?;
+        let l = Launch::new("assign_levels")?
+            .arg("p", &p)?
+            .arg("values", values)?
+            .arg("levels", &levels_d)?
+            .arg("codes", &codes)?;
+        // SAFETY: values holds n floats, levels k, codes n bytes.
+        unsafe { l.launch(self, cfg) }?;
+        let l = Launch::new("reduce_levels")?
+            .arg("p", &p)?
+            .arg("values", values)?
+            .arg("codes", &codes)?
+            .arg("part_sums", &sums)?
+            .arg("part_counts", &counts)?;
+        // SAFETY: as above; the partial buffers hold gridDim.x * levels
+        // entries.
+        unsafe { l.launch(self, cfg) }?;
         let part_sums = self.download(&sums, blocks * k)?;
         let part_counts = self.download(&counts, blocks * k)?;
         let mut out = LevelAssignment {
@@ -1275,71 +1469,18 @@ impl Backend for CudaBackend {
         to_u32(m.rows() * m.groups_per_row(), "groups")?;
         let mut params = MatmulParams::new(m, 1);
         params.batch = 0;
-        let none_u16: &[u16] = &[];
-        let none_u8: &[u8] = &[];
-        let none_f32: &[f32] = &[];
-        let (dense, scales, zeros, codebook) = match m.packed() {
-            Packed::F32(v) => (
-                self.upload_slice::<u8>(bytemuck::cast_slice(v))?,
-                self.upload_slice(none_u16)?,
-                self.upload_slice(none_u8)?,
-                self.upload_slice(none_f32)?,
-            ),
-            Packed::F16(v) => (
-                self.upload_slice::<u8>(bytemuck::cast_slice(v))?,
-                self.upload_slice(none_u16)?,
-                self.upload_slice(none_u8)?,
-                self.upload_slice(none_f32)?,
-            ),
-            Packed::Bf16(v) => (
-                self.upload_slice::<u8>(bytemuck::cast_slice(v))?,
-                self.upload_slice(none_u16)?,
-                self.upload_slice(none_u8)?,
-                self.upload_slice(none_f32)?,
-            ),
-            Packed::Q8(q) => (
-                self.upload_slice::<u8>(bytemuck::cast_slice(&q.codes))?,
-                self.upload_slice::<u16>(bytemuck::cast_slice(&q.scales))?,
-                self.upload_slice(none_u8)?,
-                self.upload_slice(none_f32)?,
-            ),
-            Packed::Q4(q) => (
-                self.upload_slice::<u8>(bytemuck::cast_slice(&q.codes))?,
-                self.upload_slice::<u16>(bytemuck::cast_slice(&q.scales))?,
-                self.upload_slice(&q.zeros)?,
-                self.upload_slice(none_f32)?,
-            ),
-            Packed::Lut4(q) => (
-                self.upload_slice::<u8>(bytemuck::cast_slice(&q.codes))?,
-                self.upload_slice::<u16>(bytemuck::cast_slice(&q.scales))?,
-                self.upload_slice(none_u8)?,
-                self.upload_slice(&q.codebook)?,
-            ),
-        };
-        let (row_ptr, col_idx, out_vals) = match m.outliers() {
-            Some(o) => (
-                self.upload_slice(&o.row_ptr)?,
-                self.upload_slice(&o.col_idx)?,
-                self.upload_slice::<u16>(bytemuck::cast_slice(&o.values))?,
-            ),
-            None => (
-                self.upload_slice::<u32>(&[])?,
-                self.upload_slice::<u32>(&[])?,
-                self.upload_slice(none_u16)?,
-            ),
-        };
-        let act_scale = self.upload_slice(m.act_scale().unwrap_or(none_f32))?;
+        // Empty parts (those the format lacks) become one-element
+        // placeholders (upload_slice).
+        let parts = HostParts::of(m).try_map(
+            |v| self.upload_slice(v),
+            |v| self.upload_slice(v),
+            |v| self.upload_slice(v),
+            |v| self.upload_slice(v),
+        )?;
         let dm = DeviceMatrix {
             params,
             kind: m.kind(),
-            dense,
-            scales,
-            zeros,
-            codebook,
-            row_ptr,
-            col_idx,
-            out_vals,
-            act_scale,
+            parts,
         };
         let bytes = dm.bytes();
         let id = self.matrices.insert(dm)?;
@@ -1349,26 +1490,15 @@ impl Backend for CudaBackend {
     fn dequantize(&self, h: &MatrixHandle) -> Result<Vec<f32>, BackendError> {
         let m = self.get(h)?;
         let n = m.rows() * m.cols();
-        let mut out = self.poisoned_f32(n)?;
+        let out = self.poisoned_f32(n)?;
         let entry = format!("dequantize_{}", m.kind.name());
-        let f = self.function("dequantize", &entry)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&m.params)
-            .arg(&m.dense.slice)
-            .arg(&m.scales.slice)
-            .arg(&m.zeros.slice)
-            .arg(&m.codebook.slice)
-            .arg(&m.row_ptr.slice)
-            .arg(&m.col_idx.slice)
-            .arg(&m.out_vals.slice)
-            .arg(&m.act_scale.slice)
-            .arg(&mut out.slice);
-        // SAFETY: matches dequantize_*(MatmulParams, const u8* w,
-        // const u16* scales, const u8* zeros, const float* codebook,
-        // const u32* row_ptr, const u32* col_idx, const u16* values,
-        // const float* act_scale, float* out); out holds rows * cols floats.
-        unsafe { b.launch(grid_stride(n as u64, 65_535)) }
-            .map_err(|e| device_error(format!("launch {entry}: {e}")))?;
+        let l = Launch::new(&entry)?
+            .matrix(&m)?
+            .arg("p", &m.params)?
+            .arg("out", &out)?;
+        // SAFETY: out holds rows * cols floats, the matrix buffers the
+        // sizes of its params (checked at upload).
+        unsafe { l.launch(self, grid_stride(n as u64, 65_535)) }?;
         self.download(&out, n)
     }
 
@@ -1542,32 +1672,28 @@ impl Backend for CudaBackend {
         };
         let wd = self.upload_slice(w.data())?;
         // Codes start zeroed: the kernels never write the row padding.
-        let mut codes = self.zeros::<u32>(rows * stride / 4)?;
-        let mut scales = self.zeros::<u16>(groups)?;
+        let codes = self.zeros::<u32>(rows * stride / 4)?;
+        let scales = self.zeros::<u16>(groups)?;
         let zeros = if spec.kind == FormatKind::Q8 {
-            let f = self.function("quantize", "quantize_q8")?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&p)
-                .arg(&wd.slice)
-                .arg(&mut codes.slice)
-                .arg(&mut scales.slice);
-            // SAFETY: matches quantize_q8(QuantizeParams, const float* w,
-            // u32* codes, u16* scales): w holds rows * cols floats, codes
-            // rows * stride bytes, scales one per group.
-            unsafe { b.launch(cfg) }.map_err(drv("launch quantize_q8"))?;
+            let l = Launch::new("quantize_q8")?
+                .arg("p", &p)?
+                .arg("w", &wd)?
+                .arg("codes", &codes)?
+                .arg("scales", &scales)?;
+            // SAFETY: w holds rows * cols floats, codes rows * stride
+            // bytes, scales one per group.
+            unsafe { l.launch(self, cfg) }?;
             Vec::new()
         } else {
-            let mut zeros = self.zeros::<u8>(groups)?;
-            let f = self.function("quantize", "quantize_q4")?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&p)
-                .arg(&wd.slice)
-                .arg(&mut codes.slice)
-                .arg(&mut scales.slice)
-                .arg(&mut zeros.slice);
-            // SAFETY: matches quantize_q4(QuantizeParams, const float* w,
-            // u32* codes, u16* scales, u8* zeros), sizes as above.
-            unsafe { b.launch(cfg) }.map_err(drv("launch quantize_q4"))?;
+            let zeros = self.zeros::<u8>(groups)?;
+            let l = Launch::new("quantize_q4")?
+                .arg("p", &p)?
+                .arg("w", &wd)?
+                .arg("codes", &codes)?
+                .arg("scales", &scales)?
+                .arg("zeros", &zeros)?;
+            // SAFETY: sizes as above, zeros one per group.
+            unsafe { l.launch(self, cfg) }?;
             self.download(&zeros, groups)?
         };
         let words = self.download(&codes, rows * stride / 4)?;
@@ -1594,8 +1720,15 @@ impl Backend for CudaBackend {
         let m = self.get(values)?;
         let n = m.rows() * m.cols();
         match self.compact_values(&m)? {
-            Some(c) => self.run_assign(&c.slice, n, levels, want_codes),
-            None => self.run_assign(&m.dense.slice, n, levels, want_codes),
+            Some(c) => self.run_assign(DevArg::F32(&c.slice), n, levels, want_codes),
+            // An f32 matrix with cols % 4 == 0: its dense bytes are the
+            // rows * cols floats themselves.
+            None => self.run_assign(
+                DevArg::Bytes(&m.parts.dense.slice, Elem::F32),
+                n,
+                levels,
+                want_codes,
+            ),
         }
     }
 
@@ -1685,7 +1818,8 @@ impl Backend for CudaBackend {
         const ITERS: u32 = 8192;
         let blocks = self.multiprocessors * 8;
         let threads = blocks as u64 * 256;
-        let mut out = self.zeros::<f32>(threads as usize)?;
+        let out = self.zeros::<f32>(threads as usize)?;
+        // Looked up once, before the timing starts.
         let f = self.function("probe", "fma_rate")?;
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
@@ -1698,13 +1832,12 @@ impl Backend for CudaBackend {
             7,
             || Ok(()),
             || {
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&mut out.slice).arg(&ITERS).arg(&seed);
-                // SAFETY: matches fma_rate(float* out, u32 iters, float seed); out
-                // holds one float per thread.
-                unsafe { b.launch(cfg) }
-                    .map(|_| ())
-                    .map_err(drv("launch fma_rate"))
+                let l = Launch::new("fma_rate")?
+                    .arg("out", &out)?
+                    .arg("iters", &ITERS)?
+                    .arg("seed", &seed)?;
+                // SAFETY: out holds one float per thread; f is fma_rate.
+                unsafe { l.launch_on(self, &f, cfg) }
             },
         )?;
         let seconds = KernelTiming {
@@ -1788,6 +1921,38 @@ mod tests {
             (77u32 * 256).div_ceil(256)
         );
         assert_eq!(rows_launch(77).grid_dim.0, 10);
+    }
+
+    /// The launcher refuses arguments its description does not say (no GPU
+    /// needed: parameter blocks and scalars need no device memory).
+    #[test]
+    fn launches_refuse_what_the_description_does_not_say() {
+        let mp = MatmulParams::default();
+        let op = op_params(1, 1, 0, 0, 0.0);
+        let (iters, seed) = (5u32, 0.5f32);
+        let refused = |r: Result<Launch<'_>, BackendError>, why: &str| match r {
+            Err(BackendError::Invalid(m)) => assert!(m.starts_with("internal: "), "{why}: {m}"),
+            Err(e) => panic!("{why}: {e}"),
+            Ok(_) => panic!("{why}: accepted"),
+        };
+        assert!(Launch::new("gemm_q5").is_err());
+        let gemm = || Launch::new("gemm_q4").expect("described");
+        refused(gemm().arg("p", &op), "OpParams for a MatmulParams block");
+        refused(gemm().arg("scales", &iters), "a scalar for a buffer");
+        refused(gemm().arg("scale", &mp), "a name the kernel does not have");
+        refused(
+            gemm().arg("p", &mp).and_then(|l| l.arg("p", &mp)),
+            "the same argument twice",
+        );
+        let fma = || Launch::new("fma_rate").expect("described");
+        refused(fma().arg("iters", &seed), "an f32 for a u32 scalar");
+        refused(fma().arg("seed", &iters), "a u32 for an f32 scalar");
+        let partial = fma()
+            .arg("iters", &iters)
+            .and_then(|l| l.arg("seed", &seed))
+            .expect("both scalars fit");
+        assert!(partial.check_bound().is_err(), "launched without `out`");
+        assert_eq!(partial.values.iter().flatten().count(), 2);
     }
 
     #[test]
