@@ -94,7 +94,8 @@ const EXP_HI: f32 = 88.0;
 /// f64 `exp` by this module's tests; `x < -87` gives 0 (absolute error
 /// `< 1.7e-38`), `x > 88` gives `e^88`; NaN stays NaN.
 #[inline(always)]
-#[allow(clippy::excessive_precision)]
+// Not `clamp`: it would turn NaN into a bound.
+#[allow(clippy::excessive_precision, clippy::manual_clamp)]
 pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_375;
@@ -277,6 +278,7 @@ const SM_LANES: usize = 16;
 /// otherwise a position is kept where `keep > 0.5`; dropped ones get
 /// exactly 0, a row with none kept is all zeros).
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // indices shared by row, mask and lanes
 fn softmax_row<const FMA: bool>(row: &mut [f32], keep: Option<&[f32]>) {
     let n = row.len();
     let kept = |j: usize| keep.is_none_or(|m| m[j] > 0.5);
