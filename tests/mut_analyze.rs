@@ -600,6 +600,15 @@ fn warnings_memory_fragmentation_and_skips() {
             "wgpu skipped (int8, none): no adapter".into(),
         ]
     );
+    // Exactly 10 % alone, with plenty unused: not above 10 %, no warning.
+    let rec = recommend(
+        &rs[2..3],
+        Priority::Balanced,
+        &Constraints::default(),
+        None,
+        &[],
+    );
+    assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
     // The first of equal fragmentations stays named.
     frag(&mut rs[0], 0.5, 1024 * mib);
     let rec = recommend(
