@@ -28,21 +28,40 @@ fn write_weights(path: &Path) {
     quantscope::io::write_matrices(path, &items).unwrap();
 }
 
+/// Bytes of a `rows x cols` matrix in `kind` with groups of `glen` (no
+/// outliers), from the table of docs/FORMATS.md.
+fn layout_bytes(kind: &str, rows: u64, cols: u64, glen: u64) -> u64 {
+    let pad = |b: u64| b.div_ceil(16) * 16;
+    let groups = rows * cols.div_ceil(glen);
+    match kind {
+        "f32" => rows * pad(4 * cols),
+        "f16" => rows * pad(2 * cols),
+        "q8" => rows * pad(cols) + 2 * groups,
+        "q4" => rows * pad(cols.div_ceil(2)) + 3 * groups,
+        "lut4" => rows * pad(cols.div_ceil(2)) + 2 * groups + 64,
+        k => panic!("{k}"),
+    }
+}
+
 #[test]
 fn quantizes_a_file_with_every_scheme_and_reads_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("w.safetensors");
     write_weights(&input);
-    for scheme in [
-        "none",
-        "f16",
-        "bf16",
-        "int8",
-        "int4",
-        "int4-clip",
-        "nf4",
-        "kmeans4",
-        "easyquant4",
+    // Each scheme's packed format (label) and storage, from the layout of
+    // docs/FORMATS.md: rows padded to 16 bytes, 2-byte scales and 1-byte
+    // zeros per group of 64, a 64-byte codebook, CSR outliers (u32 row
+    // pointers and columns, f16 values).
+    for (scheme, label, kind) in [
+        ("none", "f32", "f32"),
+        ("f16", "f16", "f16"),
+        ("bf16", "bf16", "f16"),
+        ("int8", "q8 g64", "q8"),
+        ("int4", "q4 g64", "q4"),
+        ("int4-clip", "q4 g64", "q4"),
+        ("nf4", "lut4 g64", "lut4"),
+        ("kmeans4", "lut4 g64", "lut4"),
+        ("easyquant4", "q4 g64 +outliers", "q4"),
     ] {
         let out = dir.path().join(format!("{scheme}.safetensors"));
         let (ok, stdout, stderr) = run(&[
@@ -63,7 +82,24 @@ fn quantizes_a_file_with_every_scheme_and_reads_it_back() {
         assert_eq!(tensors.len(), 2);
         for t in tensors {
             assert!(t["nmse"].as_f64().unwrap() < 0.05, "{scheme}: {t}");
-            assert!(t["bits_per_weight"].as_f64().unwrap() > 3.9);
+            assert_eq!(t["format"], label, "{scheme}: {t}");
+            let (rows, cols) = (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap());
+            let nnz = t["outliers"].as_u64().unwrap();
+            // EasyQuant keeps the 3-sigma tail of N(0, 1) weights (0.27 %).
+            if scheme == "easyquant4" {
+                assert!(nnz > 0 && nnz < rows * cols / 100, "{scheme}: {t}");
+            } else {
+                assert_eq!(nnz, 0, "{scheme}: {t}");
+            }
+            let bytes = layout_bytes(kind, rows, cols, 64)
+                + if nnz > 0 { (rows + 1) * 4 + nnz * 6 } else { 0 };
+            assert_eq!(t["bytes"].as_u64().unwrap(), bytes, "{scheme}: {t}");
+            let bpw = t["bits_per_weight"].as_f64().unwrap();
+            let want = bytes as f64 * 8.0 / (rows * cols) as f64;
+            assert!(
+                (bpw - want).abs() < 1e-12,
+                "{scheme}: {bpw} vs {want} bits per weight"
+            );
         }
         let back = quantscope::io::read_quantized(&out).unwrap();
         assert_eq!(back.len(), 2);
@@ -94,19 +130,40 @@ fn uniform_scheme_takes_any_width() {
     let input = dir.path().join("w.safetensors");
     write_weights(&input);
     let out = dir.path().join("u.safetensors");
-    for bits in ["2", "3", "8"] {
-        let (ok, _, stderr) = run(&[
+    for (bits, sym) in [(2u64, false), (3, true), (8, false)] {
+        let b = bits.to_string();
+        let mut args = vec![
             "quantize",
             "--input",
             input.to_str().unwrap(),
             "--scheme",
             "uniform",
             "--bits",
-            bits,
+            &b,
             "--output",
             out.to_str().unwrap(),
-        ]);
+            "--json",
+        ];
+        if sym {
+            args.push("--symmetric");
+        }
+        let (ok, stdout, stderr) = run(&args);
         assert!(ok, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        for t in v["tensors"].as_array().unwrap() {
+            let want = format!("uniform{bits} {}", if sym { "sym" } else { "asym" });
+            assert_eq!(t["format"], want.as_str(), "{t}");
+            // Tightly packed codes plus an f16 scale (and a u8 zero point
+            // when asymmetric) per group of 128 (the default group).
+            let (rows, cols) = (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap());
+            let groups = rows * cols.div_ceil(128);
+            let per_group = if sym { 16.0 } else { 24.0 };
+            let bpw = bits as f64 + groups as f64 * per_group / (rows * cols) as f64;
+            assert!(
+                (t["bits_per_weight"].as_f64().unwrap() - bpw).abs() < 1e-12,
+                "{t}"
+            );
+        }
     }
 }
 

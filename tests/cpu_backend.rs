@@ -134,3 +134,82 @@ fn assign_levels_counts_and_sums() {
     let s: f64 = v.iter().filter(|&&x| x <= -0.5).map(|&x| x as f64).sum();
     assert!((a.sums[0] - s).abs() < 1e-9);
 }
+
+#[test]
+fn matmul_entry_points_by_hand() {
+    use half::f16;
+    use quantscope::backend::cpu::{
+        matmul, matmul_into, matmul_opts, matmul_outliers_into, GemvActivations, KernelPath,
+    };
+    use quantscope::format::{pack_plain, Outliers};
+    // W: 2 x 32 ones plus outliers (0, 1) = +2 and (1, 31) = -1, times the
+    // activation scale 1 + c. X: row b is all b + 1. Every value is exact in
+    // f32: sum of (1 + c) over 32 columns is 528.
+    let ones = Matrix::from_vec(2, 32, vec![1.0; 64]).unwrap();
+    let o = Outliers::from_rows(&[
+        vec![(1, f16::from_f32(2.0))],
+        vec![(31, f16::from_f32(-1.0))],
+    ]);
+    let m = pack_plain(&ones, FormatKind::F32)
+        .unwrap()
+        .with_outliers(o)
+        .unwrap()
+        .with_act_scale((0..32).map(|c| 1.0 + c as f32).collect())
+        .unwrap();
+    let x: Vec<f32> = (0..2).flat_map(|b| vec![b as f32 + 1.0; 32]).collect();
+    let want = |b: usize| {
+        let s = b as f32 + 1.0;
+        [s * 528.0 + s * 2.0 * 2.0, s * 528.0 - s * 32.0]
+    };
+    for batch in [1usize, 2] {
+        let xb = &x[..batch * 32];
+        let expect: Vec<f32> = (0..batch).flat_map(want).collect();
+        assert_eq!(matmul(&m, xb, batch).unwrap(), expect, "batch {batch}");
+        let mut y = vec![f32::NAN; batch * 2];
+        matmul_into(&m, xb, batch, &mut y).unwrap();
+        assert_eq!(y, expect);
+        for act in [GemvActivations::F32, GemvActivations::Int8] {
+            let mut y = vec![f32::NAN; batch * 2];
+            matmul_opts(KernelPath::Scalar, act, &m, xb, batch, &mut y).unwrap();
+            assert_eq!(y, expect, "{act:?}");
+        }
+        // The sparse part alone adds X·diag(a)·Oᵀ into y.
+        let mut y = vec![10.0f32; batch * 2];
+        matmul_outliers_into(KernelPath::Scalar, &m, xb, batch, &mut y).unwrap();
+        let alone: Vec<f32> = (0..batch)
+            .flat_map(|b| {
+                let s = b as f32 + 1.0;
+                [10.0 + 4.0 * s, 10.0 - 32.0 * s]
+            })
+            .collect();
+        assert_eq!(y, alone);
+    }
+    // Without outliers the sparse part adds nothing.
+    let plain = pack_plain(&ones, FormatKind::F32).unwrap();
+    let mut y = vec![3.0f32; 2];
+    matmul_outliers_into(KernelPath::Scalar, &plain, &x[..32], 1, &mut y).unwrap();
+    assert_eq!(y, [3.0, 3.0]);
+    // Lengths and batch are checked by every entry point.
+    let mut y2 = vec![0.0f32; 2];
+    let e = matmul_into(&m, &x[..31], 1, &mut y2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("input has 31 values, expected batch 1 x 32 columns"),
+        "{e}"
+    );
+    let mut y3 = vec![0.0f32; 3];
+    let e = matmul_into(&m, &x[..32], 1, &mut y3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("output has 3 values, expected batch 1 x 2 rows"),
+        "{e}"
+    );
+    let e = matmul_outliers_into(KernelPath::Scalar, &m, &[], 0, &mut [])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch must be at least 1"), "{e}");
+    assert!(matmul_outliers_into(KernelPath::Scalar, &m, &x[..32], 1, &mut y3).is_err());
+    assert!(matmul(&m, &x, 1).is_err());
+}

@@ -16,6 +16,21 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+// Output NMSE of each method as a fraction of RTN's on held-out rows.
+// 1024x1024, int4 g128, built-in activations: measured GPTQ 0.128,
+// act-order 0.117, AWQ 0.137 (docs/GPTQ_AWQ.md). GPTQ gets about 1.5x
+// allowance (without its lazy batch updates it measured 0.81). AWQ's
+// clipping alone, without the scale search, already reaches 0.186, so its
+// bound sits between the two.
+const GPTQ_VS_RTN: f64 = 0.2;
+const GPTQ_ACT_VS_RTN: f64 = 0.2;
+const AWQ_VS_RTN: f64 = 0.16;
+// 300x333 with 600 calibration rows, groups 32, 64, 128 and row: measured
+// GPTQ 0.447-0.469 (blocks 128 and 50), AWQ 0.452-0.509 (0.524-0.605
+// without the scale search).
+const ODD_GPTQ_VS_RTN: f64 = 0.6;
+const ODD_AWQ_VS_RTN: f64 = 0.65;
+
 fn gaussian_weights(rows: usize, cols: usize, seed: u64) -> Matrix {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     // Per-row spread and a few heavy-tailed entries, like trained layers.
@@ -111,12 +126,26 @@ fn gptq_and_awq_beat_rtn_on_held_out_activations() {
         "  AWQ            {e_awq:.4e}  (alpha {}, mean clip {:.3})",
         a.report.alpha, a.report.mean_clip_ratio
     );
-    assert!(e_gptq < e_rtn, "GPTQ {e_gptq} vs RTN {e_rtn}");
+    println!(
+        "  ratios to RTN: GPTQ {:.4}, act-order {:.4}, AWQ {:.4}",
+        e_gptq / e_rtn,
+        e_gptq_act / e_rtn,
+        e_awq / e_rtn
+    );
+    // The gains docs/GPTQ_AWQ.md reports, with the allowances above.
     assert!(
-        e_gptq_act < e_rtn,
+        e_gptq <= GPTQ_VS_RTN * e_rtn,
+        "GPTQ {e_gptq} vs RTN {e_rtn}"
+    );
+    assert!(
+        e_gptq_act <= GPTQ_ACT_VS_RTN * e_rtn,
         "GPTQ act-order {e_gptq_act} vs RTN {e_rtn}"
     );
-    assert!(e_awq < e_rtn, "AWQ {e_awq} vs RTN {e_rtn}");
+    assert!(e_awq <= AWQ_VS_RTN * e_rtn, "AWQ {e_awq} vs RTN {e_rtn}");
+    // The outlier input channels call for scaling: the search must leave
+    // alpha 0 (plain RTN scales; measured alpha 0.35).
+    assert!(a.report.alpha > 0.0, "AWQ kept alpha 0");
+    assert!(a.report.scaled_error < a.report.rtn_error, "{:?}", a.report);
 
     // Plain q4 layout: same group size, AWQ alone carries an activation scale.
     for m in [&g.matrix, &g_act.matrix, &a.matrix] {
@@ -211,8 +240,9 @@ fn odd_shapes_and_group_sizes_work() {
             let g = gptq(&w, &set.calib, &cfg, &mut |_, _| {}).unwrap();
             assert_eq!((g.matrix.rows(), g.matrix.cols()), (rows, cols));
             let e = output_nmse(&reference, &g.matrix, &set.eval);
+            println!("GPTQ g{group} block {block}: {:.4} of RTN", e / rtn);
             assert!(
-                e.is_finite() && e < rtn,
+                e.is_finite() && e <= ODD_GPTQ_VS_RTN * rtn,
                 "GPTQ g{group} block {block}: {e} vs RTN {rtn}"
             );
         }
@@ -222,8 +252,9 @@ fn odd_shapes_and_group_sizes_work() {
         };
         let a = awq(&w, &set.calib, &cfg, &mut |_, _| {}).unwrap();
         let e = output_nmse(&reference, &a.matrix, &set.eval);
+        println!("AWQ g{group}: {:.4} of RTN", e / rtn);
         assert!(
-            e.is_finite() && e < 2.0 * rtn,
+            e.is_finite() && e <= ODD_AWQ_VS_RTN * rtn,
             "AWQ g{group}: {e} vs RTN {rtn}"
         );
         assert!(a.report.final_error <= a.report.rtn_error * 1.0001);
