@@ -282,3 +282,78 @@ fn kmeans_codebook_is_a_lloyd_fixed_point() {
     // The same seed gives the same codebook.
     assert_eq!(fit_codebook(&w, group, &cfg).unwrap(), cb);
 }
+
+#[test]
+fn more_restarts_find_a_better_optimum_on_clustered_data() {
+    // 28 tight clusters of unequal mass for 16 levels: Lloyd's iteration
+    // has many local optima here, so k-means++ seeds end in different ones
+    // and the restart with the lowest error (recomputed here from the
+    // data, not taken from the fit) must be the one kept. Each row holds
+    // 1.0, so the absmax scale is 1 and the values are the ones listed.
+    let centres: Vec<f32> = (0..28).map(|i| -0.97 + i as f32 * (1.94 / 27.0)).collect();
+    let (rows, cols) = (64, 128);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut v = Vec::with_capacity(rows * cols);
+    for _ in 0..rows {
+        let row_start = v.len();
+        for _ in 1..cols {
+            // Cluster i drawn with weight ~ 1 / (1 + i % 7).
+            let c = loop {
+                let i = (next() % 28) as usize;
+                if next() % (1 + i as u64 % 7) == 0 {
+                    break i;
+                }
+            };
+            let jitter = ((next() % 1000) as f32 / 1000.0 - 0.5) * 0.004;
+            v.push(centres[c] + jitter);
+        }
+        v.insert(row_start, 1.0);
+    }
+    let w = mat(rows, cols, v);
+    let values = normalized(&w, cols);
+    let mut strictly_better = 0;
+    for seed in 0..6u64 {
+        let base = KMeansConfig {
+            seed,
+            ..KMeansConfig::default()
+        };
+        let one = fit_codebook(
+            &w,
+            GroupSize::Row,
+            &KMeansConfig {
+                restarts: 1,
+                ..base
+            },
+        )
+        .unwrap();
+        let many = fit_codebook(
+            &w,
+            GroupSize::Row,
+            &KMeansConfig {
+                restarts: 8,
+                ..base
+            },
+        )
+        .unwrap();
+        let (e1, _) = lloyd_check(&values, &one);
+        let (e8, _) = lloyd_check(&values, &many);
+        eprintln!("seed {seed}: one restart {e1:.6e}, eight {e8:.6e}");
+        assert!(
+            e8 <= e1 * (1.0 + 1e-6),
+            "seed {seed}: 8 restarts {e8} vs 1 {e1}"
+        );
+        if e8 < e1 * (1.0 - 1e-3) {
+            strictly_better += 1;
+        }
+    }
+    assert!(
+        strictly_better >= 2,
+        "8 restarts beat 1 on only {strictly_better} of 6 seeds: the best restart is not kept"
+    );
+}
