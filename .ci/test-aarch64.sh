@@ -40,4 +40,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/aarch64-cross"
 # Warnings in the aarch64-only code fail the run (clippy would build the
 # crate a second time; CI keeps under 20 minutes).
 export RUSTFLAGS="${RUSTFLAGS:-} -D warnings"
-cargo test --target "$target" --no-default-features --test cpu_kernels --lib
+# Dependencies at opt-level 0 here (2 in the host build): the kernels under
+# test are this crate's own code (opt-level 1 as always), and the cross build
+# of faer, tokenizers and image at opt-level 2 was most of this step's time.
+cargo test --target "$target" --no-default-features --test cpu_kernels --lib \
+  --config 'profile.dev.package."*".opt-level=0'
