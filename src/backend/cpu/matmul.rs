@@ -127,14 +127,41 @@ pub fn matmul_opts(
     batch: usize,
     y: &mut [f32],
 ) -> Result<(), BackendError> {
+    matmul_bias(path, act, m, x, batch, None, y)
+}
+
+/// [`matmul_opts`] plus a bias row added to every output row (`rows`
+/// values): the GEMM adds it while it writes `Y`, saving a pass over `Y`.
+pub fn matmul_bias(
+    path: KernelPath,
+    act: GemvActivations,
+    m: &QuantizedMatrix,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), BackendError> {
     check_args(path, m, x, batch, y)?;
     let (rows, cols) = (m.rows(), m.cols());
+    if let Some(b) = bias {
+        if b.len() != rows {
+            return Err(BackendError::Invalid(format!(
+                "bias has {} values, expected {rows} (the matrix rows)",
+                b.len()
+            )));
+        }
+    }
     let x = scaled(m, x);
     if batch == 1 {
         // The GEMV adds the outliers task by task.
         gemv::gemv(path, m, &x, y, act == GemvActivations::Int8);
+        if let Some(b) = bias {
+            for (o, &v) in y.iter_mut().zip(b) {
+                *o += v;
+            }
+        }
     } else {
-        gemm::gemm(path, m, &x, batch, y);
+        gemm::gemm(path, m, &x, batch, bias, y);
         if let Some(o) = m.outliers() {
             sparse::add_outliers(path, o, &x, cols, rows, y);
         }

@@ -34,7 +34,8 @@ use crate::format::{nearest_level, pack_q4, pack_q8, FormatKind, Matrix, Packed,
 
 pub use kernel::{KernelPath, KERNEL_ENV};
 pub use matmul::{
-    matmul, matmul_into, matmul_opts, matmul_outliers_into, matmul_with, GemvActivations,
+    matmul, matmul_bias, matmul_into, matmul_opts, matmul_outliers_into, matmul_with,
+    GemvActivations,
 };
 
 /// Host CPU backend.
@@ -101,22 +102,15 @@ impl CpuBackend {
         match *op {
             Op::Linear { x, w, bias, .. } => {
                 let m = self.get(w)?;
-                matmul_opts(
+                matmul_bias(
                     KernelPath::selected(),
                     self.gemv_act,
                     &m,
                     ins[0],
                     x.rows(),
+                    bias.map(|_| ins[1]),
                     y,
                 )?;
-                if bias.is_some() {
-                    let b = ins[1];
-                    y.par_chunks_mut(b.len()).for_each(|row| {
-                        for (o, &v) in row.iter_mut().zip(b) {
-                            *o += v;
-                        }
-                    });
-                }
             }
             Op::LayerNorm { x, eps, .. } => {
                 ops::layer_norm(ins[0], ins[1], ins[2], eps, x.cols(), y)

@@ -377,14 +377,27 @@ pub fn softmax(x: &[f32], mask: Option<&[f32]>, scale: f32, cols: usize, y: &mut
         .for_each(|(t, (y, x))| softmax_chunk(x, mask, per_mask, t * per, scale, cols, y));
 }
 
-/// Queries per block of the attention kernel: the score rows of a block
-/// (`QB x S` f32, 16 KiB at S = 512) stay in L1 between `Q·Kᵀ` and `P·V`.
-const QB: usize = 8;
+/// Queries per register tile (and per block) of the attention kernel.
+const QT: usize = 6;
+/// Keys (in `Q·Kᵀ`) or head columns (in `P·V`) per register tile: two
+/// AVX2 registers, one AVX-512 register. `QT x KT` accumulators are 12 of
+/// AVX2's 16 registers, leaving room for the two loads and a broadcast.
+const KT: usize = 16;
 
-/// One (sequence, head) of attention: `qh`, `vh` are `s x d` (the head's
-/// columns, gathered), `kt` is `Kᵀ` (`d x sp`, `sp >= s`), `keep` the
-/// sequence's key mask; writes `out` (`s x d`). `p` is scratch of
-/// `QB x sp`.
+/// One (sequence, head) of attention, register-tiled: `qh` is `sq x dp`
+/// (the head's columns gathered, zero-padded to `dp`, a multiple of [`KT`],
+/// and to `sq`, a multiple of [`QT`], rows), `kt` is `Kᵀ` (`d x sp`, `sp`
+/// a multiple of [`KT`], zero past `s`), `vh` is `s x dp`, `keep` the
+/// sequence's key mask; writes `out` (`sq x dp`; rows past `s` and columns
+/// past `d` are scratch). `p` is scratch of `QT x sp`.
+///
+/// Per block of [`QT`] queries: the scores `QT x sp` (in L1 up to S = 512)
+/// by `QT x KT` tiles accumulated over the head's `d` columns (per column:
+/// one `KT`-key load, `QT` broadcasts, `QT x KT` multiply-adds), the masked
+/// softmax per row, then the context by `QT x KT` tiles over the kept key
+/// range. Each multiply-add is a register operand; the earlier form (one
+/// axpy of a K row per query column) loaded and stored its accumulator per
+/// multiply-add.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn attention_head_impl<const FMA: bool>(
@@ -394,43 +407,61 @@ fn attention_head_impl<const FMA: bool>(
     keep: Option<&[f32]>,
     s: usize,
     d: usize,
+    dp: usize,
     sp: usize,
     scale: f32,
     p: &mut [f32],
     out: &mut [f32],
 ) {
-    for i0 in (0..s).step_by(QB) {
-        let nq = QB.min(s - i0);
-        // Scores: P[i, :] = Σ_c q[i, c] · Kᵀ[c, :], one axpy of a K row per
-        // query column (contiguous, vectorizes across keys).
-        for qi in 0..nq {
-            let pr = &mut p[qi * sp..][..sp];
-            pr.fill(0.0);
-            let q = &qh[(i0 + qi) * d..][..d];
-            for (c, &a) in q.iter().enumerate() {
-                let kr = &kt[c * sp..][..sp];
-                for (o, &k) in pr.iter_mut().zip(kr) {
-                    *o = madd::<FMA>(a, k, *o);
-                }
+    // Keys outside [lo, hi) are dropped by the mask: the context skips them.
+    let (lo, hi) = match keep {
+        None => (0, s),
+        Some(m) => {
+            let m = &m[..s];
+            match m.iter().position(|&v| v > 0.5) {
+                None => (0, 0),
+                Some(lo) => (lo, s - m.iter().rev().position(|&v| v > 0.5).unwrap_or(0)),
             }
-            let pr = &mut pr[..s];
-            for v in pr.iter_mut() {
-                *v *= scale;
-            }
-            softmax_row::<FMA>(pr, keep);
         }
-        // Context: out[i, :] = Σ_j P[i, j] · v[j, :] (axpy of V rows).
-        for qi in 0..nq {
-            let o = &mut out[(i0 + qi) * d..][..d];
-            o.fill(0.0);
-            let pr = &p[qi * sp..][..s];
-            for (j, &pj) in pr.iter().enumerate() {
-                if pj != 0.0 {
-                    let vr = &vh[j * d..][..d];
-                    for (ov, &vv) in o.iter_mut().zip(vr) {
-                        *ov = madd::<FMA>(pj, vv, *ov);
+    };
+    let kt = &kt[..d * sp];
+    for i0 in (0..s).step_by(QT) {
+        let q: [&[f32]; QT] = std::array::from_fn(|i| &qh[(i0 + i) * dp..][..d]);
+        for j0 in (0..sp).step_by(KT) {
+            let mut acc = [[0.0f32; KT]; QT];
+            for c in 0..d {
+                let kr: &[f32; KT] = kt[c * sp + j0..][..KT].try_into().unwrap();
+                for (a, qr) in acc.iter_mut().zip(&q) {
+                    let w = qr[c];
+                    for (o, &k) in a.iter_mut().zip(kr) {
+                        *o = madd::<FMA>(w, k, *o);
                     }
                 }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                for (o, &v) in p[i * sp + j0..][..KT].iter_mut().zip(a) {
+                    *o = v * scale;
+                }
+            }
+        }
+        for i in 0..QT.min(s - i0) {
+            softmax_row::<FMA>(&mut p[i * sp..][..s], keep);
+        }
+        let pr: [&[f32]; QT] = std::array::from_fn(|i| &p[i * sp + lo..][..hi - lo]);
+        let vh = &vh[lo * dp..hi * dp];
+        for c0 in (0..dp).step_by(KT) {
+            let mut acc = [[0.0f32; KT]; QT];
+            for (j, vrow) in vh.chunks_exact(dp).enumerate() {
+                let vr: &[f32; KT] = vrow[c0..][..KT].try_into().unwrap();
+                for (a, prow) in acc.iter_mut().zip(&pr) {
+                    let w = prow[j];
+                    for (o, &v) in a.iter_mut().zip(vr) {
+                        *o = madd::<FMA>(w, v, *o);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                out[(i0 + i) * dp + c0..][..KT].copy_from_slice(a);
             }
         }
     }
@@ -443,6 +474,7 @@ multiversion!(fn attention_head(
     keep: Option<&[f32]>,
     s: usize,
     d: usize,
+    dp: usize,
     sp: usize,
     scale: f32,
     p: &mut [f32],
@@ -463,27 +495,29 @@ pub fn attention(
 ) {
     let s = q.len() / hidden / seqs;
     let d = hidden / heads;
-    let sp = s.div_ceil(16) * 16;
+    let sp = s.div_ceil(KT) * KT;
+    let sq = s.div_ceil(QT) * QT;
+    let dp = d.div_ceil(KT) * KT;
     let scale = 1.0 / (d as f32).sqrt();
     // Sequences in parallel, and within each its heads in parallel (batch
     // 1 has only its heads): per (sequence, head) gather the head's
-    // columns contiguously (K transposed, padded to a multiple of 16 keys),
-    // scores, softmax, weighted sum; the strips are scattered into the
-    // sequence's rows of `y`.
+    // columns contiguously (K transposed, padded to a multiple of 16 keys;
+    // Q and V padded to `dp` columns, Q to `sq` rows), scores, softmax,
+    // weighted sum; the strips are scattered into the sequence's rows of `y`.
     y.par_chunks_mut(s * hidden)
         .enumerate()
         .for_each(|(b, ys)| {
             let strips: Vec<Vec<f32>> = (0..heads)
                 .into_par_iter()
                 .map(|h| {
-                    let gather = |t: &[f32]| -> Vec<f32> {
-                        let mut out = Vec::with_capacity(s * d);
-                        for i in 0..s {
-                            out.extend_from_slice(&t[(b * s + i) * hidden + h * d..][..d]);
+                    let gather = |t: &[f32], rows: usize| -> Vec<f32> {
+                        let mut out = vec![0.0f32; rows * dp];
+                        for (i, o) in out.chunks_exact_mut(dp).take(s).enumerate() {
+                            o[..d].copy_from_slice(&t[(b * s + i) * hidden + h * d..][..d]);
                         }
                         out
                     };
-                    let (qh, vh) = (gather(q), gather(v));
+                    let (qh, vh) = (gather(q, sq), gather(v, s));
                     let mut kt = vec![0.0f32; d * sp];
                     for j in 0..s {
                         let kr = &k[(b * s + j) * hidden + h * d..][..d];
@@ -492,15 +526,15 @@ pub fn attention(
                         }
                     }
                     let keep = mask.map(|m| &m[b * s..][..s]);
-                    let mut out = vec![0.0f32; s * d];
-                    let mut p = vec![0.0f32; QB * sp];
-                    attention_head(&qh, &kt, &vh, keep, s, d, sp, scale, &mut p, &mut out);
+                    let mut out = vec![0.0f32; sq * dp];
+                    let mut p = vec![0.0f32; QT * sp];
+                    attention_head(&qh, &kt, &vh, keep, s, d, dp, sp, scale, &mut p, &mut out);
                     out
                 })
                 .collect();
             for (h, strip) in strips.iter().enumerate() {
                 for i in 0..s {
-                    ys[i * hidden + h * d..][..d].copy_from_slice(&strip[i * d..][..d]);
+                    ys[i * hidden + h * d..][..d].copy_from_slice(&strip[i * dp..][..d]);
                 }
             }
         });
