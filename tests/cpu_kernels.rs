@@ -14,7 +14,8 @@ use std::sync::Once;
 use common::matmul_check::int8_rounding_nmse;
 use half::f16;
 use quantscope::backend::cpu::{
-    bandwidth, matmul_opts, matmul_outliers_into, matmul_with, GemvActivations, KernelPath,
+    bandwidth, matmul_bias, matmul_opts, matmul_outliers_into, matmul_with, GemvActivations,
+    KernelPath,
 };
 use quantscope::format::{
     pack_lut4, pack_plain, pack_q4, pack_q8, FormatKind, GroupSize, Matrix, Outliers, Packed,
@@ -497,4 +498,76 @@ fn print_int8_activation_error() {
             );
         }
     }
+}
+
+/// The fused bias (added while the GEMM writes `Y`, after the GEMV) gives
+/// `matmul + bias` (to f32 rounding: with outliers the additions come in
+/// another order) on every path, format, batch (1, 2, odd, more
+/// than one batch block) and with outliers and an activation scale; a bias
+/// of the wrong length is an error naming both lengths.
+#[test]
+fn fused_bias_is_matmul_plus_bias() {
+    let (rows, cols) = (77, 100);
+    let w = weights(rows, cols, 41);
+    let bias = gaussian(rows, 42);
+    let mats = [
+        pack_plain(&w, FormatKind::F32).unwrap(),
+        pack_q8(&w, GroupSize::Cols(32)).unwrap(),
+        with_act_scale(
+            with_outliers(pack_q4(&w, GroupSize::Cols(32)).unwrap(), 43),
+            44,
+        ),
+        pack_lut4(&w, GroupSize::Row, NF4_CODEBOOK).unwrap(),
+    ];
+    for path in paths() {
+        for m in &mats {
+            for batch in [1, 2, 37, 300] {
+                let x = gaussian(batch * cols, 45 + batch as u64);
+                let mut want = vec![f32::NAN; batch * rows];
+                matmul_opts(path, GemvActivations::F32, m, &x, batch, &mut want).unwrap();
+                for row in want.chunks_mut(rows) {
+                    for (o, b) in row.iter_mut().zip(&bias) {
+                        *o += b;
+                    }
+                }
+                let mut got = vec![f32::NAN; batch * rows];
+                matmul_bias(
+                    path,
+                    GemvActivations::F32,
+                    m,
+                    &x,
+                    batch,
+                    Some(&bias),
+                    &mut got,
+                )
+                .unwrap();
+                let bad = got
+                    .iter()
+                    .zip(&want)
+                    .position(|(g, w)| (g - w).abs() > 1e-5 * w.abs().max(1.0) || g.is_nan());
+                assert!(
+                    bad.is_none(),
+                    "{path} {:?} batch {batch}: value {} is {} but matmul + bias is {}",
+                    m.kind(),
+                    bad.unwrap(),
+                    got[bad.unwrap()],
+                    want[bad.unwrap()]
+                );
+            }
+        }
+    }
+    let m = &mats[0];
+    let mut y = vec![0.0; 4 * rows];
+    let e = matmul_bias(
+        KernelPath::selected(),
+        GemvActivations::F32,
+        m,
+        &gaussian(4 * cols, 46),
+        4,
+        Some(&bias[..rows - 1]),
+        &mut y,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("76") && e.contains("77"), "{e}");
 }
