@@ -310,12 +310,19 @@ fn softmax_row<const FMA: bool>(row: &mut [f32], keep: Option<&[f32]>) {
         row.fill(0.0);
         return;
     }
+    // The exponentials in a loop of their own, then mask and lane sums:
+    // in one loop the lane sums were spilled (the polynomial's constants
+    // take the registers) and each step waited on a store-to-load forward.
+    for c in row[..full].chunks_exact_mut(SM_LANES) {
+        for v in c.iter_mut() {
+            *v = exp_f32::<FMA>(*v - max);
+        }
+    }
     let mut sums = [0.0f32; SM_LANES];
     for j0 in (0..full).step_by(SM_LANES) {
         for l in 0..SM_LANES {
             let j = j0 + l;
-            let e = exp_f32::<FMA>(row[j] - max);
-            let e = if kept(j) { e } else { 0.0 };
+            let e = if kept(j) { row[j] } else { 0.0 };
             row[j] = e;
             sums[l] += e;
         }
