@@ -314,6 +314,50 @@ fn gemm_spans_several_k_blocks_and_tasks() {
     }
 }
 
+/// More than one batch block (487 rows = two blocks of 240 + 7), K blocks
+/// of 256 + a partial one (600 columns), a partial last panel (21 rows) and
+/// the bias added on the first K block only: each value against the f64
+/// reference plus the bias.
+#[test]
+fn gemm_batch_blocks_k_blocks_and_bias() {
+    let (rows, cols, batch) = (21, 600, 487);
+    let w = weights(rows, cols, 51);
+    let bias = gaussian(rows, 52);
+    let x = gaussian(batch * cols, 53);
+    for m in packings(&w) {
+        let mut want = reference(&m, &x, batch);
+        for row in want.chunks_mut(rows) {
+            for (o, &b) in row.iter_mut().zip(&bias) {
+                *o += b as f64;
+            }
+        }
+        for path in paths() {
+            let mut got = vec![f32::NAN; batch * rows];
+            matmul_bias(
+                path,
+                GemvActivations::F32,
+                &m,
+                &x,
+                batch,
+                Some(&bias),
+                &mut got,
+            )
+            .unwrap();
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "{} on {path}: non-finite",
+                m.label()
+            );
+            let e = nmse_f64(&want, &got);
+            assert!(
+                e <= EXACT_NMSE,
+                "{} on {path}: NMSE {e:e} vs f64 reference + bias",
+                m.label()
+            );
+        }
+    }
+}
+
 #[test]
 fn outliers_and_act_scale_on_every_path() {
     let w = weights(23, 301, 11);
