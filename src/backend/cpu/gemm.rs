@@ -20,10 +20,11 @@
 //! For 4-bit formats each 32-column unit is decoded in nibble order (the 16
 //! even columns, then the 16 odd ones) and X is packed in the same order.
 //!
-//! This driver serves the AVX-512, NEON and scalar paths. AVX2 has 16
-//! registers, too few for a `Yᵀ` tile wide enough to amortize the packing
-//! of X, and runs its own driver (`gemm_avx2.rs`: X broadcast from its rows,
-//! `Y` tiles stored in place), sharing this file's panel decode.
+//! This driver serves the AVX-512, NEON and scalar paths, and AVX2 for
+//! rows longer than `avx2_driver::MAX_COLS`. On AVX2 (16 registers: a `Yᵀ`
+//! tile too narrow to amortize the packing of X) shorter rows go to
+//! `gemm_avx2.rs` (X broadcast from its rows, `Y` tiles stored in place),
+//! which shares this file's panel decode.
 
 #[cfg(target_arch = "x86_64")]
 use half::f16;
@@ -76,7 +77,7 @@ pub(crate) fn gemm(
         assert_eq!(b.len(), rows, "gemm bias length");
     }
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx2 {
+    if path == KernelPath::Avx2 && cols <= avx2_driver::MAX_COLS {
         avx2_driver::gemm(m, x, batch, bias, y);
         return;
     }
@@ -392,6 +393,9 @@ fn micro(
         KernelPath::Avx512 => unsafe {
             avx512::micro(kc, wp, xa, xb, two, first, tile, ld, b0, valid)
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelPath::Avx2 => unsafe { avx2::micro(kc, wp, xa, xb, two, first, tile, ld, b0, valid) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
         KernelPath::Neon => unsafe { neon::micro(kc, wp, xa, xb, two, first, tile, ld, b0, valid) },
@@ -622,7 +626,7 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{scale_of, UNIT};
+    use super::{scale_of, KC, LANES, NR, UNIT};
     use crate::format::{Packed, QuantizedMatrix};
 
     /// Entries `i` (0..16) of the 16-value table `cb0 ++ cb1`: two 8-entry
@@ -731,5 +735,63 @@ mod avx2 {
             }
         }
         n
+    }
+
+    /// AVX2 micro-kernel: per 16-row batch chunk, weight rows in groups of
+    /// 6, `6 x 16` accumulators (12 ymm) + 2 activation loads + 1 broadcast:
+    /// 15 of the 16 ymm registers, no spills (a `3 x 32` tile needed 17).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 + FMA; bounds as asserted by `super::micro`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn micro(
+        kc: usize,
+        wp: &[f32],
+        xa: &[f32],
+        xb: &[f32],
+        two: bool,
+        first: bool,
+        tile: &mut [f32],
+        ld: usize,
+        b0: usize,
+        valid: usize,
+    ) {
+        const ROWS: usize = 6;
+        let w = wp.as_ptr();
+        let t = tile.as_mut_ptr();
+        let halves: &[&[f32]] = if two { &[xa, xb] } else { &[xa] };
+        for (h, xs) in halves.iter().enumerate() {
+            let px = xs.as_ptr();
+            for r0 in (0..NR).step_by(ROWS) {
+                if r0 >= valid {
+                    break;
+                }
+                let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+                for k in 0..kc {
+                    let x0 = _mm256_loadu_ps(px.add(k * LANES));
+                    let x1 = _mm256_loadu_ps(px.add(k * LANES + 8));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_set1_ps(*w.add((r0 + i) * KC + k));
+                        a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
+                        a[1] = _mm256_fmadd_ps(wv, x1, a[1]);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    if r0 + i >= valid {
+                        break;
+                    }
+                    for (v, av) in a.iter().enumerate() {
+                        let d = t.add((r0 + i) * ld + b0 + h * LANES + 8 * v);
+                        let sum = if first {
+                            *av
+                        } else {
+                            _mm256_add_ps(_mm256_loadu_ps(d), *av)
+                        };
+                        _mm256_storeu_ps(d, sum);
+                    }
+                }
+            }
+        }
     }
 }

@@ -38,6 +38,14 @@ const KC: usize = 256;
 /// Batch rows per batch block (a multiple of [`MR`]): `MC x KC` f32 of
 /// `X` is 240 KB, half the L2 of the machines measured.
 const MC: usize = 240;
+/// Longest rows this driver takes; longer ones go to the generic driver.
+/// Its per-GEMM passes (packing all of X, the `Yᵀ` transposes) shrink next
+/// to the product as K grows, while this driver's per-K-block panel
+/// transpose does not: measured here (2 threads, q8, min of interleaved
+/// runs) this driver is ahead at K = 384 and 1536 (MiniLM; up to 20 % at
+/// 4096 batch rows, where the generic driver's packed X is 25 MB), about even at
+/// 2048, and 3-8 % behind at 4096 and 14336.
+pub(super) const MAX_COLS: usize = 2048;
 /// Most weight rows per task.
 const NC: usize = 12 * NR;
 /// Fewest weight rows per task: each task brings its `X` block from L3
@@ -80,7 +88,10 @@ pub(super) fn gemm(
     let nib = matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_));
     let kp = round_up(cols, UNIT);
     let nkb = kp.div_ceil(KC);
+    // Batch blocks of equal size (a multiple of MR): 512 rows as
+    // 240 + 240 + 32 decoded each panel for a 32-row block.
     let nmb = batch.div_ceil(MC);
+    let mc = round_up(batch.div_ceil(nmb), MR);
     let nc = task_rows(rows, nmb);
     let nrc = rows.div_ceil(nc);
     let out = OutPtr(y.as_mut_ptr());
@@ -88,8 +99,8 @@ pub(super) fn gemm(
     // block in L3.
     (0..nmb * nrc).into_par_iter().for_each(|t| {
         let (mb, rc) = (t / nrc, t % nrc);
-        let (r0, b0) = (rc * nc, mb * MC);
-        let (nrows, nb) = (nc.min(rows - r0), MC.min(batch - b0));
+        let (r0, b0) = (rc * nc, mb * mc);
+        let (nrows, nb) = (nc.min(rows - r0), mc.min(batch - b0));
         let mut s = SCRATCH.with(|c| c.take());
         s.rows8.resize(8 * KC, 0.0);
         s.panel.resize(KC * NR, 0.0);
