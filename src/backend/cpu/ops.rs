@@ -278,22 +278,37 @@ const SM_LANES: usize = 16;
 /// otherwise a position is kept where `keep > 0.5`; dropped ones get
 /// exactly 0, a row with none kept is all zeros).
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // indices shared by row, mask and lanes
 fn softmax_row<const FMA: bool>(row: &mut [f32], keep: Option<&[f32]>) {
+    match keep {
+        Some(m) => {
+            let n = row.len();
+            softmax_row_in::<FMA, true>(row, &m[..n])
+        }
+        None => softmax_row_in::<FMA, false>(row, &[]),
+    }
+}
+
+/// [`softmax_row`] with the mask's presence known at compile time
+/// (`mask` is `row.len()` values when `MASKED`, unused otherwise). The
+/// mask is read 16 lanes at a time as a fixed-size array and applied with
+/// bit masks, not branches: with a run-time `Option` and a select per
+/// lane the max and mask-and-sum loops stayed scalar, branchy and spilled
+/// their lane sums (two fifths of MiniLM's attention kernel, per rdtsc).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indices shared by row, mask and lanes
+fn softmax_row_in<const FMA: bool, const MASKED: bool>(row: &mut [f32], mask: &[f32]) {
     const ALL: [f32; SM_LANES] = [1.0; SM_LANES];
     let n = row.len();
-    let keep = keep.map(|m| &m[..n]);
-    let kept = |j: usize| keep.is_none_or(|m| m[j] > 0.5);
-    // The mask of the 16 positions from `j0` as a fixed-size array: the
-    // lane loops below then have no bounds checks and vectorize (indexing
-    // the mask per position kept the mask-and-sum loop scalar, a fifth of
-    // MiniLM's attention time).
+    let kept = |j: usize| !MASKED || mask[j] > 0.5;
     let lanes = |j0: usize| -> &[f32; SM_LANES] {
-        match keep {
-            Some(m) => m[j0..j0 + SM_LANES].try_into().expect("16 lanes"),
-            None => &ALL,
+        if MASKED {
+            mask[j0..j0 + SM_LANES].try_into().expect("16 lanes")
+        } else {
+            &ALL
         }
     };
+    // All ones where the position is kept, zero where it is dropped.
+    let bits = |m: f32| if m > 0.5 { u32::MAX } else { 0 };
     // Partial maxima per lane, then across lanes.
     let mut mx = [f32::NEG_INFINITY; SM_LANES];
     let full = n / SM_LANES * SM_LANES;
@@ -303,7 +318,8 @@ fn softmax_row<const FMA: bool>(row: &mut [f32], keep: Option<&[f32]>) {
     {
         let mk = lanes(j0);
         for l in 0..SM_LANES {
-            let v = if mk[l] > 0.5 { c[l] } else { f32::NEG_INFINITY };
+            let k = bits(mk[l]);
+            let v = f32::from_bits((c[l].to_bits() & k) | (f32::NEG_INFINITY.to_bits() & !k));
             mx[l] = if v > mx[l] { v } else { mx[l] };
         }
     }
@@ -337,7 +353,7 @@ fn softmax_row<const FMA: bool>(row: &mut [f32], keep: Option<&[f32]>) {
     {
         let mk = lanes(j0);
         for l in 0..SM_LANES {
-            let e = if mk[l] > 0.5 { c[l] } else { 0.0 };
+            let e = f32::from_bits(c[l].to_bits() & bits(mk[l]));
             c[l] = e;
             sums[l] += e;
         }
