@@ -124,9 +124,23 @@ pub(crate) fn gemm(
                 for p in (0..nrows).step_by(NR) {
                     let valid = NR.min(nrows - p);
                     decode_panel(path, m, r0 + p, valid, k0, kc, nib, wp);
+                    // The next panel's rows, one per micro call (as in
+                    // the AVX2 driver), the rest after the calls.
+                    let next = if p + NR < nrows {
+                        Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
+                    } else if kb + 1 < nkb {
+                        Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
+                    } else {
+                        None
+                    };
+                    let mut fetched = 0;
                     let tile = &mut yt[p * MC..(p + valid) * MC];
                     let mut ch = mb;
                     while ch < mb + mchunks {
+                        if let Some((r, _, k, c)) = next.filter(|nx| fetched < nx.1) {
+                            prefetch_rows(m, r + fetched, 1, k, c);
+                            fetched += 1;
+                        }
                         let two = ch + 1 < mb + mchunks;
                         let xa = &xblock[ch * block..][..block];
                         let xb = if two {
@@ -138,6 +152,9 @@ pub(crate) fn gemm(
                         let b0 = (ch - mb) * LANES;
                         micro(path, kc, wp, xa, xb, two, first, tile, MC, b0, valid);
                         ch += if two { 2 } else { 1 };
+                    }
+                    if let Some((r, n, k, c)) = next.filter(|nx| fetched < nx.1) {
+                        prefetch_rows(m, r + fetched, n - fetched, k, c);
                     }
                 }
             }
@@ -285,6 +302,35 @@ fn dense_value(m: &QuantizedMatrix, r: usize, c: usize) -> f32 {
         Packed::Lut4(q) => {
             let code = (q.codes[r * stride / 4 + c / 8] >> (4 * (c % 8))) & 0xF;
             q.codebook[code as usize] * q.scales[g].to_f32()
+        }
+    }
+}
+
+/// Prefetches into L2 the weight bytes of rows `r0 .. r0 + n`, columns
+/// `k0 .. k0 + kc` (the next panel, decoded after the current one's
+/// micro-tiles).
+pub(super) fn prefetch_rows(m: &QuantizedMatrix, r0: usize, n: usize, k0: usize, kc: usize) {
+    let (base, off, len) = match m.packed() {
+        Packed::F32(v) => (v.as_ptr() as *const u8, 4 * k0, 4 * kc),
+        Packed::F16(v) => (v.as_ptr() as *const u8, 2 * k0, 2 * kc),
+        Packed::Bf16(v) => (v.as_ptr() as *const u8, 2 * k0, 2 * kc),
+        Packed::Q8(q) => (q.codes.as_ptr() as *const u8, k0, kc),
+        Packed::Q4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
+        Packed::Lut4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
+    };
+    let stride = m.row_stride_bytes();
+    for r in r0..r0 + n {
+        let row = base.wrapping_add(r * stride + off);
+        for l in (0..len).step_by(64) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint and never faults, whatever the
+            // address; the address is formed with wrapping arithmetic.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(l) as *const i8)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = row.wrapping_add(l);
         }
     }
 }

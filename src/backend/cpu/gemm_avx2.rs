@@ -26,7 +26,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::super::kernel::KernelPath;
-use super::{decode_segment, permuted, OutPtr, UNIT};
+use super::{decode_segment, permuted, prefetch_rows, OutPtr, UNIT};
 use crate::format::{round_up, Packed, QuantizedMatrix};
 
 /// Weight rows per panel (two ymm of f32).
@@ -250,29 +250,6 @@ unsafe fn transpose_into(rows8: &[f32], kc: usize, nib: bool, panel: &mut [f32],
             let hi = _mm256_permute2f128_ps::<0x31>(s[j], s[j + 4]);
             _mm256_storeu_ps(dst.add(permuted(kk + j, nib) * NR + col), lo);
             _mm256_storeu_ps(dst.add(permuted(kk + j + 4, nib) * NR + col), hi);
-        }
-    }
-}
-
-/// Prefetches into L2 the weight bytes of rows `r0 .. r0 + n`, columns
-/// `k0 .. k0 + kc` (the next panel, decoded after the current one's
-/// micro-tiles).
-fn prefetch_rows(m: &QuantizedMatrix, r0: usize, n: usize, k0: usize, kc: usize) {
-    let (base, off, len) = match m.packed() {
-        Packed::F32(v) => (v.as_ptr() as *const u8, 4 * k0, 4 * kc),
-        Packed::F16(v) => (v.as_ptr() as *const u8, 2 * k0, 2 * kc),
-        Packed::Bf16(v) => (v.as_ptr() as *const u8, 2 * k0, 2 * kc),
-        Packed::Q8(q) => (q.codes.as_ptr() as *const u8, k0, kc),
-        Packed::Q4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
-        Packed::Lut4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
-    };
-    let stride = m.row_stride_bytes();
-    for r in r0..r0 + n {
-        let row = base.wrapping_add(r * stride + off);
-        for l in (0..len).step_by(64) {
-            // SAFETY: a prefetch is a hint and never faults, whatever the
-            // address; the address is formed with wrapping arithmetic.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(l) as *const i8) };
         }
     }
 }
