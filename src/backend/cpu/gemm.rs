@@ -124,23 +124,20 @@ pub(crate) fn gemm(
                 for p in (0..nrows).step_by(NR) {
                     let valid = NR.min(nrows - p);
                     decode_panel(path, m, r0 + p, valid, k0, kc, nib, wp);
-                    // The next panel's rows, one per micro call (as in
-                    // the AVX2 driver), the rest after the calls.
-                    let next = if p + NR < nrows {
-                        Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
-                    } else if kb + 1 < nkb {
-                        Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
-                    } else {
-                        None
-                    };
-                    let mut fetched = 0;
+                    let mut next = NextPanel::new(
+                        m,
+                        if p + NR < nrows {
+                            Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
+                        } else if kb + 1 < nkb {
+                            Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
+                        } else {
+                            None
+                        },
+                    );
                     let tile = &mut yt[p * MC..(p + valid) * MC];
                     let mut ch = mb;
                     while ch < mb + mchunks {
-                        if let Some((r, _, k, c)) = next.filter(|nx| fetched < nx.1) {
-                            prefetch_rows(m, r + fetched, 1, k, c);
-                            fetched += 1;
-                        }
+                        next.step();
                         let two = ch + 1 < mb + mchunks;
                         let xa = &xblock[ch * block..][..block];
                         let xb = if two {
@@ -153,9 +150,7 @@ pub(crate) fn gemm(
                         micro(path, kc, wp, xa, xb, two, first, tile, MC, b0, valid);
                         ch += if two { 2 } else { 1 };
                     }
-                    if let Some((r, n, k, c)) = next.filter(|nx| fetched < nx.1) {
-                        prefetch_rows(m, r + fetched, n - fetched, k, c);
-                    }
+                    next.finish();
                 }
             }
             // Yᵀ block -> Y[b, r0 .. r0 + nrows] (+ bias), 8 weight rows at
@@ -306,33 +301,68 @@ fn dense_value(m: &QuantizedMatrix, r: usize, c: usize) -> f32 {
     }
 }
 
-/// Prefetches into L2 the weight bytes of rows `r0 .. r0 + n`, columns
-/// `k0 .. k0 + kc` (the next panel, decoded after the current one's
-/// micro-tiles).
-pub(super) fn prefetch_rows(m: &QuantizedMatrix, r0: usize, n: usize, k0: usize, kc: usize) {
-    let (base, off, len) = match m.packed() {
-        Packed::F32(v) => (v.as_ptr() as *const u8, 4 * k0, 4 * kc),
-        Packed::F16(v) => (v.as_ptr() as *const u8, 2 * k0, 2 * kc),
-        Packed::Bf16(v) => (v.as_ptr() as *const u8, 2 * k0, 2 * kc),
-        Packed::Q8(q) => (q.codes.as_ptr() as *const u8, k0, kc),
-        Packed::Q4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
-        Packed::Lut4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
-    };
-    let stride = m.row_stride_bytes();
-    for r in r0..r0 + n {
-        let row = base.wrapping_add(r * stride + off);
-        for l in (0..len).step_by(64) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch is a hint and never faults, whatever the
-            // address; the address is formed with wrapping arithmetic.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(l) as *const i8)
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = row.wrapping_add(l);
+/// The next panel's weight rows, prefetched into L2 one row per micro call
+/// ([`NextPanel::step`]) and the rest when the panel's calls are done
+/// ([`NextPanel::finish`]): all 16 rows at once are more misses in flight
+/// than the core keeps, most were dropped, and f32 weights that do not fit
+/// in L3 came in at DRAM latency.
+pub(super) struct NextPanel<'a> {
+    m: &'a QuantizedMatrix,
+    /// Next row to prefetch, rows left, and the K block's columns.
+    r: usize,
+    n: usize,
+    k0: usize,
+    kc: usize,
+}
+
+impl<'a> NextPanel<'a> {
+    /// Rows `r .. r + n`, columns `k0 .. k0 + kc` of `m` (`None`: nothing).
+    pub(super) fn new(m: &'a QuantizedMatrix, next: Option<(usize, usize, usize, usize)>) -> Self {
+        let (r, n, k0, kc) = next.unwrap_or((0, 0, 0, 0));
+        NextPanel { m, r, n, k0, kc }
+    }
+
+    /// Prefetches one more row.
+    pub(super) fn step(&mut self) {
+        if self.n > 0 {
+            prefetch_rows(self.m, self.r, 1, self.k0, self.kc);
+            self.r += 1;
+            self.n -= 1;
         }
     }
+
+    /// Prefetches the rows left.
+    pub(super) fn finish(self) {
+        prefetch_rows(self.m, self.r, self.n, self.k0, self.kc);
+    }
+}
+
+/// Prefetches into L2 the weight bytes of rows `r0 .. r0 + n`, columns
+/// `k0 .. k0 + kc` (a no-op off x86-64).
+fn prefetch_rows(m: &QuantizedMatrix, r0: usize, n: usize, k0: usize, kc: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let (base, off, len) = match m.packed() {
+            Packed::F32(v) => (v.as_ptr() as *const u8, 4 * k0, 4 * kc),
+            Packed::F16(v) => (v.as_ptr() as *const u8, 2 * k0, 2 * kc),
+            Packed::Bf16(v) => (v.as_ptr() as *const u8, 2 * k0, 2 * kc),
+            Packed::Q8(q) => (q.codes.as_ptr() as *const u8, k0, kc),
+            Packed::Q4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
+            Packed::Lut4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
+        };
+        let stride = m.row_stride_bytes();
+        for r in r0..r0 + n {
+            let row = base.wrapping_add(r * stride + off);
+            for l in (0..len).step_by(64) {
+                // SAFETY: a prefetch is a hint and never faults, whatever
+                // the address; the address is formed with wrapping arithmetic.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(l) as *const i8) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (m, r0, n, k0, kc);
 }
 
 /// Dequantizes rows `r0 .. r0 + valid`, columns `k0 .. k0 + kc`, into

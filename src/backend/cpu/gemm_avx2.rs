@@ -26,7 +26,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::super::kernel::KernelPath;
-use super::{decode_segment, permuted, prefetch_rows, OutPtr, UNIT};
+use super::{decode_segment, permuted, NextPanel, OutPtr, UNIT};
 use crate::format::{round_up, Packed, QuantizedMatrix};
 
 /// Weight rows per panel (two ymm of f32).
@@ -113,22 +113,20 @@ pub(super) fn gemm(
             for p in (0..nrows).step_by(NR) {
                 let valid = NR.min(nrows - p);
                 pack_panel(m, r0 + p, valid, k0, kc, nib, &mut s.rows8, &mut s.panel);
-                // The next panel's weight rows, prefetched one row per
-                // micro-tile (all at once is more misses in flight than
-                // the core keeps, and the rest were dropped: f32 weights
-                // that do not fit in L3 came in at DRAM latency).
-                let next = if p + NR < nrows {
-                    Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
-                } else if kb + 1 < nkb {
-                    Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
-                } else if rc + 1 < nrc {
-                    // The next task's first panel (most likely the next
-                    // one this thread or the other takes).
-                    Some((r0 + nc, NR.min(rows - r0 - nc), 0, KC.min(kp)))
-                } else {
-                    None
-                };
-                let mut fetched = 0;
+                let mut next = NextPanel::new(
+                    m,
+                    if p + NR < nrows {
+                        Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
+                    } else if kb + 1 < nkb {
+                        Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
+                    } else if rc + 1 < nrc {
+                        // The next task's first panel (most likely the next
+                        // one this thread or the other takes).
+                        Some((r0 + nc, NR.min(rows - r0 - nc), 0, KC.min(kp)))
+                    } else {
+                        None
+                    },
+                );
                 let mut bias16 = [0.0f32; NR];
                 if let (true, Some(b)) = (first, bias) {
                     bias16[..valid].copy_from_slice(&b[r0 + p..][..valid]);
@@ -167,14 +165,9 @@ pub(super) fn gemm(
                         }
                     }
                     b += mr;
-                    if let Some((r, _, k, c)) = next.filter(|nx| fetched < nx.1) {
-                        prefetch_rows(m, r + fetched, 1, k, c);
-                        fetched += 1;
-                    }
+                    next.step();
                 }
-                if let Some((r, n, k, c)) = next.filter(|nx| fetched < nx.1) {
-                    prefetch_rows(m, r + fetched, n - fetched, k, c);
-                }
+                next.finish();
             }
         }
         SCRATCH.with(|c| c.set(s));
