@@ -708,7 +708,7 @@ mod avx2 {
     /// Entries `i` (0..16) of the 16-value table `cb0 ++ cb1`: two 8-entry
     /// permutes (low 3 bits), picked by bit 3.
     #[inline(always)]
-    unsafe fn lookup16(cb0: __m256, cb1: __m256, i: __m256i) -> __m256 {
+    pub(super) unsafe fn lookup16(cb0: __m256, cb1: __m256, i: __m256i) -> __m256 {
         _mm256_blendv_ps(
             _mm256_permutevar8x32_ps(cb0, i),
             _mm256_permutevar8x32_ps(cb1, i),

@@ -188,6 +188,15 @@ fn pack_panel(
     rows8: &mut [f32],
     panel: &mut [f32],
 ) {
+    if nib && k0 + kc <= m.cols() {
+        // Whole units inside the row: 4-bit codes go straight to the panel.
+        for half in 0..2 {
+            let v = valid.saturating_sub(8 * half).min(8);
+            // SAFETY: AVX2 checked by the caller of `gemm`; bounds asserted inside.
+            unsafe { pack_nibbles8(m, r0 + 8 * half, v, k0, kc, panel, 8 * half) };
+        }
+        return;
+    }
     for half in 0..2 {
         for i in 0..8 {
             let r = 8 * half + i;
@@ -243,6 +252,132 @@ unsafe fn transpose_into(rows8: &[f32], kc: usize, nib: bool, panel: &mut [f32],
             let hi = _mm256_permute2f128_ps::<0x31>(s[j], s[j + 4]);
             _mm256_storeu_ps(dst.add(permuted(kk + j, nib) * NR + col), lo);
             _mm256_storeu_ps(dst.add(permuted(kk + j + 4, nib) * NR + col), hi);
+        }
+    }
+}
+
+/// Decodes 4-bit (q4 or lut4) rows `r0 .. r0 + valid` (`valid <= 8`),
+/// columns `k0 .. k0 + kc` (whole units inside the row), into columns
+/// `col .. col + 8` of the k-major `panel` (row stride 16), in natural
+/// column order: per 32-column unit the eight rows' 16 code bytes are
+/// transposed in registers (three unpack stages), so each byte position
+/// gives two panel rows (its low and high nibble) of eight weight rows at
+/// once. Values as `decode_segment`'s, bit for bit (`(q - z) · s`,
+/// `codebook[q] · s`); rows past `valid` get scale 0 (their panel columns
+/// feed only `Y` columns the micro-kernel does not store).
+///
+/// Half the work of decoding each row and then transposing the f32
+/// values: the transpose moves bytes, 16 codes per register, instead of
+/// f32s, 8 per register.
+///
+/// # Safety
+/// The CPU supports AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn pack_nibbles8(
+    m: &QuantizedMatrix,
+    r0: usize,
+    valid: usize,
+    k0: usize,
+    kc: usize,
+    panel: &mut [f32],
+    col: usize,
+) {
+    assert!(valid <= 8 && col + 8 <= NR && kc.is_multiple_of(UNIT) && k0 + kc <= m.cols());
+    assert!(panel.len() >= kc * NR);
+    let dst = panel.as_mut_ptr().add(col);
+    if valid == 0 {
+        for k in 0..kc {
+            _mm256_storeu_ps(dst.add(k * NR), _mm256_setzero_ps());
+        }
+        return;
+    }
+    let (codes, scales, zeros, codebook): (&[u32], _, Option<&[u8]>, Option<&[f32; 16]>) =
+        match m.packed() {
+            Packed::Q4(q) => (&q.codes, &q.scales, Some(&q.zeros), None),
+            Packed::Lut4(q) => (&q.codes, &q.scales, None, Some(&q.codebook)),
+            _ => unreachable!("pack_nibbles8 on a format without 4-bit codes"),
+        };
+    let stride = m.row_stride_bytes();
+    let (glen, gpr) = (m.group_len(), m.groups_per_row());
+    // The last real row's bytes of this K block lie inside the codes.
+    assert!(codes.len() * 4 >= (r0 + valid - 1) * stride + (k0 + kc) / 2);
+    let base = codes.as_ptr() as *const u8;
+    // Rows past `valid` read row `r0`'s codes (scale 0 below).
+    let rowp: [*const u8; 8] =
+        std::array::from_fn(|i| base.add((r0 + if i < valid { i } else { 0 }) * stride + k0 / 2));
+    let low = _mm256_set1_epi32(0xF);
+    let (cb0, cb1) = match codebook {
+        Some(cb) => (
+            _mm256_loadu_ps(cb.as_ptr()),
+            _mm256_loadu_ps(cb.as_ptr().add(8)),
+        ),
+        None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+    };
+    for u in 0..kc / UNIT {
+        let gc = (k0 + u * UNIT) / glen;
+        let mut sv = [0.0f32; 8];
+        let mut zv = [0.0f32; 8];
+        for i in 0..valid {
+            let g = (r0 + i) * gpr + gc;
+            sv[i] = scales[g].to_f32();
+            if let Some(z) = zeros {
+                zv[i] = z[g] as f32;
+            }
+        }
+        let s = _mm256_loadu_ps(sv.as_ptr());
+        let z = _mm256_loadu_ps(zv.as_ptr());
+        let r: [__m128i; 8] =
+            std::array::from_fn(|i| _mm_loadu_si128(rowp[i].add(16 * u) as *const __m128i));
+        // Byte position j of every row: after the three stages, register q
+        // holds positions 2q (low half) and 2q + 1 (high half), rows 0-7.
+        let p: [__m128i; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm_unpacklo_epi8(a, b)
+            } else {
+                _mm_unpackhi_epi8(a, b)
+            }
+        });
+        // Pairs (p0, p2), (p1, p3), (p4, p6), (p5, p7).
+        let q: [__m128i; 8] = std::array::from_fn(|i| {
+            let j = (i & 4) | ((i >> 1) & 1);
+            let (a, b) = (p[j], p[j + 2]);
+            if i % 2 == 0 {
+                _mm_unpacklo_epi16(a, b)
+            } else {
+                _mm_unpackhi_epi16(a, b)
+            }
+        });
+        let t: [__m128i; 8] = std::array::from_fn(|i| {
+            let (a, b) = (q[i / 2], q[4 + i / 2]);
+            if i % 2 == 0 {
+                _mm_unpacklo_epi32(a, b)
+            } else {
+                _mm_unpackhi_epi32(a, b)
+            }
+        });
+        let o = dst.add(u * UNIT * NR);
+        for (i, &ti) in t.iter().enumerate() {
+            for h in 0..2 {
+                let bytes = if h == 0 { ti } else { _mm_srli_si128::<8>(ti) };
+                let v = _mm256_cvtepu8_epi32(bytes);
+                let (lo, hi) = (_mm256_and_si256(v, low), _mm256_srli_epi32::<4>(v));
+                let (wl, wh) = if codebook.is_some() {
+                    (
+                        _mm256_mul_ps(super::avx2::lookup16(cb0, cb1, lo), s),
+                        _mm256_mul_ps(super::avx2::lookup16(cb0, cb1, hi), s),
+                    )
+                } else {
+                    (
+                        _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(lo), z), s),
+                        _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(hi), z), s),
+                    )
+                };
+                // Byte position 2i + h holds columns 4i + 2h and 4i + 2h + 1.
+                let c = 4 * i + 2 * h;
+                _mm256_storeu_ps(o.add(c * NR), wl);
+                _mm256_storeu_ps(o.add((c + 1) * NR), wh);
+            }
         }
     }
 }
