@@ -160,7 +160,30 @@ pub(crate) fn gemm(
             for rb in (0..nrows).step_by(8) {
                 let nr = 8.min(nrows - rb);
                 let bias = bias.map(|v| &v[r0 + rb..][..nr]);
-                for b in b_lo..b_hi {
+                let mut b = b_lo;
+                #[cfg(target_arch = "x86_64")]
+                if nr == 8 && matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
+                    let bv = bias.map_or([0.0; 8], |v| std::array::from_fn(|i| v[i]));
+                    while b + 8 <= b_hi {
+                        let src = &yt[rb * MC + (b - b_lo)..];
+                        assert!(src.len() >= 7 * MC + 8);
+                        // SAFETY: AVX2 checked by the caller (`path`); the
+                        // 8 x 8 block of `Yᵀ` lies in `src` (asserted), and
+                        // `Y` rows `b .. b + 8` < `batch`, columns
+                        // `r0 + rb .. + 8` <= `rows` are this task's alone.
+                        unsafe {
+                            avx2::transpose8_add(
+                                src.as_ptr(),
+                                MC,
+                                &bv,
+                                out.get().add(b * rows + r0 + rb),
+                                rows,
+                            )
+                        };
+                        b += 8;
+                    }
+                }
+                for b in b..b_hi {
                     // SAFETY: `y` has `batch x rows` values (asserted above);
                     // this task alone writes columns `r0 .. r0 + nrows`, and
                     // `b < batch`, `r0 + rb + nr <= rows`.
@@ -714,6 +737,52 @@ mod avx2 {
             _mm256_permutevar8x32_ps(cb1, i),
             _mm256_castsi256_ps(_mm256_slli_epi32::<28>(i)),
         )
+    }
+
+    /// `dst[j * ld_dst + i] = src[i * ld_src + j] + bias[i]` for an 8 x 8
+    /// block (the `Yᵀ` -> `Y` step, eight batch rows at a time).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; `src` has 8 rows of 8 readable values at
+    /// stride `ld_src`, `dst` 8 rows of 8 writable values at stride `ld_dst`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose8_add(
+        src: *const f32,
+        ld_src: usize,
+        bias: &[f32; 8],
+        dst: *mut f32,
+        ld_dst: usize,
+    ) {
+        let a: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ld_src)));
+        // Interleave pairs of rows, then pairs of pairs, then the halves.
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (x, y) = (a[i & !1], a[i | 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(x, y)
+            } else {
+                _mm256_unpackhi_ps(x, y)
+            }
+        });
+        // u[4h + c]: column c (and c + 4) of rows 4h .. 4h + 4.
+        let u: [__m256; 8] = std::array::from_fn(|i| {
+            let (h, c) = (i / 4, i % 4);
+            let (x, y) = (t[4 * h + c / 2], t[4 * h + 2 + c / 2]);
+            if c % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(x, y)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(x, y)
+            }
+        });
+        let b = _mm256_loadu_ps(bias.as_ptr());
+        for j in 0..8 {
+            let (x, y) = (u[j % 4], u[4 + j % 4]);
+            let col = if j < 4 {
+                _mm256_permute2f128_ps::<0x20>(x, y)
+            } else {
+                _mm256_permute2f128_ps::<0x31>(x, y)
+            };
+            _mm256_storeu_ps(dst.add(j * ld_dst), _mm256_add_ps(col, b));
+        }
     }
 
     /// [`super::avx512::decode_units`] on AVX2 (same values, bit for bit).
