@@ -130,6 +130,12 @@ pub(crate) fn gemm(
                             Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
                         } else if kb + 1 < nkb {
                             Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
+                        } else if mb + mchunks < nchunks {
+                            Some((r0, NR.min(nrows), 0, KC.min(kp)))
+                        } else if r0 + nc < rows {
+                            // The next task's first panel (most likely the
+                            // next one this thread or the other takes).
+                            Some((r0 + nc, NR.min(rows - r0 - nc), 0, KC.min(kp)))
                         } else {
                             None
                         },
@@ -137,7 +143,7 @@ pub(crate) fn gemm(
                     let tile = &mut yt[p * MC..(p + valid) * MC];
                     let mut ch = mb;
                     while ch < mb + mchunks {
-                        next.step();
+                        let lines = next.share((mb + mchunks - ch).div_ceil(2));
                         let two = ch + 1 < mb + mchunks;
                         let xa = &xblock[ch * block..][..block];
                         let xb = if two {
@@ -147,7 +153,7 @@ pub(crate) fn gemm(
                         };
                         let first = kb == 0;
                         let b0 = (ch - mb) * LANES;
-                        micro(path, kc, wp, xa, xb, two, first, tile, MC, b0, valid);
+                        micro(path, kc, wp, xa, xb, two, first, tile, MC, b0, valid, lines);
                         ch += if two { 2 } else { 1 };
                     }
                     next.finish();
@@ -324,48 +330,71 @@ fn dense_value(m: &QuantizedMatrix, r: usize, c: usize) -> f32 {
     }
 }
 
-/// The next panel's weight rows, prefetched into L2 one row per micro call
-/// ([`NextPanel::step`]) and the rest when the panel's calls are done
-/// ([`NextPanel::finish`]): all 16 rows at once are more misses in flight
-/// than the core keeps, most were dropped, and f32 weights that do not fit
-/// in L3 came in at DRAM latency.
-pub(super) struct NextPanel<'a> {
-    m: &'a QuantizedMatrix,
-    /// Next row to prefetch, rows left, and the K block's columns.
-    r: usize,
-    n: usize,
-    k0: usize,
-    kc: usize,
+/// The next panel's weight bytes, prefetched into L2 while the current
+/// panel is multiplied, 64-byte line by line: a whole panel at once is more
+/// misses in flight than the core keeps (most were dropped, and f32 weights
+/// that do not fit in L3 came in at DRAM latency). The AVX2 driver takes one
+/// row per micro call ([`NextPanel::step`]); the generic driver hands each
+/// micro call a [`Lines`] share that the AVX-512 kernel spreads over its K
+/// loop ([`NextPanel::share`]); [`NextPanel::finish`] takes what is left.
+pub(super) struct NextPanel {
+    lines: Lines,
+    /// Lines per weight row.
+    per_row: usize,
 }
 
-impl<'a> NextPanel<'a> {
-    /// Rows `r .. r + n`, columns `k0 .. k0 + kc` of `m` (`None`: nothing).
-    pub(super) fn new(m: &'a QuantizedMatrix, next: Option<(usize, usize, usize, usize)>) -> Self {
-        let (r, n, k0, kc) = next.unwrap_or((0, 0, 0, 0));
-        NextPanel { m, r, n, k0, kc }
+/// Lines `j0 .. j1` of a panel: line `j` is row `r + j / per_row`, byte
+/// `off + 64 * (j % per_row)` of that row.
+#[derive(Clone, Copy)]
+pub(super) struct Lines {
+    base: *const u8,
+    stride: usize,
+    off: usize,
+    per_row: usize,
+    r: usize,
+    pub(super) j0: usize,
+    pub(super) j1: usize,
+}
+
+impl Lines {
+    /// Prefetches line `j` into L2 (a no-op off x86-64).
+    #[inline(always)]
+    pub(super) fn prefetch(&self, j: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            let a = self.base.wrapping_add(
+                (self.r + j / self.per_row) * self.stride + self.off + 64 * (j % self.per_row),
+            );
+            // SAFETY: a prefetch is a hint and never faults, whatever the
+            // address; the address is formed with wrapping arithmetic.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(a as *const i8) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = j;
     }
 
-    /// Prefetches one more row.
-    pub(super) fn step(&mut self) {
-        if self.n > 0 {
-            prefetch_rows(self.m, self.r, 1, self.k0, self.kc);
-            self.r += 1;
-            self.n -= 1;
+    /// Prefetches line `*j` and moves on, when it is in the share.
+    #[inline(always)]
+    pub(super) fn prefetch_next(&self, j: &mut usize) {
+        if *j < self.j1 {
+            self.prefetch(*j);
+            *j += 1;
         }
     }
 
-    /// Prefetches the rows left.
-    pub(super) fn finish(self) {
-        prefetch_rows(self.m, self.r, self.n, self.k0, self.kc);
+    /// Prefetches every line of the share.
+    pub(super) fn prefetch_all(&self) {
+        for j in self.j0..self.j1 {
+            self.prefetch(j);
+        }
     }
 }
 
-/// Prefetches into L2 the weight bytes of rows `r0 .. r0 + n`, columns
-/// `k0 .. k0 + kc` (a no-op off x86-64).
-fn prefetch_rows(m: &QuantizedMatrix, r0: usize, n: usize, k0: usize, kc: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+impl NextPanel {
+    /// Rows `r .. r + n`, columns `k0 .. k0 + kc` of `m` (`None`: nothing).
+    pub(super) fn new(m: &QuantizedMatrix, next: Option<(usize, usize, usize, usize)>) -> Self {
+        let (r, n, k0, kc) = next.unwrap_or((0, 0, 0, 0));
         let (base, off, len) = match m.packed() {
             Packed::F32(v) => (v.as_ptr() as *const u8, 4 * k0, 4 * kc),
             Packed::F16(v) => (v.as_ptr() as *const u8, 2 * k0, 2 * kc),
@@ -374,18 +403,45 @@ fn prefetch_rows(m: &QuantizedMatrix, r0: usize, n: usize, k0: usize, kc: usize)
             Packed::Q4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
             Packed::Lut4(q) => (q.codes.as_ptr() as *const u8, k0 / 2, kc / 2),
         };
-        let stride = m.row_stride_bytes();
-        for r in r0..r0 + n {
-            let row = base.wrapping_add(r * stride + off);
-            for l in (0..len).step_by(64) {
-                // SAFETY: a prefetch is a hint and never faults, whatever
-                // the address; the address is formed with wrapping arithmetic.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(l) as *const i8) };
-            }
+        let per_row = len.div_ceil(64).max(1);
+        NextPanel {
+            lines: Lines {
+                base,
+                stride: m.row_stride_bytes(),
+                off,
+                per_row,
+                r,
+                j0: 0,
+                j1: if len == 0 { 0 } else { n * per_row },
+            },
+            per_row,
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (m, r0, n, k0, kc);
+
+    /// The next `n` lines (fewer when fewer are left), taken off the panel.
+    fn take(&mut self, n: usize) -> Lines {
+        let l = &mut self.lines;
+        let end = (l.j0 + n).min(l.j1);
+        let share = Lines { j1: end, ..*l };
+        l.j0 = end;
+        share
+    }
+
+    /// Prefetches one more row.
+    pub(super) fn step(&mut self) {
+        self.take(self.per_row).prefetch_all();
+    }
+
+    /// An even share of the lines left for one of `calls` micro calls.
+    pub(super) fn share(&mut self, calls: usize) -> Lines {
+        let left = self.lines.j1 - self.lines.j0;
+        self.take(left.div_ceil(calls.max(1)))
+    }
+
+    /// Prefetches the lines left.
+    pub(super) fn finish(self) {
+        self.lines.prefetch_all();
+    }
 }
 
 /// Dequantizes rows `r0 .. r0 + valid`, columns `k0 .. k0 + kc`, into
@@ -483,15 +539,18 @@ fn micro(
     ld: usize,
     b0: usize,
     valid: usize,
+    lines: Lines,
 ) {
     assert!(wp.len() >= NR * KC && xa.len() >= kc * LANES && xb.len() >= kc * LANES);
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx512 {
+        // SAFETY: features checked by the caller; bounds asserted above.
+        unsafe { avx512::micro(kc, wp, xa, xb, two, first, tile, ld, b0, valid, lines) };
+        return;
+    }
+    lines.prefetch_all();
     assert!(tile.len() >= (valid.max(1) - 1) * ld + b0 + if two { 32 } else { 16 });
     match path {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: features checked by the caller; bounds asserted above.
-        KernelPath::Avx512 => unsafe {
-            avx512::micro(kc, wp, xa, xb, two, first, tile, ld, b0, valid)
-        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         KernelPath::Avx2 => unsafe { avx2::micro(kc, wp, xa, xb, two, first, tile, ld, b0, valid) },
@@ -555,7 +614,7 @@ mod avx2_driver;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{scale_of, KC, LANES, NR, UNIT};
+    use super::{scale_of, Lines, KC, LANES, NR, UNIT};
     use crate::format::{Packed, QuantizedMatrix};
 
     /// Decodes the whole 32-column units of row `r` from column `k0` into
@@ -660,7 +719,8 @@ mod avx512 {
         n
     }
 
-    /// AVX-512 micro-kernel: `NR x 32` (or `NR x 16`) accumulators.
+    /// AVX-512 micro-kernel: `NR x 32` (or `NR x 16`) accumulators; the
+    /// `lines` of the next panel are prefetched evenly over the K loop.
     ///
     /// # Safety
     /// The CPU supports AVX-512 F; bounds as asserted by `super::micro`.
@@ -677,6 +737,7 @@ mod avx512 {
         ld: usize,
         b0: usize,
         valid: usize,
+        lines: Lines,
     ) {
         // Adds to the tile, or stores when `first`.
         let acc_in = |d: *const f32, a: __m512| {
@@ -688,15 +749,22 @@ mod avx512 {
         };
         let (w, pa, pb) = (wp.as_ptr(), xa.as_ptr(), xb.as_ptr());
         let t = tile.as_mut_ptr();
+        // One prefetch every `every` columns of the K loop.
+        let n = lines.j1 - lines.j0;
+        let every = kc.checked_div(n).unwrap_or(kc).max(1);
+        let mut j = lines.j0;
         if two {
             let mut acc = [[_mm512_setzero_ps(); 2]; NR];
-            for k in 0..kc {
-                let x0 = _mm512_loadu_ps(pa.add(k * LANES));
-                let x1 = _mm512_loadu_ps(pb.add(k * LANES));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let wv = _mm512_set1_ps(*w.add(r * KC + k));
-                    a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
-                    a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
+            for ks in (0..kc).step_by(every) {
+                lines.prefetch_next(&mut j);
+                for k in ks..kc.min(ks + every) {
+                    let x0 = _mm512_loadu_ps(pa.add(k * LANES));
+                    let x1 = _mm512_loadu_ps(pb.add(k * LANES));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(*w.add(r * KC + k));
+                        a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
+                        a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
+                    }
                 }
             }
             for (r, a) in acc.iter().enumerate().take(valid) {
@@ -707,10 +775,13 @@ mod avx512 {
             }
         } else {
             let mut acc = [_mm512_setzero_ps(); NR];
-            for k in 0..kc {
-                let x0 = _mm512_loadu_ps(pa.add(k * LANES));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(r * KC + k)), x0, *a);
+            for ks in (0..kc).step_by(every) {
+                lines.prefetch_next(&mut j);
+                for k in ks..kc.min(ks + every) {
+                    let x0 = _mm512_loadu_ps(pa.add(k * LANES));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(r * KC + k)), x0, *a);
+                    }
                 }
             }
             for (r, a) in acc.iter().enumerate().take(valid) {
@@ -718,6 +789,7 @@ mod avx512 {
                 _mm512_storeu_ps(d, acc_in(d, *a));
             }
         }
+        Lines { j0: j, ..lines }.prefetch_all();
     }
 }
 
