@@ -154,6 +154,13 @@ impl CpuBackend {
 /// an add of 49 k values took 32 µs. Run from a worker, the loop's own
 /// thread takes a share of every op and the other worker, still spinning
 /// from the last op, steals the rest.
+///
+/// The price: a worker waiting inside one list may take up another list
+/// submitted from another thread, on the same stack. Two lists run at once
+/// on one backend must therefore not share a tensor that either writes (the
+/// second would wait for a lock the first, below it, holds); the model
+/// layer runs one forward pass at a time per model (its scratch lock,
+/// taken before `run`).
 fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()
