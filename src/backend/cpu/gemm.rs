@@ -167,29 +167,36 @@ pub(crate) fn gemm(
             for rb in (0..nrows).step_by(8) {
                 let nr = 8.min(nrows - rb);
                 let bias = bias.map(|v| &v[r0 + rb..][..nr]);
-                let mut b = b_lo;
+                // Whole 8 x 8 blocks through AVX transposes (x86), the rest
+                // value by value.
+                #[cfg(not(target_arch = "x86_64"))]
+                let b = b_lo;
                 #[cfg(target_arch = "x86_64")]
-                if nr == 8 && matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
-                    let bv = bias.map_or([0.0; 8], |v| std::array::from_fn(|i| v[i]));
-                    while b + 8 <= b_hi {
-                        let src = &yt[rb * MC + (b - b_lo)..];
-                        assert!(src.len() >= 7 * MC + 8);
-                        // SAFETY: AVX2 checked by the caller (`path`); the
-                        // 8 x 8 block of `Yᵀ` lies in `src` (asserted), and
-                        // `Y` rows `b .. b + 8` < `batch`, columns
-                        // `r0 + rb .. + 8` <= `rows` are this task's alone.
-                        unsafe {
-                            avx2::transpose8_add(
-                                src.as_ptr(),
-                                MC,
-                                Some(&bv),
-                                out.get().add(b * rows + r0 + rb),
-                                rows,
-                            )
-                        };
-                        b += 8;
+                let b = {
+                    let mut b = b_lo;
+                    if nr == 8 && matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
+                        let bv = bias.map_or([0.0; 8], |v| std::array::from_fn(|i| v[i]));
+                        while b + 8 <= b_hi {
+                            let src = &yt[rb * MC + (b - b_lo)..];
+                            assert!(src.len() >= 7 * MC + 8);
+                            // SAFETY: AVX2 checked by the caller (`path`); the
+                            // 8 x 8 block of `Yᵀ` lies in `src` (asserted), and
+                            // `Y` rows `b .. b + 8` < `batch`, columns
+                            // `r0 + rb .. + 8` <= `rows` are this task's alone.
+                            unsafe {
+                                avx2::transpose8_add(
+                                    src.as_ptr(),
+                                    MC,
+                                    Some(&bv),
+                                    out.get().add(b * rows + r0 + rb),
+                                    rows,
+                                )
+                            };
+                            b += 8;
+                        }
                     }
-                }
+                    b
+                };
                 for b in b..b_hi {
                     // SAFETY: `y` has `batch x rows` values (asserted above);
                     // this task alone writes columns `r0 .. r0 + nrows`, and
@@ -388,6 +395,7 @@ fn dense_value(m: &QuantizedMatrix, r: usize, c: usize) -> f32 {
 /// row per micro call ([`NextPanel::step`]); the generic driver hands each
 /// micro call a [`Lines`] share that the AVX-512 kernel spreads over its K
 /// loop ([`NextPanel::share`]); [`NextPanel::finish`] takes what is left.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct NextPanel {
     lines: Lines,
     /// Lines per weight row.
@@ -397,6 +405,7 @@ pub(super) struct NextPanel {
 /// Lines `j0 .. j1` of a panel: line `j` is row `r + j / per_row`, byte
 /// `off + 64 * (j % per_row)` of that row.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct Lines {
     base: *const u8,
     stride: usize,
@@ -427,6 +436,7 @@ impl Lines {
 
     /// Prefetches line `*j` and moves on, when it is in the share.
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn prefetch_next(&self, j: &mut usize) {
         if *j < self.j1 {
             self.prefetch(*j);
@@ -479,6 +489,7 @@ impl NextPanel {
     }
 
     /// Prefetches one more row.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn step(&mut self) {
         self.take(self.per_row).prefetch_all();
     }
