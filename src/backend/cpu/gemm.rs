@@ -395,11 +395,9 @@ fn dense_value(m: &QuantizedMatrix, r: usize, c: usize) -> f32 {
 /// row per micro call ([`NextPanel::step`]); the generic driver hands each
 /// micro call a [`Lines`] share that the AVX-512 kernel spreads over its K
 /// loop ([`NextPanel::share`]); [`NextPanel::finish`] takes what is left.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct NextPanel {
+    /// The lines not prefetched yet.
     lines: Lines,
-    /// Lines per weight row.
-    per_row: usize,
 }
 
 /// Lines `j0 .. j1` of a panel: line `j` is row `r + j / per_row`, byte
@@ -475,7 +473,6 @@ impl NextPanel {
                 j0: 0,
                 j1: if len == 0 { 0 } else { n * per_row },
             },
-            per_row,
         }
     }
 
@@ -491,7 +488,7 @@ impl NextPanel {
     /// Prefetches one more row.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn step(&mut self) {
-        self.take(self.per_row).prefetch_all();
+        self.take(self.lines.per_row).prefetch_all();
     }
 
     /// An even share of the lines left for one of `calls` micro calls.
@@ -604,6 +601,7 @@ fn micro(
     lines: Lines,
 ) {
     assert!(wp.len() >= NR * KC && xa.len() >= kc * LANES && xb.len() >= kc * LANES);
+    assert!(tile.len() >= (valid.max(1) - 1) * ld + b0 + if two { 32 } else { 16 });
     #[cfg(target_arch = "x86_64")]
     if path == KernelPath::Avx512 {
         // SAFETY: features checked by the caller; bounds asserted above.
@@ -611,7 +609,6 @@ fn micro(
         return;
     }
     lines.prefetch_all();
-    assert!(tile.len() >= (valid.max(1) - 1) * ld + b0 + if two { 32 } else { 16 });
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
@@ -873,22 +870,10 @@ mod avx2 {
         )
     }
 
-    /// `dst[j * ld_dst + i] = src[i * ld_src + j] (+ bias[i])` for an 8 x 8
-    /// block (the `Yᵀ` -> `Y` step, eight batch rows at a time, and the
-    /// packing of X).
-    ///
-    /// # Safety
-    /// The CPU supports AVX2; `src` has 8 rows of 8 readable values at
-    /// stride `ld_src`, `dst` 8 rows of 8 writable values at stride `ld_dst`.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn transpose8_add(
-        src: *const f32,
-        ld_src: usize,
-        bias: Option<&[f32; 8]>,
-        dst: *mut f32,
-        ld_dst: usize,
-    ) {
-        let a: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ld_src)));
+    /// The 8 x 8 transpose of eight rows in registers: column `j` of
+    /// `a` comes back as row `j`.
+    #[inline(always)]
+    pub(super) unsafe fn transpose8(a: [__m256; 8]) -> [__m256; 8] {
         // Interleave pairs of rows, then pairs of pairs, then the halves.
         let t: [__m256; 8] = std::array::from_fn(|i| {
             let (x, y) = (a[i & !1], a[i | 1]);
@@ -908,14 +893,36 @@ mod avx2 {
                 _mm256_shuffle_ps::<0xEE>(x, y)
             }
         });
-        let b = bias.map(|v| _mm256_loadu_ps(v.as_ptr()));
-        for j in 0..8 {
+        std::array::from_fn(|j| {
             let (x, y) = (u[j % 4], u[4 + j % 4]);
-            let col = if j < 4 {
+            if j < 4 {
                 _mm256_permute2f128_ps::<0x20>(x, y)
             } else {
                 _mm256_permute2f128_ps::<0x31>(x, y)
-            };
+            }
+        })
+    }
+
+    /// `dst[j * ld_dst + i] = src[i * ld_src + j] (+ bias[i])` for an 8 x 8
+    /// block (the `Yᵀ` -> `Y` step, eight batch rows at a time, and the
+    /// packing of X).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; `src` has 8 rows of 8 readable values at
+    /// stride `ld_src`, `dst` 8 rows of 8 writable values at stride `ld_dst`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose8_add(
+        src: *const f32,
+        ld_src: usize,
+        bias: Option<&[f32; 8]>,
+        dst: *mut f32,
+        ld_dst: usize,
+    ) {
+        let cols = transpose8(std::array::from_fn(|i| {
+            _mm256_loadu_ps(src.add(i * ld_src))
+        }));
+        let b = bias.map(|v| _mm256_loadu_ps(v.as_ptr()));
+        for (j, &col) in cols.iter().enumerate() {
             let col = b.map_or(col, |b| _mm256_add_ps(col, b));
             _mm256_storeu_ps(dst.add(j * ld_dst), col);
         }

@@ -226,32 +226,11 @@ unsafe fn transpose_into(rows8: &[f32], kc: usize, nib: bool, panel: &mut [f32],
     let src = rows8.as_ptr();
     let dst = panel.as_mut_ptr();
     for kk in (0..kc).step_by(8) {
-        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * KC + kk)));
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        // s_j holds column j (low lanes: rows 0-3) and j + 4 (high lanes)
-        // of rows 0-3 (s0..s3) and 4-7 (s4..s7).
-        let s = [
-            _mm256_shuffle_ps::<0x44>(t0, t2),
-            _mm256_shuffle_ps::<0xEE>(t0, t2),
-            _mm256_shuffle_ps::<0x44>(t1, t3),
-            _mm256_shuffle_ps::<0xEE>(t1, t3),
-            _mm256_shuffle_ps::<0x44>(t4, t6),
-            _mm256_shuffle_ps::<0xEE>(t4, t6),
-            _mm256_shuffle_ps::<0x44>(t5, t7),
-            _mm256_shuffle_ps::<0xEE>(t5, t7),
-        ];
-        for j in 0..4 {
-            let lo = _mm256_permute2f128_ps::<0x20>(s[j], s[j + 4]);
-            let hi = _mm256_permute2f128_ps::<0x31>(s[j], s[j + 4]);
-            _mm256_storeu_ps(dst.add(permuted(kk + j, nib) * NR + col), lo);
-            _mm256_storeu_ps(dst.add(permuted(kk + j + 4, nib) * NR + col), hi);
+        let cols = super::avx2::transpose8(std::array::from_fn(|i| {
+            _mm256_loadu_ps(src.add(i * KC + kk))
+        }));
+        for (j, &c) in cols.iter().enumerate() {
+            _mm256_storeu_ps(dst.add(permuted(kk + j, nib) * NR + col), c);
         }
     }
 }
