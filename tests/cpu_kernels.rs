@@ -314,6 +314,18 @@ fn gemm_spans_several_k_blocks_and_tasks() {
     }
 }
 
+/// Rows longer than the AVX2 driver takes (2048 columns) go through the
+/// generic driver on AVX2 too: a full and a partial 16-row chunk, the
+/// 8 x 8 transposes of X (nibble order for 4-bit formats), and a last K
+/// block that ends 3 columns into a unit (2115 = 8 x 256 + 67).
+#[test]
+fn gemm_long_rows_on_every_driver() {
+    let w = weights(13, 2115, 61);
+    for m in packings(&w) {
+        check(&m, 21, 62);
+    }
+}
+
 /// More than one batch block (487 rows = two blocks of 240 + 7), K blocks
 /// of 256 + a partial one (600 columns), a partial last panel (21 rows) and
 /// the bias added on the first K block only: each value against the f64

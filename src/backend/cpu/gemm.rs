@@ -238,18 +238,22 @@ fn pack_x(
             let (kb, ch) = (i / nchunks, i % nchunks);
             let k0 = kb * KC;
             let kc = KC.min(cols.saturating_sub(k0));
+            // The micro-kernel reads the block's columns up to the next
+            // whole unit; the rest of the buffer (a short last K block) is
+            // never read, and is left as it was.
+            let kcp = round_up(kc, UNIT);
             // Whole 32-column units of a full 16-row chunk go through 8 x 8
             // transposes (one scalar store per value, 64 bytes apart, was
             // 13 % of a 4096-row f32 GEMM); the rest value by value.
-            let fast = if !nib && (ch + 1) * LANES <= batch {
-                pack_units(path, &x[ch * LANES * cols + k0..], cols, kc / UNIT, d)
+            let fast = if (ch + 1) * LANES <= batch {
+                pack_units(path, &x[ch * LANES * cols + k0..], cols, kc / UNIT, nib, d)
             } else {
                 0
             };
             for l in 0..LANES {
                 let b = ch * LANES + l;
                 if b >= batch {
-                    for kk in 0..KC {
+                    for kk in 0..kcp {
                         d[kk * LANES + l] = 0.0;
                     }
                     continue;
@@ -258,13 +262,13 @@ fn pack_x(
                 if nib {
                     // Whole units: packed position j < 16 holds column 2j,
                     // 16 + j holds 2j + 1.
-                    for (u, src) in xr.chunks_exact(UNIT).enumerate() {
+                    for (u, src) in xr.chunks_exact(UNIT).enumerate().skip(fast) {
                         for j in 0..UNIT / 2 {
                             d[(u * UNIT + j) * LANES + l] = src[2 * j];
                             d[(u * UNIT + UNIT / 2 + j) * LANES + l] = src[2 * j + 1];
                         }
                     }
-                    for k in kc / UNIT * UNIT..KC {
+                    for k in kc / UNIT * UNIT..kcp {
                         let c = permuted(k, true);
                         d[k * LANES + l] = if c < kc { xr[c] } else { 0.0 };
                     }
@@ -272,7 +276,7 @@ fn pack_x(
                     for (k, &v) in xr.iter().enumerate().skip(fast * UNIT) {
                         d[k * LANES + l] = v;
                     }
-                    for k in kc..KC {
+                    for k in kc..kcp {
                         d[k * LANES + l] = 0.0;
                     }
                 }
@@ -282,34 +286,51 @@ fn pack_x(
 
 /// Packs the first whole 32-column units (at most `units`) of 16 rows of
 /// `x` (row stride `cols`, starting at the K block's first column) into
-/// `d` (`[KC][LANES]`, natural column order); returns how many it packed
-/// (none on a path without the transposes). Nibble order stays value by
-/// value: through a transposed buffer it measured level (q4, 128 and 1024
-/// rows).
-fn pack_units(path: KernelPath, x: &[f32], cols: usize, units: usize, d: &mut [f32]) -> usize {
+/// `d` (`[KC][LANES]`, in packed column order: nibble order when `nib`);
+/// returns how many it packed (none on a path without the transposes).
+/// Each 8 x 8 transpose stores its eight columns straight to their packed
+/// rows, so nibble order costs nothing over natural order (value by value,
+/// packing 128 rows took 42 µs at K = 384 and 36 µs at K = 1536, against
+/// 16 and 21 µs now, of a 210 µs / 800 µs q4 GEMM on Zen 5; through a
+/// transposed buffer it was no faster).
+fn pack_units(
+    path: KernelPath,
+    x: &[f32],
+    cols: usize,
+    units: usize,
+    nib: bool,
+    d: &mut [f32],
+) -> usize {
     #[cfg(target_arch = "x86_64")]
     if matches!(path, KernelPath::Avx2 | KernelPath::Avx512) && units > 0 {
         assert!(x.len() >= (LANES - 1) * cols + units * UNIT && d.len() >= units * UNIT * LANES);
         for k in (0..units * UNIT).step_by(8) {
+            // Packed row of column `k + j`: its position in the unit's order.
+            let (u0, c0) = (k / UNIT * UNIT, k % UNIT);
+            let rows: [usize; 8] = std::array::from_fn(|j| {
+                let c = c0 + j;
+                u0 + if !nib {
+                    c
+                } else if c % 2 == 0 {
+                    c / 2
+                } else {
+                    UNIT / 2 + c / 2
+                }
+            });
             for l0 in (0..LANES).step_by(8) {
+                let offs = rows.map(|r| r * LANES + l0);
                 // SAFETY: AVX2 (checked by the caller, `path`); rows
                 // `l0 .. l0 + 8` < 16 and columns `k .. k + 8` <=
-                // `units * UNIT` of `x`, rows `k .. k + 8` of `d` lie
-                // inside (asserted).
+                // `units * UNIT` of `x`, and every packed row (within the
+                // unit of column `k`) of `d`, lie inside (asserted).
                 unsafe {
-                    avx2::transpose8_add(
-                        x.as_ptr().add(l0 * cols + k),
-                        cols,
-                        None,
-                        d.as_mut_ptr().add(k * LANES + l0),
-                        LANES,
-                    )
+                    avx2::transpose8_to(x.as_ptr().add(l0 * cols + k), cols, d.as_mut_ptr(), &offs)
                 };
             }
         }
         return units;
     }
-    let _ = (path, x, cols, units, d);
+    let _ = (path, x, cols, units, nib, d);
     0
 }
 
@@ -925,6 +946,28 @@ mod avx2 {
         for (j, &col) in cols.iter().enumerate() {
             let col = b.map_or(col, |b| _mm256_add_ps(col, b));
             _mm256_storeu_ps(dst.add(j * ld_dst), col);
+        }
+    }
+
+    /// `dst[offs[j] + i] = src[i * ld_src + j]` for an 8 x 8 block: the
+    /// transpose with each column stored where `offs` says (the packing of
+    /// X, in natural or nibble order).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; `src` has 8 rows of 8 readable values at
+    /// stride `ld_src`, and `dst + offs[j]` 8 writable values for each `j`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose8_to(
+        src: *const f32,
+        ld_src: usize,
+        dst: *mut f32,
+        offs: &[usize; 8],
+    ) {
+        let cols = transpose8(std::array::from_fn(|i| {
+            _mm256_loadu_ps(src.add(i * ld_src))
+        }));
+        for (&col, &o) in cols.iter().zip(offs) {
+            _mm256_storeu_ps(dst.add(o), col);
         }
     }
 
