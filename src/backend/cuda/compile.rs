@@ -43,60 +43,16 @@ pub const KERNEL_FILES: [(&str, &str); 8] = [
     ("ops", include_str!("../../../kernels/ops.cu")),
 ];
 
-/// Entry points of each kernel file: the same stems and names as
-/// `shaders/*.wgsl`.
-pub const KERNEL_ENTRIES: [(&str, &[&str]); 8] = [
-    ("quantize", &["quantize_q8", "quantize_q4"]),
-    (
-        "dequantize",
-        &[
-            "dequantize_f32",
-            "dequantize_f16",
-            "dequantize_bf16",
-            "dequantize_q8",
-            "dequantize_q4",
-            "dequantize_lut4",
-        ],
-    ),
-    (
-        "gemv",
-        &[
-            "gemv_f32",
-            "gemv_f16",
-            "gemv_bf16",
-            "gemv_q8",
-            "gemv_q4",
-            "gemv_lut4",
-        ],
-    ),
-    (
-        "gemm",
-        &[
-            "gemm_f32",
-            "gemm_f16",
-            "gemm_bf16",
-            "gemm_q8",
-            "gemm_q4",
-            "gemm_lut4",
-        ],
-    ),
-    ("sparse", &["scale_input", "outliers_add"]),
-    ("assign", &["assign_levels", "reduce_levels"]),
-    ("probe", &["fma_rate"]),
-    (
-        "ops",
-        &[
-            "layer_norm",
-            "gelu",
-            "quick_gelu",
-            "add",
-            "bias_add",
-            "softmax",
-            "attention",
-            "take_rows",
-        ],
-    ),
-];
+/// Entry points of kernel file `stem` (the same stems and names as
+/// `shaders/*.wgsl`), in launch-table order: the names are listed once, in
+/// [`super::launch::LAUNCHES`], beside each entry's arguments.
+pub fn kernel_entries(stem: &str) -> Vec<&'static str> {
+    super::launch::LAUNCHES
+        .iter()
+        .filter(|l| l.stem == stem)
+        .flat_map(|l| l.entries.iter().copied())
+        .collect()
+}
 
 const INCLUDE_LINE: &str = "#include \"common.cuh\"";
 

@@ -552,7 +552,7 @@ impl CudaBackend {
                 )
             })
             .unwrap_or_else(|| "CUDA driver".into());
-        let uuid = ctx.uuid().ok().map(|u| u.bytes.map(|b| b as u8));
+        let uuid = ctx.uuid().ok().map(|u| u.bytes.map(|b| b.to_ne_bytes()[0]));
         let nvml = NvmlDevice::open(uuid, ordinal as u32);
         let facts = nvml.facts();
         let arch = format!("sm_{major}{minor}");
@@ -730,10 +730,8 @@ impl CudaBackend {
 
     /// Compiles and loads kernel file `stem` now, if it is not yet.
     fn module_loaded(&self, stem: &'static str) -> Result<(), BackendError> {
-        let entry = compile::KERNEL_ENTRIES
-            .iter()
-            .find(|(s, _)| *s == stem)
-            .and_then(|(_, e)| e.first())
+        let entry = *compile::kernel_entries(stem)
+            .first()
             .ok_or_else(|| BackendError::Invalid(format!("no kernel file kernels/{stem}.cu")))?;
         self.function(stem, entry).map(drop)
     }
