@@ -6,55 +6,21 @@ use proptest::prelude::*;
 use quantscope::analyze::efficiency;
 use quantscope::analyze::schema::*;
 use quantscope::analyze::{recommend, Constraints};
-use quantscope::backend::{BackendKind, TimingSource};
+use quantscope::backend::BackendKind;
 
+mod analyze_support;
+
+/// The shared fixture with a top-10 agreement and the time split 80 / 10
+/// / 10 % between linear layers, attention and the rest.
 fn result(strategy: &str, backend: BackendKind, acc: f64, bytes: u64, t: f64) -> StrategyResult {
-    StrategyResult {
-        strategy: strategy.into(),
-        backend,
-        device: "test".into(),
-        format: "q4 g128".into(),
-        bits_per_weight: 4.25,
-        accuracy: acc,
-        retention: Retention {
-            mean_cosine: acc,
-            worst_cosine: acc - 0.001,
-            output_nmse: 1.0 - acc,
-            top10_agreement: Some(0.9),
-            top1_agreement: None,
-        },
-        memory_bytes: bytes,
-        memory: MemoryStats {
-            weight_bytes: bytes,
-            resident_after_upload_bytes: bytes,
-            device_peak_bytes: bytes + bytes / 10,
-            inference_overhead_bytes: bytes / 10,
-            reserved_bytes: None,
-            fragmentation: None,
-            process_rss_peak_bytes: 0,
-            device_total_bytes: None,
-        },
-        inference_time_s: t,
-        speed: SpeedStats {
-            median_s_per_input: t,
-            p10_s_per_input: t,
-            p90_s_per_input: t,
-            inputs_per_s: 1.0 / t,
-            tokens_per_s: 128.0 / t,
-            split: TimeSplit {
-                linear_s: t * 0.8,
-                attention_s: t * 0.1,
-                other_s: t * 0.1,
-            },
-            timing_source: TimingSource::WallClock,
-            runs: 5,
-        },
-        quantize_time_s: 0.1,
-        efficiency: Efficiency::default(),
-        timeline: MemoryTimeline::default(),
-        warnings: vec![],
-        output_digest: String::new(),
-    }
+    let mut r = analyze_support::result(strategy, backend, acc, bytes, t);
+    r.retention.top10_agreement = Some(0.9);
+    r.speed.split = TimeSplit {
+        linear_s: t * 0.8,
+        attention_s: t * 0.1,
+        other_s: t * 0.1,
+    };
+    r
 }
 
 const NAMES: [&str; 6] = ["none", "int8", "int4", "nf4", "gptq-int4", "awq-int4"];

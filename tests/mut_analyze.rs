@@ -9,56 +9,10 @@ use quantscope::analyze::efficiency::{self, pareto_front};
 use quantscope::analyze::fidelity::{retention, topk_agreement};
 use quantscope::analyze::schema::*;
 use quantscope::analyze::{recommend, Constraints};
-use quantscope::backend::{BackendKind, TimingSource};
+use quantscope::backend::BackendKind;
 
-fn result(strategy: &str, backend: BackendKind, acc: f64, bytes: u64, t: f64) -> StrategyResult {
-    StrategyResult {
-        strategy: strategy.into(),
-        backend,
-        device: "test".into(),
-        format: "q4 g128".into(),
-        bits_per_weight: 4.25,
-        accuracy: acc,
-        retention: Retention {
-            mean_cosine: acc,
-            worst_cosine: acc - 0.001,
-            output_nmse: 1.0 - acc,
-            top10_agreement: None,
-            top1_agreement: None,
-        },
-        memory_bytes: bytes,
-        memory: MemoryStats {
-            weight_bytes: bytes,
-            resident_after_upload_bytes: bytes,
-            device_peak_bytes: bytes + bytes / 10,
-            inference_overhead_bytes: bytes / 10,
-            reserved_bytes: None,
-            fragmentation: None,
-            process_rss_peak_bytes: 0,
-            device_total_bytes: None,
-        },
-        inference_time_s: t,
-        speed: SpeedStats {
-            median_s_per_input: t,
-            p10_s_per_input: t,
-            p90_s_per_input: t,
-            inputs_per_s: 1.0 / t,
-            tokens_per_s: 128.0 / t,
-            split: TimeSplit {
-                linear_s: t,
-                attention_s: 0.0,
-                other_s: 0.0,
-            },
-            timing_source: TimingSource::WallClock,
-            runs: 5,
-        },
-        quantize_time_s: 0.1,
-        efficiency: Efficiency::default(),
-        timeline: MemoryTimeline::default(),
-        warnings: vec![],
-        output_digest: String::new(),
-    }
-}
+mod analyze_support;
+use analyze_support::result;
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * b.abs().max(1.0)
