@@ -26,14 +26,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v g++ >/dev/null 2>&1; then
-  if [ "${CI:-}" = "true" ]; then
-    echo "error: kernels/emu/negative.sh needs g++ (>= 11) and CI=true" >&2
-    exit 1
-  fi
-  echo "skipping the emulator's negative run (kernels/emu/negative.sh): g++ not found"
-  exit 0
-fi
+source ./emu/need_gxx.sh
+need_gxx "the emulator's negative run (kernels/emu/negative.sh)"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/quantscope-emu-neg.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT

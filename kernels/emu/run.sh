@@ -15,14 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v g++ >/dev/null 2>&1; then
-  if [ "${CI:-}" = "true" ]; then
-    echo "error: kernels/emu needs g++ (>= 11) and CI=true: the CUDA kernel emulation must run in CI" >&2
-    exit 1
-  fi
-  echo "skipping the CUDA kernel emulation (kernels/emu): g++ not found"
-  exit 0
-fi
+source ./need_gxx.sh
+need_gxx "the CUDA kernel emulation (kernels/emu)"
 
 builds="${EMU_BUILDS:-sm80 sm75 asan}"
 # Fresh binaries per run: two checkouts running the emulation at once must
