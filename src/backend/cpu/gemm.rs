@@ -1,8 +1,9 @@
 //! GEMM (batch > 1): cache-blocked, f32 register-tiled micro-kernel.
 //!
-//! Loop nest (Goto-style), per rayon task of up to [`NC`] weight rows ([`task_rows`]):
-//! - batch blocks of up to [`MC`] rows (X packed once, up front, in 16-row
-//!   chunks `[k][16]` so a micro-kernel reads two contiguous streams);
+//! Loop nest (Goto-style), per rayon task of one batch block of up to
+//! [`MC`] rows x up to [`NC`] weight rows ([`task_rows`]; X packed once, up
+//! front, in 16-row chunks `[k][16]` so a micro-kernel reads two contiguous
+//! streams):
 //! - K blocks of [`KC`] columns (one X block, `KC x MC` f32, stays in L2);
 //! - panels of [`NR`] weight rows: the panel is dequantized once into an
 //!   f32 `[NR][KC]` buffer (L1) and reused for every batch chunk of the block;
@@ -104,10 +105,19 @@ pub(crate) fn gemm(
         &mut xp[..nkb * nchunks * block],
     );
     let xpk: &[f32] = &xp[..nkb * nchunks * block];
+    let nmb = nchunks.div_ceil(MC / LANES);
     let nc = task_rows(rows);
+    let nrc = rows.div_ceil(nc);
     let out = OutPtr(y.as_mut_ptr());
-    (0..rows.div_ceil(nc)).into_par_iter().for_each(|t| {
-        let r0 = t * nc;
+    // A task is one batch block x `nc` rows, and the tasks of one batch
+    // block are adjacent, so the threads share its packed X in L2 / L3
+    // (each task taking all batch blocks of its rows re-read the whole
+    // packed X per task: at 4096 batch rows x 1536 columns, 25 MB 8 times,
+    // and that GEMM took 28 ms against 26 ms now; 384 x 384: 6.7 / 6.4 ms;
+    // Zen 5). Larger tasks (all rows at once) measured slower.
+    (0..nmb * nrc).into_par_iter().for_each(|t| {
+        let (mbi, rc) = (t / nrc, t % nrc);
+        let r0 = rc * nc;
         let nrows = nc.min(rows - r0);
         // The task's `Yᵀ` block (its rows x one batch block) lives in a
         // buffer of the worker thread (L2-sized: at most NC x MC f32), and
@@ -116,121 +126,120 @@ pub(crate) fn gemm(
         tb.wp.resize(NR * KC, 0.0);
         tb.yt.resize(NC * MC, 0.0);
         let (wp, yt) = (&mut tb.wp[..], &mut tb.yt[..]);
-        for mb in (0..nchunks).step_by(MC / LANES) {
-            let mchunks = (MC / LANES).min(nchunks - mb);
-            for kb in 0..nkb {
-                let k0 = kb * KC;
-                let kc = KC.min(kp - k0);
-                let xblock = &xpk[kb * nchunks * block..][..nchunks * block];
-                for p in (0..nrows).step_by(NR) {
-                    let valid = NR.min(nrows - p);
-                    // f32 weights of a whole panel inside the rows feed an
-                    // AVX-512 micro-kernel in place when one batch block
-                    // uses each panel once: the copy into `wp` was 4-5 % of
-                    // a 128-row GEMM on Zen 5, and at 16 rows the copy
-                    // waited on DRAM (a 4096 x 4096 GEMM took 9.6 ms
-                    // against 6.2 ms in place). With more batch blocks the
-                    // panel is read again per block, and from L1 (`wp`) it
-                    // measured 5-9 % faster than from L2 (4096 rows).
-                    let in_place = path == KernelPath::Avx512
-                        && nchunks <= MC / LANES
-                        && valid == NR
-                        && k0 + kc <= cols;
-                    let (wsrc, wld): (&[f32], usize) = match m.packed() {
-                        Packed::F32(v) if in_place => {
-                            let ld = m.row_stride_bytes() / 4;
-                            (&v[(r0 + p) * ld + k0..][..(NR - 1) * ld + kc], ld)
-                        }
-                        _ => {
-                            decode_panel(path, m, r0 + p, valid, k0, kc, nib, wp);
-                            (&wp[..], KC)
-                        }
-                    };
-                    let mut next = NextPanel::new(
-                        m,
-                        if p + NR < nrows {
-                            Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
-                        } else if kb + 1 < nkb {
-                            Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
-                        } else if mb + mchunks < nchunks {
-                            Some((r0, NR.min(nrows), 0, KC.min(kp)))
-                        } else if r0 + nc < rows {
-                            // The next task's first panel (most likely the
-                            // next one this thread or the other takes).
-                            Some((r0 + nc, NR.min(rows - r0 - nc), 0, KC.min(kp)))
-                        } else {
-                            None
-                        },
-                    );
-                    let tile = &mut yt[p * MC..(p + valid) * MC];
-                    let mut ch = mb;
-                    while ch < mb + mchunks {
-                        let lines = next.share((mb + mchunks - ch).div_ceil(2));
-                        let two = ch + 1 < mb + mchunks;
-                        let xa = &xblock[ch * block..][..block];
-                        let xb = if two {
-                            &xblock[(ch + 1) * block..][..block]
-                        } else {
-                            xa
-                        };
-                        let first = kb == 0;
-                        let b0 = (ch - mb) * LANES;
-                        micro(
-                            path, kc, wsrc, wld, xa, xb, two, first, tile, MC, b0, valid, lines,
-                        );
-                        ch += if two { 2 } else { 1 };
+        let mb = mbi * (MC / LANES);
+        let mchunks = (MC / LANES).min(nchunks - mb);
+        for kb in 0..nkb {
+            let k0 = kb * KC;
+            let kc = KC.min(kp - k0);
+            let xblock = &xpk[kb * nchunks * block..][..nchunks * block];
+            for p in (0..nrows).step_by(NR) {
+                let valid = NR.min(nrows - p);
+                // f32 weights of a whole panel inside the rows feed an
+                // AVX-512 micro-kernel in place when one batch block
+                // uses each panel once: the copy into `wp` was 4-5 % of
+                // a 128-row GEMM on Zen 5, and at 16 rows the copy
+                // waited on DRAM (a 4096 x 4096 GEMM took 9.6 ms
+                // against 6.2 ms in place). With more batch blocks the
+                // panel is read again per block, and from L1 (`wp`) it
+                // measured 5-9 % faster than from L2 (4096 rows).
+                let in_place = path == KernelPath::Avx512
+                    && nchunks <= MC / LANES
+                    && valid == NR
+                    && k0 + kc <= cols;
+                let (wsrc, wld): (&[f32], usize) = match m.packed() {
+                    Packed::F32(v) if in_place => {
+                        let ld = m.row_stride_bytes() / 4;
+                        (&v[(r0 + p) * ld + k0..][..(NR - 1) * ld + kc], ld)
                     }
-                    next.finish();
-                }
-            }
-            // Yᵀ block -> Y[b, r0 .. r0 + nrows] (+ bias), 8 weight rows at
-            // a time so the reads of Yᵀ are 8 sequential streams.
-            let b_lo = mb * LANES;
-            let b_hi = batch.min((mb + mchunks) * LANES);
-            for rb in (0..nrows).step_by(8) {
-                let nr = 8.min(nrows - rb);
-                let bias = bias.map(|v| &v[r0 + rb..][..nr]);
-                // Whole 8 x 8 blocks through AVX transposes (x86), the rest
-                // value by value.
-                #[cfg(not(target_arch = "x86_64"))]
-                let b = b_lo;
-                #[cfg(target_arch = "x86_64")]
-                let b = {
-                    let mut b = b_lo;
-                    if nr == 8 && matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
-                        let bv = bias.map_or([0.0; 8], |v| std::array::from_fn(|i| v[i]));
-                        while b + 8 <= b_hi {
-                            let src = &yt[rb * MC + (b - b_lo)..];
-                            assert!(src.len() >= 7 * MC + 8);
-                            // SAFETY: AVX2 checked by the caller (`path`); the
-                            // 8 x 8 block of `Yᵀ` lies in `src` (asserted), and
-                            // `Y` rows `b .. b + 8` < `batch`, columns
-                            // `r0 + rb .. + 8` <= `rows` are this task's alone.
-                            unsafe {
-                                avx2::transpose8_add(
-                                    src.as_ptr(),
-                                    MC,
-                                    Some(&bv),
-                                    out.get().add(b * rows + r0 + rb),
-                                    rows,
-                                )
-                            };
-                            b += 8;
-                        }
+                    _ => {
+                        decode_panel(path, m, r0 + p, valid, k0, kc, nib, wp);
+                        (&wp[..], KC)
                     }
-                    b
                 };
-                for b in b..b_hi {
-                    // SAFETY: `y` has `batch x rows` values (asserted above);
-                    // this task alone writes columns `r0 .. r0 + nrows`, and
-                    // `b < batch`, `r0 + rb + nr <= rows`.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out.get().add(b * rows + r0 + rb), nr)
+                let mut next = NextPanel::new(
+                    m,
+                    if p + NR < nrows {
+                        Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
+                    } else if kb + 1 < nkb {
+                        Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
+                    } else if rc + 1 < nrc {
+                        // The next task's first panel (most likely the
+                        // next one this thread or the other takes).
+                        Some((r0 + nc, NR.min(rows - r0 - nc), 0, KC.min(kp)))
+                    } else if mbi + 1 < nmb {
+                        Some((0, NR.min(rows), 0, KC.min(kp)))
+                    } else {
+                        None
+                    },
+                );
+                let tile = &mut yt[p * MC..(p + valid) * MC];
+                let mut ch = mb;
+                while ch < mb + mchunks {
+                    let lines = next.share((mb + mchunks - ch).div_ceil(2));
+                    let two = ch + 1 < mb + mchunks;
+                    let xa = &xblock[ch * block..][..block];
+                    let xb = if two {
+                        &xblock[(ch + 1) * block..][..block]
+                    } else {
+                        xa
                     };
-                    let src = &yt[rb * MC + (b - b_lo)..];
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        *d = src[i * MC] + bias.map_or(0.0, |v| v[i]);
+                    let first = kb == 0;
+                    let b0 = (ch - mb) * LANES;
+                    micro(
+                        path, kc, wsrc, wld, xa, xb, two, first, tile, MC, b0, valid, lines,
+                    );
+                    ch += if two { 2 } else { 1 };
+                }
+                next.finish();
+            }
+        }
+        // Yᵀ block -> Y[b, r0 .. r0 + nrows] (+ bias), 8 weight rows at
+        // a time so the reads of Yᵀ are 8 sequential streams.
+        let b_lo = mb * LANES;
+        let b_hi = batch.min((mb + mchunks) * LANES);
+        for rb in (0..nrows).step_by(8) {
+            let nr = 8.min(nrows - rb);
+            let bias = bias.map(|v| &v[r0 + rb..][..nr]);
+            // Whole 8 x 8 blocks through AVX transposes (x86), the rest
+            // value by value.
+            #[cfg(not(target_arch = "x86_64"))]
+            let b = b_lo;
+            #[cfg(target_arch = "x86_64")]
+            let b = {
+                let mut b = b_lo;
+                if nr == 8 && matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
+                    let bv = bias.map_or([0.0; 8], |v| std::array::from_fn(|i| v[i]));
+                    while b + 8 <= b_hi {
+                        let src = &yt[rb * MC + (b - b_lo)..];
+                        assert!(src.len() >= 7 * MC + 8);
+                        // SAFETY: AVX2 checked by the caller (`path`); the
+                        // 8 x 8 block of `Yᵀ` lies in `src` (asserted), and
+                        // `Y` rows `b .. b + 8` < `batch`, columns
+                        // `r0 + rb .. + 8` <= `rows` are this task's alone.
+                        unsafe {
+                            avx2::transpose8_add(
+                                src.as_ptr(),
+                                MC,
+                                Some(&bv),
+                                out.get().add(b * rows + r0 + rb),
+                                rows,
+                            )
+                        };
+                        b += 8;
                     }
+                }
+                b
+            };
+            for b in b..b_hi {
+                // SAFETY: `y` has `batch x rows` values (asserted above);
+                // this task alone writes columns `r0 .. r0 + nrows`, and
+                // `b < batch`, `r0 + rb + nr <= rows`.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out.get().add(b * rows + r0 + rb), nr)
+                };
+                let src = &yt[rb * MC + (b - b_lo)..];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = src[i * MC] + bias.map_or(0.0, |v| v[i]);
                 }
             }
         }
