@@ -119,6 +119,13 @@ pub(crate) fn gemm(
         let (mbi, rc) = (t / nrc, t % nrc);
         let r0 = rc * nc;
         let nrows = nc.min(rows - r0);
+        let task = TaskRows {
+            rows,
+            kp,
+            r0,
+            nrows,
+            next: task_after(rc, nrc, mbi, nmb, nc),
+        };
         // The task's `Yᵀ` block (its rows x one batch block) lives in a
         // buffer of the worker thread (L2-sized: at most NC x MC f32), and
         // goes into `Y` as soon as its K blocks are done.
@@ -156,22 +163,7 @@ pub(crate) fn gemm(
                         (&wp[..], KC)
                     }
                 };
-                let mut next = NextPanel::new(
-                    m,
-                    if p + NR < nrows {
-                        Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
-                    } else if kb + 1 < nkb {
-                        Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
-                    } else if rc + 1 < nrc {
-                        // The next task's first panel (most likely the
-                        // next one this thread or the other takes).
-                        Some((r0 + nc, NR.min(rows - r0 - nc), 0, KC.min(kp)))
-                    } else if mbi + 1 < nmb {
-                        Some((0, NR.min(rows), 0, KC.min(kp)))
-                    } else {
-                        None
-                    },
-                );
+                let mut next = NextPanel::new(m, task.after::<NR, KC>(p, k0, kc));
                 let tile = &mut yt[p * MC..(p + valid) * MC];
                 let mut ch = mb;
                 while ch < mb + mchunks {
@@ -499,6 +491,54 @@ impl Lines {
     pub(super) fn prefetch_all(&self) {
         for j in self.j0..self.j1 {
             self.prefetch(j);
+        }
+    }
+}
+
+/// The weight rows of a task, for [`TaskRows::after`].
+pub(super) struct TaskRows {
+    /// Rows and (unit-padded) columns of the matrix.
+    pub(super) rows: usize,
+    pub(super) kp: usize,
+    /// The task's rows: `r0 .. r0 + nrows`.
+    pub(super) r0: usize,
+    pub(super) nrows: usize,
+    /// First row of the next task (the most likely one this thread or the
+    /// other takes next); `None` after the last task.
+    pub(super) next: Option<usize>,
+}
+
+/// First row of the task after task `(mb, rc)` of `nmb` batch blocks x
+/// `nrc` row chunks of `nc` rows, batch-block major.
+pub(super) fn task_after(rc: usize, nrc: usize, mb: usize, nmb: usize, nc: usize) -> Option<usize> {
+    if rc + 1 < nrc {
+        Some((rc + 1) * nc)
+    } else if mb + 1 < nmb {
+        Some(0)
+    } else {
+        None
+    }
+}
+
+impl TaskRows {
+    /// The panel after panel `p` (of `PR` rows) of K block `k0 .. k0 + kc`
+    /// (blocks of `KB` columns): the task's next panel, else its first
+    /// panel of the next K block, else the next task's first panel, as
+    /// [`NextPanel::new`] takes it.
+    pub(super) fn after<const PR: usize, const KB: usize>(
+        &self,
+        p: usize,
+        k0: usize,
+        kc: usize,
+    ) -> Option<(usize, usize, usize, usize)> {
+        let (r0, n) = (self.r0, self.nrows);
+        if p + PR < n {
+            Some((r0 + p + PR, PR.min(n - p - PR), k0, kc))
+        } else if k0 + KB < self.kp {
+            Some((r0, PR.min(n), k0 + KB, KB.min(self.kp - k0 - KB)))
+        } else {
+            self.next
+                .map(|r| (r, PR.min(self.rows - r), 0, KB.min(self.kp)))
         }
     }
 }

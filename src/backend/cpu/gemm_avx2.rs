@@ -26,7 +26,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::super::kernel::KernelPath;
-use super::{decode_segment, permuted, NextPanel, OutPtr, UNIT};
+use super::{decode_segment, permuted, task_after, NextPanel, OutPtr, TaskRows, UNIT};
 use crate::format::{round_up, Packed, QuantizedMatrix};
 
 /// Weight rows per panel (two ymm of f32).
@@ -101,6 +101,13 @@ pub(super) fn gemm(
         let (mb, rc) = (t / nrc, t % nrc);
         let (r0, b0) = (rc * nc, mb * mc);
         let (nrows, nb) = (nc.min(rows - r0), mc.min(batch - b0));
+        let task = TaskRows {
+            rows,
+            kp,
+            r0,
+            nrows,
+            next: task_after(rc, nrc, mb, nmb, nc),
+        };
         let mut s = SCRATCH.with(|c| c.take());
         s.rows8.resize(8 * KC, 0.0);
         s.panel.resize(KC * NR, 0.0);
@@ -113,20 +120,7 @@ pub(super) fn gemm(
             for p in (0..nrows).step_by(NR) {
                 let valid = NR.min(nrows - p);
                 pack_panel(m, r0 + p, valid, k0, kc, nib, &mut s.rows8, &mut s.panel);
-                let mut next = NextPanel::new(
-                    m,
-                    if p + NR < nrows {
-                        Some((r0 + p + NR, NR.min(nrows - p - NR), k0, kc))
-                    } else if kb + 1 < nkb {
-                        Some((r0, NR.min(nrows), k0 + KC, KC.min(kp - k0 - KC)))
-                    } else if rc + 1 < nrc {
-                        // The next task's first panel (most likely the next
-                        // one this thread or the other takes).
-                        Some((r0 + nc, NR.min(rows - r0 - nc), 0, KC.min(kp)))
-                    } else {
-                        None
-                    },
-                );
+                let mut next = NextPanel::new(m, task.after::<NR, KC>(p, k0, kc));
                 let mut bias16 = [0.0f32; NR];
                 if let (true, Some(b)) = (first, bias) {
                     bias16[..valid].copy_from_slice(&b[r0 + p..][..valid]);
