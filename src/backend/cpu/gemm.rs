@@ -837,22 +837,31 @@ mod avx512 {
                 assert!(q.codes.len() * 4 >= r * stride + (k0 + n * UNIT) / 2);
                 let p = (q.codes.as_ptr() as *const u8).add(r * stride + k0 / 2) as *const __m128i;
                 let low = _mm512_set1_epi32(0xF);
+                // Per group, the 16 values `(q - z) · s` (the same f32
+                // operations as value by value, so the same bits), looked
+                // up by code: a unit is two lookups, not two conversions,
+                // subtractions and products (a q4 panel decoded slower
+                // than a q8 one before: 4.4-5.1 % of a 128-row GEMM
+                // against 4.5 %; now 4.0 % against 4.7 %, Zen 5).
+                let codes = _mm512_cvtepi32_ps(_mm512_setr_epi32(
+                    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                ));
+                let mut table = _mm512_setzero_ps();
+                let mut tg = usize::MAX;
                 for u in 0..n {
                     let g = g_row + (k0 + u * UNIT) / glen;
+                    if g != tg {
+                        let s = _mm512_set1_ps(scale_of(&q.scales, g));
+                        let z = _mm512_set1_ps(q.zeros[g] as f32);
+                        table = _mm512_mul_ps(_mm512_sub_ps(codes, z), s);
+                        tg = g;
+                    }
                     let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(u)));
                     let lo = _mm512_and_si512(v, low);
                     let hi = _mm512_srli_epi32::<4>(v);
-                    let s = _mm512_set1_ps(scale_of(&q.scales, g));
-                    let z = _mm512_set1_ps(q.zeros[g] as f32);
                     let o = out.add(UNIT * u);
-                    _mm512_storeu_ps(
-                        o,
-                        _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(lo), z), s),
-                    );
-                    _mm512_storeu_ps(
-                        o.add(16),
-                        _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(hi), z), s),
-                    );
+                    _mm512_storeu_ps(o, _mm512_permutexvar_ps(lo, table));
+                    _mm512_storeu_ps(o.add(16), _mm512_permutexvar_ps(hi, table));
                 }
             }
             Packed::Lut4(q) => {
