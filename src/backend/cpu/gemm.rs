@@ -212,7 +212,7 @@ pub(crate) fn gemm(
                             avx2::transpose8_add(
                                 src.as_ptr(),
                                 MC,
-                                Some(&bv),
+                                &bv,
                                 out.get().add(b * rows + r0 + rb),
                                 rows,
                             )
@@ -1010,9 +1010,8 @@ mod avx2 {
         })
     }
 
-    /// `dst[j * ld_dst + i] = src[i * ld_src + j] (+ bias[i])` for an 8 x 8
-    /// block (the `Yᵀ` -> `Y` step, eight batch rows at a time, and the
-    /// packing of X).
+    /// `dst[j * ld_dst + i] = src[i * ld_src + j] + bias[i]` for an 8 x 8
+    /// block (the `Yᵀ` -> `Y` step, eight batch rows at a time).
     ///
     /// # Safety
     /// The CPU supports AVX2; `src` has 8 rows of 8 readable values at
@@ -1021,17 +1020,16 @@ mod avx2 {
     pub(super) unsafe fn transpose8_add(
         src: *const f32,
         ld_src: usize,
-        bias: Option<&[f32; 8]>,
+        bias: &[f32; 8],
         dst: *mut f32,
         ld_dst: usize,
     ) {
         let cols = transpose8(std::array::from_fn(|i| {
             _mm256_loadu_ps(src.add(i * ld_src))
         }));
-        let b = bias.map(|v| _mm256_loadu_ps(v.as_ptr()));
+        let b = _mm256_loadu_ps(bias.as_ptr());
         for (j, &col) in cols.iter().enumerate() {
-            let col = b.map_or(col, |b| _mm256_add_ps(col, b));
-            _mm256_storeu_ps(dst.add(j * ld_dst), col);
+            _mm256_storeu_ps(dst.add(j * ld_dst), _mm256_add_ps(col, b));
         }
     }
 
