@@ -211,14 +211,24 @@ fn lut4_rounded_dense(m: &QuantizedMatrix) -> Option<Matrix> {
     Some(r.dequantize())
 }
 
+/// Whether the default matmul rounds the activations to int8: every q8 /
+/// q4 / lut4 GEMV, and the q4 GEMM.
+fn int8_activations(m: &QuantizedMatrix, batch: usize) -> bool {
+    if batch == 1 {
+        m.kind().is_grouped()
+    } else {
+        m.kind() == FormatKind::Q4
+    }
+}
+
 fn check(m: &QuantizedMatrix, batch: usize, seed: u64) {
     let x = gaussian(batch * m.cols(), seed);
     let want = reference(m, &x, batch);
     let scalar = run(KernelPath::Scalar, m, &x, batch);
-    let int8_act = batch == 1 && m.kind().is_grouped();
+    let int8_act = int8_activations(m, batch);
     let bound = if int8_act {
         let used = lut4_rounded_dense(m);
-        int8_act_factor(m.kind()) * int8_rounding_nmse(m, used.as_ref(), &x, 1, 32)
+        int8_act_factor(m.kind()) * int8_rounding_nmse(m, used.as_ref(), &x, batch, 32)
     } else {
         EXACT_NMSE
     };
@@ -253,8 +263,8 @@ fn check(m: &QuantizedMatrix, batch: usize, seed: u64) {
         assert!(p < PATH_NMSE, "{what}: NMSE {p:e} vs scalar path");
         if int8_act {
             // The exact GEMV (f32 activations) meets the exact bound.
-            let mut y = vec![f32::NAN; m.rows()];
-            matmul_opts(path, GemvActivations::F32, m, &x, 1, &mut y).unwrap();
+            let mut y = vec![f32::NAN; batch * m.rows()];
+            matmul_opts(path, GemvActivations::F32, m, &x, batch, &mut y).unwrap();
             let e = nmse_f64(&want, &y);
             assert!(e < EXACT_NMSE, "{what} with f32 activations: NMSE {e:e}");
         }
@@ -343,18 +353,13 @@ fn gemm_batch_blocks_k_blocks_and_bias() {
                 *o += b as f64;
             }
         }
-        for path in paths() {
+        let biased = |path, act| {
             let mut got = vec![f32::NAN; batch * rows];
-            matmul_bias(
-                path,
-                GemvActivations::F32,
-                &m,
-                &x,
-                batch,
-                Some(&bias),
-                &mut got,
-            )
-            .unwrap();
+            matmul_bias(path, act, &m, &x, batch, Some(&bias), &mut got).unwrap();
+            got
+        };
+        for path in paths() {
+            let got = biased(path, GemvActivations::F32);
             assert!(
                 got.iter().all(|v| v.is_finite()),
                 "{} on {path}: non-finite",
@@ -366,6 +371,29 @@ fn gemm_batch_blocks_k_blocks_and_bias() {
                 "{} on {path}: NMSE {e:e} vs f64 reference + bias",
                 m.label()
             );
+            if !int8_activations(&m, batch) {
+                continue;
+            }
+            // int8 activations: the bias-free product within the rounding
+            // bound, and the bias added to it exactly (up to f32 addition).
+            let mut plain = vec![f32::NAN; batch * rows];
+            matmul_opts(path, GemvActivations::Int8, &m, &x, batch, &mut plain).unwrap();
+            let bound = int8_act_factor(m.kind()) * int8_rounding_nmse(&m, None, &x, batch, 32);
+            let e = nmse_f64(&reference(&m, &x, batch), &plain);
+            assert!(
+                e <= bound,
+                "{} on {path}, int8: NMSE {e:e} (bound {bound:e})",
+                m.label()
+            );
+            let got = biased(path, GemvActivations::Int8);
+            for (i, (g, p)) in got.iter().zip(&plain).enumerate() {
+                let b = bias[i % rows];
+                assert!(
+                    (g - (p + b)).abs() <= 1e-5 * (1.0 + p.abs() + b.abs()),
+                    "{} on {path}, int8: y[{i}] = {g} but product {p} + bias {b}",
+                    m.label()
+                );
+            }
         }
     }
 }

@@ -53,7 +53,8 @@ fn forward_reports_time_and_fidelity_and_writes_outputs() {
     assert_eq!((lh.shape()[0], lh.shape()[2]), (32, 256));
 
     // The saved folder runs as stored; the reference is then its own
-    // weights dequantized.
+    // weights dequantized, with f32 activations: what is left is the CPU
+    // q4 GEMM's int8 activation rounding (last hidden NMSE ~2e-4 on tiny).
     let again = json(
         &bin()
             .args(["forward", "--json", "--model"])
@@ -62,7 +63,8 @@ fn forward_reports_time_and_fidelity_and_writes_outputs() {
             .unwrap(),
     );
     assert_eq!(again["strategy"], "int4");
-    assert!(again["fidelity"]["cosine_min"].as_f64().unwrap() > 0.99999);
+    let c = again["fidelity"]["cosine_min"].as_f64().unwrap();
+    assert!(c > 0.999, "stored int4 cosine {c}");
     assert!(again["notes"]
         .to_string()
         .contains("stored quantized model"));

@@ -6,7 +6,7 @@
 mod model_util;
 
 use model_util::{cosine, reference, small_tensors, write_checkpoint};
-use quantscope::backend::{self, Backend};
+use quantscope::backend::{self, Backend, BackendKind};
 use quantscope::format::FormatKind;
 use quantscope::model::{
     quantize_model, DeviceModel, Family, Inputs, Model, ModelError, Preset, QuantPlan,
@@ -88,17 +88,31 @@ fn every_backend(m: &Model, inputs: &Inputs) {
     let f32q = quantize_model(m, &plan(Scheme::None(FormatKind::F32)), None, &|_, _| {}).unwrap();
     let int8 = quantize_model(m, &plan(Scheme::Int8), None, &|_, _| {}).unwrap();
     let int4 = quantize_model(m, &plan(Scheme::Int4), None, &|_, _| {}).unwrap();
+    // The CPU backend with f32 activations everywhere: the forward pass
+    // itself is exact for every format.
+    let exact = backend::cpu::CpuBackend::exact();
+    assert!(check(&exact, &int8, inputs, 0.9999, 1e-8));
+    assert!(check(&exact, &int4, inputs, 0.9999, 1e-8));
     let mut ran = 0;
     for be in backend::available() {
         if check(be.as_ref(), &f32q, inputs, 0.99999, 1e-9) {
             ran += 1;
             // Quantized formats against the reference of their own weights:
-            // the GEMM path keeps f32 activations, so the hidden states differ
+            // the q8 GEMM keeps f32 activations, so the hidden states differ
             // by rounding only. The pooled bound is looser: a GEMV (batch < 8,
             // e.g. CLIP's projection of the class tokens) may dot int8
             // activations (wgpu's packed-dot q8 path, measured 0.99998 here).
             assert!(check(be.as_ref(), &int8, inputs, 0.9999, 1e-8));
-            assert!(check(be.as_ref(), &int4, inputs, 0.9999, 1e-8));
+            // The CPU's q4 GEMM rounds its activations to int8 per block of
+            // 32 (measured: last hidden NMSE 2.4e-4 on tiny, whose hidden
+            // channels carry 10-100x outliers; 8e-5 on the BERT checkpoint);
+            // the GPU backends keep f32.
+            let (cos4, nmse4) = if be.kind() == BackendKind::Cpu {
+                (0.999, 1e-3)
+            } else {
+                (0.9999, 1e-8)
+            };
+            assert!(check(be.as_ref(), &int4, inputs, cos4, nmse4));
         }
     }
     assert!(ran >= 1, "the CPU backend always runs");
@@ -169,8 +183,16 @@ fn calibrated_schemes_run_and_stay_close() {
             .map(|(a, b)| quantscope::metrics::error_stats(a, b).cosine)
             .fold(1.0f64, f64::min);
         assert!(min > 0.9, "{s}: min cosine to f32 {min}");
-        // Its own weights through the reference: the forward itself is exact.
-        check(&cpu, &q, &inputs, 0.99999, 1e-8);
+        // Its own weights through the reference: the forward itself is
+        // exact (f32 activations; the default CPU backend rounds a q4
+        // GEMM's activations to int8).
+        check(
+            &backend::cpu::CpuBackend::exact(),
+            &q,
+            &inputs,
+            0.99999,
+            1e-8,
+        );
     }
 }
 

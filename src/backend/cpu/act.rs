@@ -1,4 +1,5 @@
-//! The activation vector of a GEMV, quantized to int8 per block of 32 columns.
+//! Activations quantized to int8 per block of 32 columns: the GEMV's
+//! activation vector, and the rows of a q4 GEMM.
 //!
 //! Why: a GEMV streams every weight byte once and does ~2 FLOPs per weight, so
 //! with f32 activations the 4-bit formats are bound by the unpack-convert-FMA
@@ -7,8 +8,9 @@
 //! libraries. The price is a small, documented error: each activation block
 //! is rounded to 255 levels of its absmax (`x ≈ dx · xq`), which adds an NMSE
 //! of ~2e-5 on Gaussian inputs — far below the cross-backend bound of 5e-4
-//! (see `docs/PERFORMANCE.md`). The exact-f32 formats (f32, f16, bf16) and
-//! every GEMM keep f32 activations.
+//! (see `docs/PERFORMANCE.md`). The exact-f32 formats (f32, f16, bf16) keep
+//! f32 activations; so does the GEMM except for q4, whose GEMM rounds its
+//! activations by the same rule ([`quantize_block`], `gemm_i8.rs`).
 //!
 //! Blocks of 32 columns never straddle a weight group: groups are multiples of
 //! 32 columns or the whole row.
@@ -25,6 +27,58 @@ pub(crate) const QBLOCK: usize = 32;
 pub(crate) const NIB_CHUNK: usize = 128;
 /// Columns per 512-bit chunk of 8-bit codes (64 bytes).
 pub(crate) const BYTE_CHUNK: usize = 64;
+
+/// Quantizes one block (at most [`QBLOCK`] values) into the first
+/// `blk.len()` entries of `codes`: `blk[i] ≈ dx · codes[i]`, `dx = absmax /
+/// 127`, codes rounded half to even. Returns `(dx, Σ codes)`, `(0, 0)` for
+/// an all-zero block (codes left as they are), or `None` when a value is not
+/// finite (codes left as they are). Every int8-activation path follows this
+/// rule.
+#[inline]
+pub(crate) fn quantize_block(blk: &[f32], codes: &mut [i8]) -> Option<(f32, i32)> {
+    // `x * 0` is 0 for finite x and NaN otherwise: one vectorizable pass.
+    let finite = blk.iter().fold(0.0f32, |m, &v| m + v * 0.0) == 0.0;
+    if !finite {
+        return None;
+    }
+    let amax = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if amax == 0.0 {
+        return Some((0.0, 0));
+    }
+    let inv = 127.0 / amax;
+    let mut s = 0i32;
+    for (q, &v) in codes.iter_mut().zip(blk) {
+        // Round half to even by the 1.5 * 2^23 trick (|v * inv| <= 127):
+        // `round_ties_even` is a libm call on baseline x86-64.
+        let r = (v * inv + ROUND_MAGIC) - ROUND_MAGIC;
+        let c = r.clamp(-127.0, 127.0) as i8;
+        *q = c;
+        s += c as i32;
+    }
+    Some((amax / 127.0, s))
+}
+
+/// Rows of `cols` values with every [`QBLOCK`]-column block replaced by its
+/// int8 rounding `dx · xq` ([`quantize_block`]; NaN for a block that is not
+/// finite): what an int8-activation kernel multiplies, in f32, for the
+/// paths that keep f32 arithmetic.
+pub(crate) fn int8_rounded(x: &[f32], cols: usize) -> Vec<f32> {
+    let mut out = x.to_vec();
+    let mut codes = [0i8; QBLOCK];
+    for row in out.chunks_mut(cols.max(1)) {
+        for blk in row.chunks_mut(QBLOCK) {
+            match quantize_block(blk, &mut codes) {
+                Some((d, _)) => {
+                    for (v, &c) in blk.iter_mut().zip(&codes) {
+                        *v = d * c as f32;
+                    }
+                }
+                None => blk.fill(f32::NAN),
+            }
+        }
+    }
+    out
+}
 
 /// An activation row quantized per block: `x[c] ≈ dx[c / 32] * xq[c]`.
 #[derive(Debug, Clone, Default)]
@@ -88,27 +142,14 @@ impl QuantAct {
     fn fill_portable(&mut self, x: &[f32]) {
         self.reset(x.len());
         for (b, blk) in x.chunks(QBLOCK).enumerate() {
-            // `x * 0` is 0 for finite x and NaN otherwise: one vectorizable pass.
-            let finite = blk.iter().fold(0.0f32, |m, &v| m + v * 0.0) == 0.0;
-            let amax = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            if !finite {
+            let codes = &mut self.xq[b * QBLOCK..(b + 1) * QBLOCK];
+            let Some((d, s)) = quantize_block(blk, codes) else {
                 // Keep NaN / infinity visible in the output instead of rounding it away.
                 self.set_dx(b, f32::NAN);
                 continue;
-            }
-            if amax == 0.0 {
+            };
+            if d == 0.0 {
                 continue;
-            }
-            let inv = 127.0 / amax;
-            let mut s = 0i32;
-            let codes = &mut self.xq[b * QBLOCK..(b + 1) * QBLOCK];
-            for (q, &v) in codes.iter_mut().zip(blk) {
-                // Round half to even by the 1.5 * 2^23 trick (|v * inv| <= 127):
-                // `round_ties_even` is a libm call on baseline x86-64.
-                let r = (v * inv + ROUND_MAGIC) - ROUND_MAGIC;
-                let c = r.clamp(-127.0, 127.0) as i8;
-                *q = c;
-                s += c as i32;
             }
             // 4-bit layout: per 128-column chunk the 64 even columns, then
             // the 64 odd ones; block `j` of the chunk owns 16 of each.
@@ -118,7 +159,7 @@ impl QuantAct {
                 self.nib_xq[base + m] = codes[2 * m];
                 self.nib_xq[base + NIB_CHUNK / 2 + m] = codes[2 * m + 1];
             }
-            self.set_dx(b, amax / 127.0);
+            self.set_dx(b, d);
             self.sumq[b] = s;
         }
     }

@@ -21,6 +21,10 @@
 //! For 4-bit formats each 32-column unit is decoded in nibble order (the 16
 //! even columns, then the 16 odd ones) and X is packed in the same order.
 //!
+//! A q4 GEMM with int8 activations (the default CPU backend's) goes to
+//! `gemm_i8.rs` on AVX-512 VNNI (integer dot products, 6-row panels of
+//! code bytes); other paths multiply the int8-rounded activations here.
+//!
 //! This driver serves the AVX-512, NEON and scalar paths, and AVX2 for
 //! rows longer than `avx2_driver::MAX_COLS`. On AVX2 (16 registers: a `Yᵀ`
 //! tile too narrow to amortize the packing of X) shorter rows go to
@@ -62,7 +66,10 @@ const UNIT: usize = 32;
 
 /// `Y = X · Wᵀ (+ bias)` for `batch` rows of `x` (already multiplied by the
 /// activation scale), dense part only; `y` is `batch x rows`, `bias` (when
-/// given) has `rows` values.
+/// given) has `rows` values. With `int8_act`, a q4 matrix multiplies `x`
+/// rounded to int8 per block of 32 columns (`act::int8_rounded`): integer
+/// dot products on AVX-512 VNNI (`gemm_i8.rs`), the rounded values in f32
+/// on the other paths, so every path computes the same product.
 pub(crate) fn gemm(
     path: KernelPath,
     m: &QuantizedMatrix,
@@ -70,6 +77,7 @@ pub(crate) fn gemm(
     batch: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
+    int8_act: bool,
 ) {
     let (rows, cols) = (m.rows(), m.cols());
     assert_eq!(x.len(), batch * cols, "gemm input length");
@@ -77,6 +85,18 @@ pub(crate) fn gemm(
     if let Some(b) = bias {
         assert_eq!(b.len(), rows, "gemm bias length");
     }
+    let rounded;
+    let x = if int8_act && matches!(m.packed(), Packed::Q4(_)) {
+        #[cfg(target_arch = "x86_64")]
+        if path == KernelPath::Avx512 {
+            i8_driver::gemm(m, x, batch, bias, y);
+            return;
+        }
+        rounded = super::act::int8_rounded(x, cols);
+        &rounded[..]
+    } else {
+        x
+    };
     #[cfg(target_arch = "x86_64")]
     if path == KernelPath::Avx2 && cols <= avx2_driver::MAX_COLS {
         avx2_driver::gemm(m, x, batch, bias, y);
@@ -105,26 +125,22 @@ pub(crate) fn gemm(
         &mut xp[..nkb * nchunks * block],
     );
     let xpk: &[f32] = &xp[..nkb * nchunks * block];
-    let nmb = nchunks.div_ceil(MC / LANES);
-    let nc = task_rows(rows);
-    let nrc = rows.div_ceil(nc);
+    let grid = Grid::new(rows, nchunks);
     let out = OutPtr(y.as_mut_ptr());
-    // A task is one batch block x `nc` rows, and the tasks of one batch
-    // block are adjacent, so the threads share its packed X in L2 / L3
-    // (each task taking all batch blocks of its rows re-read the whole
-    // packed X per task: at 4096 batch rows x 1536 columns, 25 MB 8 times,
-    // and that GEMM took 28 ms against 26 ms now; 384 x 384: 6.7 / 6.4 ms;
-    // Zen 5). Larger tasks (all rows at once) measured slower.
-    (0..nmb * nrc).into_par_iter().for_each(|t| {
-        let (mbi, rc) = (t / nrc, t % nrc);
-        let r0 = rc * nc;
-        let nrows = nc.min(rows - r0);
+    (0..grid.len()).into_par_iter().for_each(|t| {
+        let GridTask {
+            mb,
+            mchunks,
+            r0,
+            nrows,
+            next,
+        } = grid.task(t);
         let task = TaskRows {
             rows,
             kp,
             r0,
             nrows,
-            next: task_after(rc, nrc, mbi, nmb, nc),
+            next,
         };
         // The task's `Yᵀ` block (its rows x one batch block) lives in a
         // buffer of the worker thread (L2-sized: at most NC x MC f32), and
@@ -133,8 +149,6 @@ pub(crate) fn gemm(
         tb.wp.resize(NR * KC, 0.0);
         tb.yt.resize(NC * MC, 0.0);
         let (wp, yt) = (&mut tb.wp[..], &mut tb.yt[..]);
-        let mb = mbi * (MC / LANES);
-        let mchunks = (MC / LANES).min(nchunks - mb);
         for kb in 0..nkb {
             let k0 = kb * KC;
             let kc = KC.min(kp - k0);
@@ -185,59 +199,139 @@ pub(crate) fn gemm(
                 next.finish();
             }
         }
-        // Yᵀ block -> Y[b, r0 .. r0 + nrows] (+ bias), 8 weight rows at
-        // a time so the reads of Yᵀ are 8 sequential streams.
         let b_lo = mb * LANES;
         let b_hi = batch.min((mb + mchunks) * LANES);
-        for rb in (0..nrows).step_by(8) {
-            let nr = 8.min(nrows - rb);
-            let bias = bias.map(|v| &v[r0 + rb..][..nr]);
-            // Whole 8 x 8 blocks through AVX transposes (x86), the rest
-            // value by value.
-            #[cfg(not(target_arch = "x86_64"))]
-            let b = b_lo;
-            #[cfg(target_arch = "x86_64")]
-            let b = {
-                let mut b = b_lo;
-                if nr == 8 && matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
-                    let bv = bias.map_or([0.0; 8], |v| std::array::from_fn(|i| v[i]));
-                    while b + 8 <= b_hi {
-                        let src = &yt[rb * MC + (b - b_lo)..];
-                        assert!(src.len() >= 7 * MC + 8);
-                        // SAFETY: AVX2 checked by the caller (`path`); the
-                        // 8 x 8 block of `Yᵀ` lies in `src` (asserted), and
-                        // `Y` rows `b .. b + 8` < `batch`, columns
-                        // `r0 + rb .. + 8` <= `rows` are this task's alone.
-                        unsafe {
-                            avx2::transpose8_add(
-                                src.as_ptr(),
-                                MC,
-                                &bv,
-                                out.get().add(b * rows + r0 + rb),
-                                rows,
-                            )
-                        };
-                        b += 8;
-                    }
-                }
-                b
-            };
-            for b in b..b_hi {
-                // SAFETY: `y` has `batch x rows` values (asserted above);
-                // this task alone writes columns `r0 .. r0 + nrows`, and
-                // `b < batch`, `r0 + rb + nr <= rows`.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.get().add(b * rows + r0 + rb), nr)
-                };
-                let src = &yt[rb * MC + (b - b_lo)..];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = src[i * MC] + bias.map_or(0.0, |v| v[i]);
-                }
-            }
-        }
+        write_y(path, yt, MC, b_lo..b_hi, r0, nrows, bias, out, rows);
         TASK.with(|c| c.set(tb));
     });
     XPACK.with(|c| c.set(xp));
+}
+
+/// The rayon tasks of a GEMM: batch blocks of `MC / LANES` 16-row chunks x
+/// row chunks of [`task_rows`] weight rows, batch-block major, so the
+/// threads share a batch block's packed X in L2 / L3 (each task taking all
+/// batch blocks of its rows re-read the whole packed X per task: at 4096
+/// batch rows x 1536 columns, 25 MB 8 times, and that GEMM took 28 ms
+/// against 26 ms now; 384 x 384: 6.7 / 6.4 ms; Zen 5). Larger tasks (all
+/// rows at once) measured slower.
+#[derive(Clone, Copy)]
+struct Grid {
+    rows: usize,
+    nchunks: usize,
+    /// Batch blocks.
+    nmb: usize,
+    /// Weight rows per task.
+    nc: usize,
+    /// Row chunks.
+    nrc: usize,
+}
+
+/// One task of a [`Grid`].
+struct GridTask {
+    /// First 16-row chunk of the batch block, and its chunks.
+    mb: usize,
+    mchunks: usize,
+    /// First weight row, and the task's rows.
+    r0: usize,
+    nrows: usize,
+    /// First row of the next task ([`task_after`]).
+    next: Option<usize>,
+}
+
+impl Grid {
+    fn new(rows: usize, nchunks: usize) -> Grid {
+        let nc = task_rows(rows);
+        Grid {
+            rows,
+            nchunks,
+            nmb: nchunks.div_ceil(MC / LANES),
+            nc,
+            nrc: rows.div_ceil(nc),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.nmb * self.nrc
+    }
+
+    fn task(&self, t: usize) -> GridTask {
+        let (mbi, rc) = (t / self.nrc, t % self.nrc);
+        let mb = mbi * (MC / LANES);
+        let r0 = rc * self.nc;
+        GridTask {
+            mb,
+            mchunks: (MC / LANES).min(self.nchunks - mb),
+            r0,
+            nrows: self.nc.min(self.rows - r0),
+            next: task_after(rc, self.nrc, mbi, self.nmb, self.nc),
+        }
+    }
+}
+
+/// A task's `Yᵀ` block (`yt`: its `nrows` weight rows, each `ld` batch
+/// values from batch row `b.start`) into `Y[b, r0 .. r0 + nrows]`, bias
+/// added, 8 weight rows at a time so the reads of `Yᵀ` are 8 sequential
+/// streams. The task owns those columns of `Y` (`out`, `batch x rows`).
+#[allow(clippy::too_many_arguments)]
+fn write_y(
+    path: KernelPath,
+    yt: &[f32],
+    ld: usize,
+    b: std::ops::Range<usize>,
+    r0: usize,
+    nrows: usize,
+    bias: Option<&[f32]>,
+    out: OutPtr,
+    rows: usize,
+) {
+    let (b_lo, b_hi) = (b.start, b.end);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    for rb in (0..nrows).step_by(8) {
+        let nr = 8.min(nrows - rb);
+        let bias = bias.map(|v| &v[r0 + rb..][..nr]);
+        // Whole 8 x 8 blocks through AVX transposes (x86), the rest
+        // value by value.
+        #[cfg(not(target_arch = "x86_64"))]
+        let b = b_lo;
+        #[cfg(target_arch = "x86_64")]
+        let b = {
+            let mut b = b_lo;
+            if nr == 8 && matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
+                let bv = bias.map_or([0.0; 8], |v| std::array::from_fn(|i| v[i]));
+                while b + 8 <= b_hi {
+                    let src = &yt[rb * ld + (b - b_lo)..];
+                    assert!(src.len() >= 7 * ld + 8);
+                    // SAFETY: AVX2 checked by the caller (`path`); the
+                    // 8 x 8 block of `Yᵀ` lies in `src` (asserted), and
+                    // `Y` rows `b .. b + 8` < `batch`, columns
+                    // `r0 + rb .. + 8` <= `rows` are this task's alone.
+                    unsafe {
+                        avx2::transpose8_add(
+                            src.as_ptr(),
+                            ld,
+                            &bv,
+                            out.get().add(b * rows + r0 + rb),
+                            rows,
+                        )
+                    };
+                    b += 8;
+                }
+            }
+            b
+        };
+        for b in b..b_hi {
+            // SAFETY: `y` has `batch x rows` values (asserted above);
+            // this task alone writes columns `r0 .. r0 + nrows`, and
+            // `b < batch`, `r0 + rb + nr <= rows`.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(out.get().add(b * rows + r0 + rb), nr) };
+            let src = &yt[rb * ld + (b - b_lo)..];
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[i * ld] + bias.map_or(0.0, |v| v[i]);
+            }
+        }
+    }
 }
 
 /// Packs `X` (`batch x cols`) into `xp`: `[kb][chunk][KC][LANES]`, columns
@@ -765,6 +859,10 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 #[path = "gemm_avx2.rs"]
 mod avx2_driver;
+
+#[cfg(target_arch = "x86_64")]
+#[path = "gemm_i8.rs"]
+mod i8_driver;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

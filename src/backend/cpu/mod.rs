@@ -53,8 +53,9 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// A backend using rayon's global thread pool and the fast GEMV
-    /// (int8 activations for q8 / q4 / lut4, see [`GemvActivations`]).
+    /// A backend using rayon's global thread pool, the fast GEMV (int8
+    /// activations for q8 / q4 / lut4) and the fast q4 GEMM (int8
+    /// activations), see [`GemvActivations`].
     pub fn new() -> Self {
         Self::with_gemv_activations(GemvActivations::Int8)
     }

@@ -1,0 +1,356 @@
+//! q4 GEMM with int8 activations: AVX-512 VNNI integer dot products.
+//!
+//! Why: at a transformer's batch sizes (a 128-token input is 128 rows) the
+//! f32 GEMM is bound by its FMAs, so a 4-bit matrix decoded to f32 is no
+//! faster than an f32 one, and the decode comes on top. Rounding the
+//! activations to int8 per block of 32 columns (the GEMV's rule,
+//! [`quantize_block`]) lets one `vpdpbusd` do 64 multiply-adds (u8 codes x
+//! i8 activations) where an FMA does 16. The cost is the activation
+//! rounding, which next to 4-bit weights is negligible: on
+//! all-MiniLM-L6-v2 the pooled cosine of int4 g128 to f32 went 0.96112 ->
+//! 0.96107 (int8 weights would lose half their fidelity, 0.99979 ->
+//! 0.99956, so q8 keeps f32 activations). See docs/PERFORMANCE.md.
+//!
+//! Layout. X is quantized once per call into 16-row chunks, per K block of
+//! [`KC`] columns: codes `[KC / 4][16 rows][4 columns]` (one zmm per 4
+//! columns, so each i32 lane of `vpdpbusd` is one batch row) and, per
+//! 32-column block and row, `dx` and `dx · Σ codes`. Per task (batch block
+//! x weight rows, as in the f32 driver) each 6-row weight panel is
+//! unpacked once per K block to one byte per code (natural column order),
+//! with its per-block scale `s` and `s · z`. The micro-kernel keeps a
+//! 6 x 32 tile in 12 i32 accumulators per 32-column block and 12 f32 ones
+//! per weight group:
+//!
+//! `y[b, r] = Σ_g s[r, g] · (Σ_{blk in g} dx[b, blk] · Σ_k q[r, k] · xq[b, k]
+//!            - z[r, g] · Σ_{blk in g} dx[b, blk] · Σ_k xq[b, k])`.
+//!
+//! The integer sums are exact; the f32 part differs from the f32-activation
+//! path on `int8_rounded` input only by rounding.
+
+use rayon::prelude::*;
+
+use super::super::act::{quantize_block, QBLOCK};
+use super::super::kernel::KernelPath;
+use super::{write_y, Grid, OutPtr, KC, LANES, MC, TASK, UNIT};
+use crate::format::{round_up, Packed, QuantizedMatrix};
+
+/// Weight rows per micro-tile (12 i32 + 12 f32 accumulators, 2 X registers).
+const NRI: usize = 6;
+/// Activation blocks per K block.
+const NBK: usize = KC / QBLOCK;
+/// Code bytes of one 16-row chunk per K block.
+const XBLOCK: usize = KC * LANES;
+
+/// X quantized for [`gemm`], kept by the calling thread between calls.
+#[derive(Default)]
+struct XQuant {
+    /// Codes, `[chunk][kb][KC / 4][LANES][4]`.
+    q: Vec<i8>,
+    /// `dx`, `[chunk][kb][NBK][LANES]`.
+    d: Vec<f32>,
+    /// `dx · Σ codes`, as `d`.
+    s: Vec<f32>,
+}
+
+thread_local! {
+    static XQ: std::cell::Cell<XQuant> = std::cell::Cell::new(XQuant::default());
+}
+
+/// `Y = X · Wᵀ (+ bias)` for a q4 matrix, `x` rounded to int8 per block of
+/// 32 columns, dense part only.
+///
+/// # Panics
+/// When `m` is not q4 or the CPU lacks AVX-512 VNNI (callers check
+/// [`KernelPath::Avx512`]).
+pub(super) fn gemm(
+    m: &QuantizedMatrix,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    assert!(KernelPath::Avx512.is_supported(), "AVX-512 VNNI GEMM");
+    let Packed::Q4(q4) = m.packed() else {
+        panic!("int8-activation GEMM takes q4 matrices");
+    };
+    let (rows, cols) = (m.rows(), m.cols());
+    let kp = round_up(cols, UNIT);
+    let nkb = kp.div_ceil(KC);
+    let nchunks = round_up(batch, LANES) / LANES;
+    let mut xq = XQ.with(|c| c.take());
+    xq.q.resize(nchunks * nkb * XBLOCK, 0);
+    xq.d.resize(nchunks * nkb * NBK * LANES, 0.0);
+    xq.s.resize(nchunks * nkb * NBK * LANES, 0.0);
+    xq.q[..nchunks * nkb * XBLOCK]
+        .par_chunks_mut(nkb * XBLOCK)
+        .zip(xq.d[..nchunks * nkb * NBK * LANES].par_chunks_mut(nkb * NBK * LANES))
+        .zip(xq.s[..nchunks * nkb * NBK * LANES].par_chunks_mut(nkb * NBK * LANES))
+        .enumerate()
+        .for_each(|(ch, ((q, d), s))| pack_chunk(x, batch, cols, kp, ch, q, d, s));
+    let (xqq, xqd, xqs) = (&xq.q[..], &xq.d[..], &xq.s[..]);
+
+    let glen = m.group_len();
+    let gpr = m.groups_per_row();
+    let stride = m.row_stride_bytes();
+    let codes: &[u8] = bytemuck::cast_slice(&q4.codes);
+    let grid = Grid::new(rows, nchunks);
+    let out = OutPtr(y.as_mut_ptr());
+    (0..grid.len()).into_par_iter().for_each(|t| {
+        let gt = grid.task(t);
+        let (mb, mchunks, r0, nrows) = (gt.mb, gt.mchunks, gt.r0, gt.nrows);
+        let mut tb = TASK.with(|c| c.take());
+        tb.yt.resize(grid.nc * MC, 0.0);
+        let yt = &mut tb.yt[..];
+        let mut wq = [0u8; NRI * KC];
+        let mut ws = [0.0f32; NRI * NBK];
+        let mut wz = [0.0f32; NRI * NBK];
+        for kb in 0..nkb {
+            let k0 = kb * KC;
+            let kc = KC.min(kp - k0);
+            // Runs of 32-column blocks inside one weight group.
+            let mut segs = [(0usize, 0usize); NBK];
+            let mut nseg = 0;
+            for bi in 0..kc / QBLOCK {
+                let g = (k0 + bi * QBLOCK) / glen;
+                if bi > 0 && g == (k0 + (bi - 1) * QBLOCK) / glen {
+                    segs[nseg - 1].1 = bi + 1;
+                } else {
+                    segs[nseg] = (bi, bi + 1);
+                    nseg += 1;
+                }
+            }
+            for p in (0..nrows).step_by(NRI) {
+                let valid = NRI.min(nrows - p);
+                for i in 0..NRI {
+                    let (w, s, z) = (
+                        &mut wq[i * KC..][..kc],
+                        &mut ws[i * NBK..][..NBK],
+                        &mut wz[i * NBK..][..NBK],
+                    );
+                    if i >= valid {
+                        w.fill(0);
+                        s.fill(0.0);
+                        z.fill(0.0);
+                        continue;
+                    }
+                    let r = r0 + p + i;
+                    let row = &codes[r * stride + k0 / 2..][..kc / 2];
+                    // SAFETY: AVX-512 checked on entry; `row` holds the
+                    // `kc / 2` code bytes the function reads, `w` `kc`.
+                    unsafe { avx512::unpack_q4(row, w) };
+                    for bi in 0..kc / QBLOCK {
+                        let g = r * gpr + (k0 + bi * QBLOCK) / glen;
+                        let sc = q4.scales[g].to_f32();
+                        s[bi] = sc;
+                        z[bi] = sc * q4.zeros[g] as f32;
+                    }
+                }
+                let mut ch = mb;
+                while ch < mb + mchunks {
+                    let two = ch + 1 < mb + mchunks;
+                    let xa = (ch * nkb + kb) * XBLOCK;
+                    let da = (ch * nkb + kb) * NBK * LANES;
+                    let (xb, db) = if two {
+                        (xa + nkb * XBLOCK, da + nkb * NBK * LANES)
+                    } else {
+                        (xa, da)
+                    };
+                    let b0 = (ch - mb) * LANES;
+                    assert!(
+                        p * MC + (valid - 1) * MC + b0 + LANES * (1 + two as usize) <= yt.len()
+                    );
+                    // SAFETY: AVX-512 VNNI checked on entry; every read is
+                    // inside the packed buffers (block `kb` of chunks `ch`,
+                    // `ch + 1`: `kc / 4` code vectors and `kc / 32` scale
+                    // vectors each, `wq` / `ws` / `wz` of `NRI` rows), and
+                    // the tile's writes inside `yt` (asserted).
+                    unsafe {
+                        avx512::micro(
+                            &segs[..nseg],
+                            wq.as_ptr(),
+                            ws.as_ptr(),
+                            wz.as_ptr(),
+                            [
+                                xqq[xa..][..kc * LANES].as_ptr(),
+                                xqq[xb..][..kc * LANES].as_ptr(),
+                            ],
+                            [
+                                xqd[da..][..kc / QBLOCK * LANES].as_ptr(),
+                                xqd[db..].as_ptr(),
+                            ],
+                            [
+                                xqs[da..][..kc / QBLOCK * LANES].as_ptr(),
+                                xqs[db..].as_ptr(),
+                            ],
+                            kb == 0,
+                            yt[p * MC..].as_mut_ptr(),
+                            MC,
+                            b0,
+                            valid,
+                            two,
+                        )
+                    };
+                    ch += if two { 2 } else { 1 };
+                }
+            }
+        }
+        let b_lo = mb * LANES;
+        let b_hi = batch.min((mb + mchunks) * LANES);
+        write_y(
+            KernelPath::Avx512,
+            yt,
+            MC,
+            b_lo..b_hi,
+            r0,
+            nrows,
+            bias,
+            out,
+            rows,
+        );
+        TASK.with(|c| c.set(tb));
+    });
+    XQ.with(|c| c.set(xq));
+}
+
+/// Quantizes batch rows `16 ch .. 16 ch + 16` of `x` into one chunk's
+/// codes `q`, scales `d` and `dx · Σ codes` `s` (every K block; rows past
+/// the batch and columns past the row are 0).
+#[allow(clippy::too_many_arguments)]
+fn pack_chunk(
+    x: &[f32],
+    batch: usize,
+    cols: usize,
+    kp: usize,
+    ch: usize,
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+) {
+    let mut codes = [0i8; QBLOCK];
+    for lane in 0..LANES {
+        let b = ch * LANES + lane;
+        for blk in 0..kp / QBLOCK {
+            let c0 = blk * QBLOCK;
+            let (kb, kk) = (c0 / KC, c0 % KC);
+            codes.fill(0);
+            let (dx, sum) = if b < batch {
+                let v = &x[b * cols + c0..b * cols + cols.min(c0 + QBLOCK)];
+                quantize_block(v, &mut codes).unwrap_or((f32::NAN, 0))
+            } else {
+                (0.0, 0)
+            };
+            let qb = &mut q[kb * XBLOCK..][..XBLOCK];
+            for (j, c4) in codes.chunks_exact(4).enumerate() {
+                let at = (kk / 4 + j) * 4 * LANES + 4 * lane;
+                qb[at..at + 4].copy_from_slice(c4);
+            }
+            let at = kb * NBK * LANES + (kk / QBLOCK) * LANES + lane;
+            d[at] = dx;
+            s[at] = dx * sum as f32;
+        }
+    }
+}
+
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{KC, LANES, NBK, NRI};
+
+    /// One code byte per column: `row` holds `w.len() / 2` bytes of q4
+    /// codes (low nibble first), `w.len()` is a multiple of 32.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 BW/VL.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn unpack_q4(row: &[u8], w: &mut [u8]) {
+        assert!(row.len() * 2 >= w.len() && w.len().is_multiple_of(32));
+        let low = _mm_set1_epi8(0x0F);
+        for u in 0..w.len() / 32 {
+            let v = _mm_loadu_si128(row.as_ptr().add(16 * u) as *const __m128i);
+            let lo = _mm_and_si128(v, low);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), low);
+            let o = w.as_mut_ptr().add(32 * u) as *mut __m128i;
+            _mm_storeu_si128(o, _mm_unpacklo_epi8(lo, hi));
+            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi8(lo, hi));
+        }
+    }
+
+    /// One `NRI x 32` (or `NRI x 16` when `!two`) tile over a K block: for
+    /// each run `segs` of 32-column blocks in one weight group, i32 dot
+    /// products per block scaled by `dx` into f32, then the group's `s`
+    /// and zero term into the tile (stored when `first` and the run is the
+    /// block's first, added otherwise).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/VNNI; `x[h]` hold the block's code
+    /// vectors, `d[h]` / `s[h]` its scale vectors, `wq` `NRI x KC` bytes and
+    /// `ws` / `wz` `NRI x NBK` values; the tile's rows `0 .. valid`, batch
+    /// values `b0 .. b0 + 16 (32 with two)` at stride `ld` are writable.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) unsafe fn micro(
+        segs: &[(usize, usize)],
+        wq: *const u8,
+        ws: *const f32,
+        wz: *const f32,
+        x: [*const i8; 2],
+        d: [*const f32; 2],
+        s: [*const f32; 2],
+        first: bool,
+        tile: *mut f32,
+        ld: usize,
+        b0: usize,
+        valid: usize,
+        two: bool,
+    ) {
+        let mut fresh = first;
+        for &(s0, s1) in segs {
+            let mut facc = [[_mm512_setzero_ps(); 2]; NRI];
+            for bi in s0..s1 {
+                let mut acc = [[_mm512_setzero_si512(); 2]; NRI];
+                for t in 0..QSTEPS {
+                    let j = bi * QSTEPS + t;
+                    let x0 = _mm512_loadu_si512(x[0].add(j * 4 * LANES) as *const _);
+                    let x1 = _mm512_loadu_si512(x[1].add(j * 4 * LANES) as *const _);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let w = _mm512_set1_epi32(
+                            (wq.add(r * KC + 4 * j) as *const i32).read_unaligned(),
+                        );
+                        a[0] = _mm512_dpbusd_epi32(a[0], w, x0);
+                        a[1] = _mm512_dpbusd_epi32(a[1], w, x1);
+                    }
+                }
+                let d0 = _mm512_loadu_ps(d[0].add(bi * LANES));
+                let d1 = _mm512_loadu_ps(d[1].add(bi * LANES));
+                for (f, a) in facc.iter_mut().zip(&acc) {
+                    f[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[0]), d0, f[0]);
+                    f[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[1]), d1, f[1]);
+                }
+            }
+            let (mut c0, mut c1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for bi in s0..s1 {
+                c0 = _mm512_add_ps(c0, _mm512_loadu_ps(s[0].add(bi * LANES)));
+                c1 = _mm512_add_ps(c1, _mm512_loadu_ps(s[1].add(bi * LANES)));
+            }
+            for (r, f) in facc.iter().enumerate().take(valid) {
+                let sc = _mm512_set1_ps(*ws.add(r * NBK + s0));
+                let sz = _mm512_set1_ps(*wz.add(r * NBK + s0));
+                let dst = tile.add(r * ld + b0);
+                for (h, c) in [c0, c1].into_iter().enumerate().take(1 + two as usize) {
+                    let o = dst.add(h * LANES);
+                    let base = if fresh {
+                        _mm512_setzero_ps()
+                    } else {
+                        _mm512_loadu_ps(o)
+                    };
+                    let v = _mm512_fnmadd_ps(c, sz, _mm512_fmadd_ps(f[h], sc, base));
+                    _mm512_storeu_ps(o, v);
+                }
+            }
+            fresh = false;
+        }
+    }
+
+    /// `vpdpbusd` steps (4 columns each) per 32-column block.
+    const QSTEPS: usize = super::QBLOCK / 4;
+}
