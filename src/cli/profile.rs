@@ -268,6 +268,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             source: timing.source,
             bytes: m.storage_bytes().total() + 4 * batch * (rows + cols),
             flops: 2.0 * (batch * rows * cols) as f64,
+            int8: kind == BackendKind::Cpu
+                && backend::cpu::uses_int8_activations(
+                    backend::cpu::GemvActivations::Int8,
+                    m.kind(),
+                    batch,
+                ),
         });
     }
     let bw: Option<Bandwidth> = match dev.measure_bandwidth(args.copy_mib << 20) {
@@ -298,6 +304,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             None
         }
     };
+    let peak_int8 = if rows_out.iter().any(|r| r.int8) {
+        backend::cpu::bandwidth::measure_int8_dot_rate()
+    } else {
+        None
+    };
     dev.free(h)?;
     let cublas: Vec<Option<KernelTiming>> = batches
         .iter()
@@ -309,9 +320,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &m.label(),
         &rows_out,
         bw,
-        peak_flops,
+        Peaks {
+            fma: peak_flops,
+            int8: peak_int8,
+        },
         &cublas,
     )
+}
+
+/// The compute ceilings a row's `%flops` is taken against.
+#[derive(Clone, Copy)]
+struct Peaks {
+    /// f32 FMA rate (FLOP/s).
+    fma: Option<f64>,
+    /// int8 dot-product rate (OP/s), CPU with AVX-512 VNNI only.
+    int8: Option<f64>,
+}
+
+impl Peaks {
+    /// The ceiling of `r`: the int8 dot rate for an int8-activation kernel
+    /// (none where it was not measured: those kernels then run in f32 and
+    /// the FMA rate applies), else the FMA rate.
+    fn of(&self, r: &KernelRow) -> Option<f64> {
+        if r.int8 {
+            self.int8.or(self.fma)
+        } else {
+            self.fma
+        }
+    }
 }
 
 /// `--batch`: one count or a comma-separated list, each in `1..=MAX_BATCH`.
@@ -338,6 +374,9 @@ struct KernelRow {
     /// Packed matrix + X + Y.
     bytes: usize,
     flops: f64,
+    /// The kernel multiplies int8-rounded activations with integer dot
+    /// products (CPU): its compute ceiling is the int8 dot rate.
+    int8: bool,
 }
 
 /// `density · cols` distinct random columns per row (at least one), values
@@ -420,9 +459,17 @@ fn report(
     label: &str,
     rows: &[KernelRow],
     bw: Option<Bandwidth>,
-    peak_flops: Option<f64>,
+    peaks: Peaks,
     cublas: &[Option<KernelTiming>],
 ) -> anyhow::Result<()> {
+    let peak_flops = peaks.fma;
+    let ceiling = |r: &KernelRow| {
+        if r.int8 && peaks.int8.is_some() {
+            "int8_dot"
+        } else {
+            "fma"
+        }
+    };
     let kernel = |batch: usize| {
         format!(
             "{}_{}",
@@ -451,7 +498,8 @@ fn report(
                     "gb_per_s": r.bytes as f64 / r.seconds / 1e9,
                     "gflop_per_s": r.flops / r.seconds / 1e9,
                     "fraction_of_bandwidth": bw.map(|b| r.bytes as f64 / r.seconds / b.bytes_per_s),
-                    "fraction_of_flops": peak_flops.map(|p| r.flops / r.seconds / p),
+                    "fraction_of_flops": peaks.of(r).map(|p| r.flops / r.seconds / p),
+                    "compute_ceiling": ceiling(r),
                     "cublas_f16_gemm": c.map(|c| json!({
                         "median_s": c,
                         "speedup_of_kernel": c / r.seconds,
@@ -474,6 +522,7 @@ fn report(
                 "timing": source_name(b.source),
             })),
             "fma_gflop_per_s": peak_flops.map(|p| p / 1e9),
+            "int8_dot_gop_per_s": peaks.int8.map(|p| p / 1e9),
             "cublas_f16_gemm": first.map(|(c, r)| json!({
                 "median_s": c,
                 "speedup_of_kernel": c / r.seconds,
@@ -497,7 +546,7 @@ fn report(
     let pct = |f: Option<f64>| f.map_or("-".to_string(), |f| format!("{:.1}", 100.0 * f));
     for r in rows {
         let bw_frac = bw.map(|b| r.bytes as f64 / r.seconds / b.bytes_per_s);
-        let flops_frac = peak_flops.map(|p| r.flops / r.seconds / p);
+        let flops_frac = peaks.of(r).map(|p| r.flops / r.seconds / p);
         outln!(
             "{:<10} {:>6} {:>9.3} ms {:>10.2} {:>11.2} {:>8} {:>8}  {}",
             kernel(r.batch),
@@ -527,6 +576,18 @@ fn report(
     match peak_flops {
         Some(p) => outln!("device FMA rate: {:.2} GFLOP/s (fma-only kernel)", p / 1e9),
         None => outln!("device FMA rate: not measured on this backend"),
+    }
+    if let Some(p) = peaks.int8 {
+        outln!(
+            "device int8 dot rate: {:.2} GOP/s (vpdpbusd-only kernel; the %flops ceiling of \
+             the int8-activation rows: {})",
+            p / 1e9,
+            rows.iter()
+                .filter(|r| r.int8)
+                .map(|r| format!("{} batch {}", kernel(r.batch), r.batch))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     for (r, c) in rows.iter().zip(&cublas_s) {
         if let Some(c) = c {

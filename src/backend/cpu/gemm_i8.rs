@@ -4,7 +4,7 @@
 //! f32 GEMM is bound by its FMAs, so a 4-bit matrix decoded to f32 is no
 //! faster than an f32 one, and the decode comes on top. Rounding the
 //! activations to int8 per block of 32 columns (the GEMV's rule,
-//! [`quantize_block`]) lets one `vpdpbusd` do 64 multiply-adds (u8 codes x
+//! `act::quantize_block`) lets one `vpdpbusd` do 64 multiply-adds (u8 codes x
 //! i8 activations) where an FMA does 16. The cost is the activation
 //! rounding, which next to 4-bit weights is negligible: on
 //! all-MiniLM-L6-v2 the pooled cosine of int4 g128 to f32 went 0.96112 ->
@@ -29,9 +29,11 @@
 
 use rayon::prelude::*;
 
-use super::super::act::{quantize_block, QBLOCK};
+#[cfg(test)]
+use super::super::act::quantize_block;
+use super::super::act::QBLOCK;
 use super::super::kernel::KernelPath;
-use super::{write_y, Grid, OutPtr, KC, LANES, MC, TASK, UNIT};
+use super::{write_y, Grid, NextPanel, OutPtr, TaskRows, KC, LANES, MC, TASK, UNIT};
 use crate::format::{round_up, Packed, QuantizedMatrix};
 
 /// Weight rows per micro-tile (12 i32 + 12 f32 accumulators, 2 X registers).
@@ -98,6 +100,13 @@ pub(super) fn gemm(
     (0..grid.len()).into_par_iter().for_each(|t| {
         let gt = grid.task(t);
         let (mb, mchunks, r0, nrows) = (gt.mb, gt.mchunks, gt.r0, gt.nrows);
+        let task = TaskRows {
+            rows,
+            kp,
+            r0,
+            nrows,
+            next: gt.next,
+        };
         let mut tb = TASK.with(|c| c.take());
         tb.yt.resize(grid.nc * MC, 0.0);
         let yt = &mut tb.yt[..];
@@ -138,13 +147,19 @@ pub(super) fn gemm(
                     // SAFETY: AVX-512 checked on entry; `row` holds the
                     // `kc / 2` code bytes the function reads, `w` `kc`.
                     unsafe { avx512::unpack_q4(row, w) };
-                    for bi in 0..kc / QBLOCK {
-                        let g = r * gpr + (k0 + bi * QBLOCK) / glen;
+                    // The micro-kernel reads them at the start of each run.
+                    for &(s0, _) in &segs[..nseg] {
+                        let g = r * gpr + (k0 + s0 * QBLOCK) / glen;
                         let sc = q4.scales[g].to_f32();
-                        s[bi] = sc;
-                        z[bi] = sc * q4.zeros[g] as f32;
+                        s[s0] = sc;
+                        z[s0] = sc * q4.zeros[g] as f32;
                     }
                 }
+                // The next panel's codes (12 lines at K blocks of 256)
+                // into L2 while this one is multiplied: without it the
+                // unpack waited on L3 (a 384-row layer's codes come from
+                // there each forward pass).
+                NextPanel::new(m, task.after::<NRI, KC>(p, k0, kc)).finish();
                 let mut ch = mb;
                 while ch < mb + mchunks {
                     let two = ch + 1 < mb + mchunks;
@@ -232,11 +247,12 @@ fn pack_chunk(
         for blk in 0..kp / QBLOCK {
             let c0 = blk * QBLOCK;
             let (kb, kk) = (c0 / KC, c0 % KC);
-            codes.fill(0);
             let (dx, sum) = if b < batch {
                 let v = &x[b * cols + c0..b * cols + cols.min(c0 + QBLOCK)];
-                quantize_block(v, &mut codes).unwrap_or((f32::NAN, 0))
+                // SAFETY: AVX-512 checked by `gemm`.
+                unsafe { avx512::quantize_block(v, &mut codes) }
             } else {
+                codes.fill(0);
                 (0.0, 0)
             };
             let qb = &mut q[kb * XBLOCK..][..XBLOCK];
@@ -256,6 +272,50 @@ mod avx512 {
 
     use super::{KC, LANES, NBK, NRI};
 
+    /// `act::quantize_block` of `v` (at most 32
+    /// values) into `codes` (zero past `v`): `(dx, Σ codes)`, `(NaN, 0)`
+    /// with zero codes when a value is not finite. The same f32 operations,
+    /// so the same codes and scales.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F/BW/VL.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn quantize_block(v: &[f32], codes: &mut [i8; 32]) -> (f32, i32) {
+        let n = v.len().min(32);
+        let m0 = ((1u32 << n.min(16)) - 1) as u16;
+        let m1 = ((1u64 << n.saturating_sub(16)) - 1) as u16;
+        let p = v.as_ptr();
+        let v0 = _mm512_maskz_loadu_ps(m0, p);
+        let v1 = _mm512_maskz_loadu_ps(m1, p.add(16.min(n)));
+        let zero = _mm512_setzero_ps();
+        // `v * 0` is 0 for finite v and NaN otherwise.
+        let finite = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_mul_ps(v0, zero), zero)
+            & _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_mul_ps(v1, zero), zero);
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        if finite != 0xFFFF || amax == 0.0 {
+            *codes = [0; 32];
+            return (if finite != 0xFFFF { f32::NAN } else { 0.0 }, 0);
+        }
+        let inv = _mm512_set1_ps(127.0 / amax);
+        let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+        // Round half to even (the default rounding mode), clamp.
+        let q0 = _mm512_min_epi32(
+            hi,
+            _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv))),
+        );
+        let q1 = _mm512_min_epi32(
+            hi,
+            _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv))),
+        );
+        let o = codes.as_mut_ptr() as *mut __m128i;
+        _mm_storeu_si128(o, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(o.add(1), _mm512_cvtepi32_epi8(q1));
+        (
+            amax / 127.0,
+            _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)),
+        )
+    }
+
     /// One code byte per column: `row` holds `w.len() / 2` bytes of q4
     /// codes (low nibble first), `w.len()` is a multiple of 32.
     ///
@@ -264,8 +324,23 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn unpack_q4(row: &[u8], w: &mut [u8]) {
         assert!(row.len() * 2 >= w.len() && w.len().is_multiple_of(32));
+        // 128 columns at a time: the byte interleave works per 128-bit
+        // lane, so two 64-bit-pair permutes put the lanes in order.
+        let low = _mm512_set1_epi8(0x0F);
+        let first = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+        let second = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+        let wide = w.len() / 128;
+        for u in 0..wide {
+            let v = _mm512_loadu_si512(row.as_ptr().add(64 * u) as *const _);
+            let lo = _mm512_and_si512(v, low);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+            let (a, b) = (_mm512_unpacklo_epi8(lo, hi), _mm512_unpackhi_epi8(lo, hi));
+            let o = w.as_mut_ptr().add(128 * u) as *mut __m512i;
+            _mm512_storeu_si512(o as *mut _, _mm512_permutex2var_epi64(a, first, b));
+            _mm512_storeu_si512(o.add(1) as *mut _, _mm512_permutex2var_epi64(a, second, b));
+        }
         let low = _mm_set1_epi8(0x0F);
-        for u in 0..w.len() / 32 {
+        for u in 4 * wide..w.len() / 32 {
             let v = _mm_loadu_si128(row.as_ptr().add(16 * u) as *const __m128i);
             let lo = _mm_and_si128(v, low);
             let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), low);
@@ -353,4 +428,79 @@ mod avx512 {
 
     /// `vpdpbusd` steps (4 columns each) per 32-column block.
     const QSTEPS: usize = super::QBLOCK / 4;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SIMD block quantizer gives the portable rule's codes, scale and
+    /// sum bit for bit: random blocks of every length, exact ties, zeros,
+    /// a lone value, NaN and infinity.
+    #[test]
+    fn simd_quantizer_is_the_portable_rule() {
+        if !KernelPath::Avx512.is_supported() {
+            return;
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let mut cases: Vec<Vec<f32>> = Vec::new();
+        for n in 1..=32 {
+            cases.push((0..n).map(|_| next() * 3.0).collect());
+            // Ties: multiples of amax / 254 land on .5 codes.
+            cases.push((0..n).map(|i| (i as f32 - 16.0) * 0.5 / 127.0).collect());
+        }
+        cases.push(vec![0.0; 32]);
+        cases.push(vec![-2.5]);
+        let mut nan = vec![1.0f32; 20];
+        nan[7] = f32::NAN;
+        cases.push(nan);
+        let mut inf = vec![1.0f32; 32];
+        inf[31] = f32::INFINITY;
+        cases.push(inf);
+        for v in &cases {
+            let mut want = [0i8; QBLOCK];
+            let w = quantize_block(v, &mut want);
+            let mut got = [0x55i8; QBLOCK];
+            // SAFETY: AVX-512 checked above.
+            let (d, s) = unsafe { avx512::quantize_block(v, &mut got) };
+            match w {
+                None => assert!(d.is_nan() && s == 0 && got == [0; 32], "{v:?}"),
+                Some((wd, ws)) => {
+                    assert_eq!((d.to_bits(), s), (wd.to_bits(), ws), "{v:?}");
+                    if wd != 0.0 {
+                        assert_eq!(got[..v.len()], want[..v.len()], "{v:?}");
+                    }
+                    assert!(got[v.len()..].iter().all(|&c| c == 0), "{v:?}");
+                }
+            }
+        }
+    }
+
+    /// Unpacked q4 bytes are the nibbles in column order, for the 128-wide
+    /// and the 32-wide loops.
+    #[test]
+    fn unpack_is_column_order() {
+        if !KernelPath::Avx512.is_supported() {
+            return;
+        }
+        for cols in [32usize, 96, 128, 160, 256] {
+            let row: Vec<u8> = (0..cols / 2).map(|i| (i * 37 + 11) as u8).collect();
+            let mut w = vec![0xEEu8; cols];
+            // SAFETY: AVX-512 checked above; `row` has `cols / 2` bytes.
+            unsafe { avx512::unpack_q4(&row, &mut w) };
+            for (c, &b) in w.iter().enumerate() {
+                assert_eq!(
+                    b,
+                    (row[c / 2] >> (4 * (c % 2))) & 0xF,
+                    "cols {cols} column {c}"
+                );
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use super::kernel::KernelPath;
 use super::{gemm, gemv, sparse};
 use crate::backend::BackendError;
-use crate::format::QuantizedMatrix;
+use crate::format::{FormatKind, QuantizedMatrix};
 
 /// `Y = X · Wᵀ` (`X`: `batch x cols`, `Y`: `batch x rows`, row-major) on the
 /// process's selected kernel path ([`KernelPath::selected`]).
@@ -61,6 +61,18 @@ pub enum GemvActivations {
     /// Keep it f32 and dequantize the weights in registers: exact up to f32
     /// rounding, for use as a reference.
     F32,
+}
+
+/// Whether a CPU matmul of `batch` rows with `act` rounds a `kind` matrix's
+/// activations to int8: every q8 / q4 / lut4 GEMV (batch 1) and the q4 GEMM
+/// with [`GemvActivations::Int8`].
+pub fn uses_int8_activations(act: GemvActivations, kind: FormatKind, batch: usize) -> bool {
+    act == GemvActivations::Int8
+        && if batch == 1 {
+            kind.is_grouped()
+        } else {
+            kind == FormatKind::Q4
+        }
 }
 
 /// The sparse part alone: adds `X · Oᵀ` for `m`'s outliers `O` into `y`
@@ -159,14 +171,22 @@ pub fn matmul_bias(
     let x = scaled(m, x);
     if batch == 1 {
         // The GEMV adds the outliers task by task.
-        gemv::gemv(path, m, &x, y, act == GemvActivations::Int8);
+        gemv::gemv(path, m, &x, y, uses_int8_activations(act, m.kind(), 1));
         if let Some(b) = bias {
             for (o, &v) in y.iter_mut().zip(b) {
                 *o += v;
             }
         }
     } else {
-        gemm::gemm(path, m, &x, batch, bias, y, act == GemvActivations::Int8);
+        gemm::gemm(
+            path,
+            m,
+            &x,
+            batch,
+            bias,
+            y,
+            uses_int8_activations(act, m.kind(), batch),
+        );
         if let Some(o) = m.outliers() {
             sparse::add_outliers(path, o, &x, cols, rows, y);
         }

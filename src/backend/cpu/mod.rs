@@ -35,7 +35,7 @@ use crate::format::{nearest_level, pack_q4, pack_q8, FormatKind, Matrix, Packed,
 pub use kernel::{KernelPath, KERNEL_ENV};
 pub use matmul::{
     matmul, matmul_bias, matmul_into, matmul_opts, matmul_outliers_into, matmul_with,
-    GemvActivations,
+    uses_int8_activations, GemvActivations,
 };
 
 /// Host CPU backend.
