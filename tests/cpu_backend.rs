@@ -62,7 +62,7 @@ fn matmul_matches_f64_reference_for_every_format() {
             let int8_act = if batch == 1 {
                 q.kind().is_grouped()
             } else {
-                q.kind() == FormatKind::Q4
+                matches!(q.kind(), FormatKind::Q4 | FormatKind::Lut4)
             };
             let bound = if int8_act { 2.5e-4 } else { 1e-10 };
             assert!(ef < bound, "{} default backend: NMSE {ef:e}", q.label());

@@ -217,7 +217,7 @@ fn int8_activations(m: &QuantizedMatrix, batch: usize) -> bool {
     if batch == 1 {
         m.kind().is_grouped()
     } else {
-        m.kind() == FormatKind::Q4
+        matches!(m.kind(), FormatKind::Q4 | FormatKind::Lut4)
     }
 }
 
@@ -378,7 +378,8 @@ fn gemm_batch_blocks_k_blocks_and_bias() {
             // bound, and the bias added to it exactly (up to f32 addition).
             let mut plain = vec![f32::NAN; batch * rows];
             matmul_opts(path, GemvActivations::Int8, &m, &x, batch, &mut plain).unwrap();
-            let bound = int8_act_factor(m.kind()) * int8_rounding_nmse(&m, None, &x, batch, 32);
+            let bound = int8_act_factor(m.kind())
+                * int8_rounding_nmse(&m, lut4_rounded_dense(&m).as_ref(), &x, batch, 32);
             let e = nmse_f64(&reference(&m, &x, batch), &plain);
             assert!(
                 e <= bound,

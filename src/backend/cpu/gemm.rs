@@ -21,7 +21,7 @@
 //! For 4-bit formats each 32-column unit is decoded in nibble order (the 16
 //! even columns, then the 16 odd ones) and X is packed in the same order.
 //!
-//! A q4 GEMM with int8 activations (the default CPU backend's) goes to
+//! A q4 / lut4 GEMM with int8 activations (the default CPU backend's) goes to
 //! `gemm_i8.rs` on AVX-512 VNNI (integer dot products, 6-row panels of
 //! code bytes); other paths multiply the int8-rounded activations here.
 //!
@@ -66,10 +66,11 @@ const UNIT: usize = 32;
 
 /// `Y = X · Wᵀ (+ bias)` for `batch` rows of `x` (already multiplied by the
 /// activation scale), dense part only; `y` is `batch x rows`, `bias` (when
-/// given) has `rows` values. With `int8_act`, a q4 matrix multiplies `x`
-/// rounded to int8 per block of 32 columns (`act::int8_rounded`): integer
-/// dot products on AVX-512 VNNI (`gemm_i8.rs`), the rounded values in f32
-/// on the other paths, so every path computes the same product.
+/// given) has `rows` values. With `int8_act`, a q4 / lut4 matrix multiplies
+/// `x` rounded to int8 per block of 32 columns (`act::int8_rounded`; lut4
+/// with its codebook on 256 levels, as the GEMV): integer dot products on
+/// AVX-512 VNNI (`gemm_i8.rs`), the rounded values in f32 on the other
+/// paths, so every path computes the same product.
 pub(crate) fn gemm(
     path: KernelPath,
     m: &QuantizedMatrix,
@@ -85,17 +86,31 @@ pub(crate) fn gemm(
     if let Some(b) = bias {
         assert_eq!(b.len(), rows, "gemm bias length");
     }
-    let rounded;
-    let x = if int8_act && matches!(m.packed(), Packed::Q4(_)) {
+    let (rounded, lut_m);
+    let (m, x) = if int8_act && matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_)) {
         #[cfg(target_arch = "x86_64")]
         if path == KernelPath::Avx512 {
             i8_driver::gemm(m, x, batch, bias, y);
             return;
         }
         rounded = super::act::int8_rounded(x, cols);
-        &rounded[..]
+        // lut4's codebook as the integer kernels take it (on 256 levels,
+        // `super::gemv::lut_u8`): a copy of the matrix per call, cheap next
+        // to the f32 product on these paths.
+        let m = match m.packed() {
+            Packed::Lut4(q) => {
+                let (t, zero, step) = super::gemv::lut_u8(&q.codebook);
+                let mut q = q.clone();
+                q.codebook = std::array::from_fn(|i| step * (t[i] as f32 - zero));
+                lut_m = QuantizedMatrix::new(rows, cols, m.group(), Packed::Lut4(q))
+                    .expect("the same shape");
+                &lut_m
+            }
+            _ => m,
+        };
+        (m, &rounded[..])
     } else {
-        x
+        (m, x)
     };
     #[cfg(target_arch = "x86_64")]
     if path == KernelPath::Avx2 && cols <= avx2_driver::MAX_COLS {

@@ -1,4 +1,4 @@
-//! q4 GEMM with int8 activations: AVX-512 VNNI integer dot products.
+//! q4 / lut4 GEMM with int8 activations: AVX-512 VNNI integer dot products.
 //!
 //! Why: at a transformer's batch sizes (a 128-token input is 128 rows) the
 //! f32 GEMM is bound by its FMAs, so a 4-bit matrix decoded to f32 is no
@@ -32,6 +32,7 @@ use rayon::prelude::*;
 #[cfg(test)]
 use super::super::act::quantize_block;
 use super::super::act::QBLOCK;
+use super::super::gemv::lut_u8;
 use super::super::kernel::KernelPath;
 use super::{write_y, Grid, NextPanel, OutPtr, TaskRows, KC, LANES, MC, TASK, UNIT};
 use crate::format::{round_up, Packed, QuantizedMatrix};
@@ -58,11 +59,11 @@ thread_local! {
     static XQ: std::cell::Cell<XQuant> = std::cell::Cell::new(XQuant::default());
 }
 
-/// `Y = X · Wᵀ (+ bias)` for a q4 matrix, `x` rounded to int8 per block of
+/// `Y = X · Wᵀ (+ bias)` for a q4 / lut4 matrix, `x` rounded to int8 per block of
 /// 32 columns, dense part only.
 ///
 /// # Panics
-/// When `m` is not q4 or the CPU lacks AVX-512 VNNI (callers check
+/// When `m` is not q4 / lut4 or the CPU lacks AVX-512 VNNI (callers check
 /// [`KernelPath::Avx512`]).
 pub(super) fn gemm(
     m: &QuantizedMatrix,
@@ -72,9 +73,17 @@ pub(super) fn gemm(
     y: &mut [f32],
 ) {
     assert!(KernelPath::Avx512.is_supported(), "AVX-512 VNNI GEMM");
-    let Packed::Q4(q4) = m.packed() else {
-        panic!("int8-activation GEMM takes q4 matrices");
+    // Per format: code words, f16 scales, and how a code byte maps to the
+    // weight, `w = s' · (u - z')` with u the (looked-up) byte: q4 `u` the
+    // code, `s' = s`, `z'` the group's zero point; lut4 `u` the codebook
+    // on 256 levels (`codebook[c] ≈ step · (table[c] - zero)`, as the GEMV
+    // takes it), `s' = s · step`, `z' = zero`.
+    let (words, scales, zeros, lut) = match m.packed() {
+        Packed::Q4(q) => (&q.codes, &q.scales, Some(&q.zeros), None),
+        Packed::Lut4(q) => (&q.codes, &q.scales, None, Some(lut_u8(&q.codebook))),
+        _ => panic!("int8-activation GEMM takes q4 / lut4 matrices"),
     };
+    let table = lut.map(|l| l.0);
     let (rows, cols) = (m.rows(), m.cols());
     let kp = round_up(cols, UNIT);
     let nkb = kp.div_ceil(KC);
@@ -94,7 +103,7 @@ pub(super) fn gemm(
     let glen = m.group_len();
     let gpr = m.groups_per_row();
     let stride = m.row_stride_bytes();
-    let codes: &[u8] = bytemuck::cast_slice(&q4.codes);
+    let codes: &[u8] = bytemuck::cast_slice(words);
     let grid = Grid::new(rows, nchunks);
     let out = OutPtr(y.as_mut_ptr());
     (0..grid.len()).into_par_iter().for_each(|t| {
@@ -146,13 +155,18 @@ pub(super) fn gemm(
                     let row = &codes[r * stride + k0 / 2..][..kc / 2];
                     // SAFETY: AVX-512 checked on entry; `row` holds the
                     // `kc / 2` code bytes the function reads, `w` `kc`.
-                    unsafe { avx512::unpack_q4(row, w) };
+                    unsafe { avx512::unpack_q4(row, w, table.as_ref()) };
                     // The micro-kernel reads them at the start of each run.
                     for &(s0, _) in &segs[..nseg] {
                         let g = r * gpr + (k0 + s0 * QBLOCK) / glen;
-                        let sc = q4.scales[g].to_f32();
+                        let sc = scales[g].to_f32();
+                        let (sc, zp) = match (zeros, lut) {
+                            (Some(z), _) => (sc, z[g] as f32),
+                            (None, Some((_, zero, step))) => (sc * step, zero),
+                            (None, None) => unreachable!("q4 or lut4"),
+                        };
                         s[s0] = sc;
-                        z[s0] = sc * q4.zeros[g] as f32;
+                        z[s0] = sc * zp;
                     }
                 }
                 // The next panel's codes (12 lines at K blocks of 256)
@@ -316,13 +330,16 @@ mod avx512 {
         )
     }
 
-    /// One code byte per column: `row` holds `w.len() / 2` bytes of q4
-    /// codes (low nibble first), `w.len()` is a multiple of 32.
+    /// One code byte per column: `row` holds `w.len() / 2` bytes of 4-bit
+    /// codes (low nibble first), `w.len()` is a multiple of 32; with a
+    /// `table`, each code is replaced by `table[code]`.
     ///
     /// # Safety
     /// The CPU supports AVX-512 BW/VL.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn unpack_q4(row: &[u8], w: &mut [u8]) {
+    pub(super) unsafe fn unpack_q4(row: &[u8], w: &mut [u8], table: Option<&[u8; 16]>) {
+        let t128 = table.map(|t| _mm_loadu_si128(t.as_ptr() as *const __m128i));
+        let t512 = t128.map(|t| _mm512_broadcast_i32x4(t));
         assert!(row.len() * 2 >= w.len() && w.len().is_multiple_of(32));
         // 128 columns at a time: the byte interleave works per 128-bit
         // lane, so two 64-bit-pair permutes put the lanes in order.
@@ -332,8 +349,12 @@ mod avx512 {
         let wide = w.len() / 128;
         for u in 0..wide {
             let v = _mm512_loadu_si512(row.as_ptr().add(64 * u) as *const _);
-            let lo = _mm512_and_si512(v, low);
-            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+            let mut lo = _mm512_and_si512(v, low);
+            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+            if let Some(t) = t512 {
+                lo = _mm512_shuffle_epi8(t, lo);
+                hi = _mm512_shuffle_epi8(t, hi);
+            }
             let (a, b) = (_mm512_unpacklo_epi8(lo, hi), _mm512_unpackhi_epi8(lo, hi));
             let o = w.as_mut_ptr().add(128 * u) as *mut __m512i;
             _mm512_storeu_si512(o as *mut _, _mm512_permutex2var_epi64(a, first, b));
@@ -342,8 +363,12 @@ mod avx512 {
         let low = _mm_set1_epi8(0x0F);
         for u in 4 * wide..w.len() / 32 {
             let v = _mm_loadu_si128(row.as_ptr().add(16 * u) as *const __m128i);
-            let lo = _mm_and_si128(v, low);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), low);
+            let mut lo = _mm_and_si128(v, low);
+            let mut hi = _mm_and_si128(_mm_srli_epi16::<4>(v), low);
+            if let Some(t) = t128 {
+                lo = _mm_shuffle_epi8(t, lo);
+                hi = _mm_shuffle_epi8(t, hi);
+            }
             let o = w.as_mut_ptr().add(32 * u) as *mut __m128i;
             _mm_storeu_si128(o, _mm_unpacklo_epi8(lo, hi));
             _mm_storeu_si128(o.add(1), _mm_unpackhi_epi8(lo, hi));
@@ -482,8 +507,8 @@ mod tests {
         }
     }
 
-    /// Unpacked q4 bytes are the nibbles in column order, for the 128-wide
-    /// and the 32-wide loops.
+    /// Unpacked bytes are the nibbles (or their table entries) in column
+    /// order, for the 128-wide and the 32-wide loops.
     #[test]
     fn unpack_is_column_order() {
         if !KernelPath::Avx512.is_supported() {
@@ -491,15 +516,16 @@ mod tests {
         }
         for cols in [32usize, 96, 128, 160, 256] {
             let row: Vec<u8> = (0..cols / 2).map(|i| (i * 37 + 11) as u8).collect();
-            let mut w = vec![0xEEu8; cols];
-            // SAFETY: AVX-512 checked above; `row` has `cols / 2` bytes.
-            unsafe { avx512::unpack_q4(&row, &mut w) };
-            for (c, &b) in w.iter().enumerate() {
-                assert_eq!(
-                    b,
-                    (row[c / 2] >> (4 * (c % 2))) & 0xF,
-                    "cols {cols} column {c}"
-                );
+            let table: [u8; 16] = std::array::from_fn(|i| (255 - 17 * i) as u8);
+            for lut in [None, Some(&table)] {
+                let mut w = vec![0xEEu8; cols];
+                // SAFETY: AVX-512 checked above; `row` has `cols / 2` bytes.
+                unsafe { avx512::unpack_q4(&row, &mut w, lut) };
+                for (c, &b) in w.iter().enumerate() {
+                    let code = (row[c / 2] >> (4 * (c % 2))) & 0xF;
+                    let want = lut.map_or(code, |t| t[code as usize]);
+                    assert_eq!(b, want, "cols {cols} column {c}, table {}", lut.is_some());
+                }
             }
         }
     }

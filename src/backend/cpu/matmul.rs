@@ -64,14 +64,14 @@ pub enum GemvActivations {
 }
 
 /// Whether a CPU matmul of `batch` rows with `act` rounds a `kind` matrix's
-/// activations to int8: every q8 / q4 / lut4 GEMV (batch 1) and the q4 GEMM
-/// with [`GemvActivations::Int8`].
+/// activations to int8: every q8 / q4 / lut4 GEMV (batch 1) and the q4 /
+/// lut4 GEMM with [`GemvActivations::Int8`].
 pub fn uses_int8_activations(act: GemvActivations, kind: FormatKind, batch: usize) -> bool {
     act == GemvActivations::Int8
         && if batch == 1 {
             kind.is_grouped()
         } else {
-            kind == FormatKind::Q4
+            matches!(kind, FormatKind::Q4 | FormatKind::Lut4)
         }
 }
 
