@@ -440,16 +440,7 @@ fn pack_units(
         for k in (0..units * UNIT).step_by(8) {
             // Packed row of column `k + j`: its position in the unit's order.
             let (u0, c0) = (k / UNIT * UNIT, k % UNIT);
-            let rows: [usize; 8] = std::array::from_fn(|j| {
-                let c = c0 + j;
-                u0 + if !nib {
-                    c
-                } else if c % 2 == 0 {
-                    c / 2
-                } else {
-                    UNIT / 2 + c / 2
-                }
-            });
+            let rows: [usize; 8] = std::array::from_fn(|j| u0 + packed_position(c0 + j, nib));
             for l0 in (0..LANES).step_by(8) {
                 let offs = rows.map(|r| r * LANES + l0);
                 // SAFETY: AVX2 (checked by the caller, `path`); rows
@@ -516,6 +507,20 @@ fn permuted(kk: usize, nib: bool) -> usize {
         } else {
             2 * (j - UNIT / 2) + 1
         }
+}
+
+/// Packed position of column `c` of a unit (`0 .. UNIT`): the inverse of
+/// [`permuted`].
+#[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn packed_position(c: usize, nib: bool) -> usize {
+    if !nib {
+        c
+    } else if c.is_multiple_of(2) {
+        c / 2
+    } else {
+        UNIT / 2 + c / 2
+    }
 }
 
 /// The dense value of `(r, c)` (no outliers, no activation scale), 0 past the row.
@@ -1319,6 +1324,20 @@ mod avx2 {
                         _mm256_storeu_ps(d, sum);
                     }
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_position_inverts_permuted() {
+        for nib in [false, true] {
+            for c in 0..UNIT {
+                assert_eq!(permuted(packed_position(c, nib), nib), c, "nib {nib}");
             }
         }
     }
