@@ -65,6 +65,16 @@ fn forward_reports_time_and_fidelity_and_writes_outputs() {
     assert_eq!(again["strategy"], "int4");
     let c = again["fidelity"]["cosine_min"].as_f64().unwrap();
     assert!(c > 0.999, "stored int4 cosine {c}");
+    // With f32 activations the stored model reproduces its own reference.
+    let exact = json(
+        &bin()
+            .args(["forward", "--json", "--cpu-activations", "f32", "--model"])
+            .arg(&saved)
+            .output()
+            .unwrap(),
+    );
+    let c = exact["fidelity"]["cosine_min"].as_f64().unwrap();
+    assert!(c > 0.99999, "stored int4, f32 activations: cosine {c}");
     assert!(again["notes"]
         .to_string()
         .contains("stored quantized model"));

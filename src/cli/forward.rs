@@ -75,6 +75,14 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
 
+    /// CPU backend only: `int8` (default) rounds the activations of the
+    /// q4 / lut4 GEMMs and q8 / q4 / lut4 GEMVs to int8 per 32 columns for
+    /// integer dot products (faster; the fidelity then includes that
+    /// rounding); `f32` keeps every activation f32 (the weights' own
+    /// fidelity).
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    cpu_activations: String,
+
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -318,7 +326,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .into(),
         );
     }
-    let be = backend::open(kind);
+    let be = if kind == BackendKind::Cpu && args.cpu_activations == "f32" {
+        Ok(std::sync::Arc::new(CpuBackend::exact()) as std::sync::Arc<dyn backend::Backend>)
+    } else {
+        backend::open(kind)
+    };
     let result = be.map_err(ModelError::from).and_then(|be| {
         let pb = bar(inputs.len() as u64, "forward", quiet);
         let r = DeviceModel::upload(be.as_ref(), &q)
