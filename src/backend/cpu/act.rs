@@ -28,6 +28,26 @@ pub(crate) const NIB_CHUNK: usize = 128;
 /// Columns per 512-bit chunk of 8-bit codes (64 bytes).
 pub(crate) const BYTE_CHUNK: usize = 64;
 
+/// A block's absmax, `None` when a value is not finite. Integer folds, which the
+/// compiler vectorizes (f32 sums and maxima it must keep in order: those
+/// folds made the rounding the slowest part of an int8-activation GEMM off
+/// AVX-512): an exponent of all ones is infinity or NaN, and finite
+/// magnitudes order as their bits.
+#[inline]
+fn block_absmax(blk: &[f32]) -> Option<f32> {
+    const EXP: u32 = 0x7f80_0000;
+    let special = blk
+        .iter()
+        .fold(0u32, |m, v| m | u32::from(v.to_bits() & EXP == EXP));
+    if special != 0 {
+        return None;
+    }
+    Some(f32::from_bits(
+        blk.iter()
+            .fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff)),
+    ))
+}
+
 /// Quantizes one block (at most [`QBLOCK`] values) into the first
 /// `blk.len()` entries of `codes`: `blk[i] ≈ dx · codes[i]`, `dx = absmax /
 /// 127`, codes rounded half to even. Returns `(dx, Σ codes)`, `(0, 0)` for
@@ -36,12 +56,7 @@ pub(crate) const BYTE_CHUNK: usize = 64;
 /// rule.
 #[inline]
 pub(crate) fn quantize_block(blk: &[f32], codes: &mut [i8]) -> Option<(f32, i32)> {
-    // `x * 0` is 0 for finite x and NaN otherwise: one vectorizable pass.
-    let finite = blk.iter().fold(0.0f32, |m, &v| m + v * 0.0) == 0.0;
-    if !finite {
-        return None;
-    }
-    let amax = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let amax = block_absmax(blk)?;
     if amax == 0.0 {
         return Some((0.0, 0));
     }
@@ -60,24 +75,31 @@ pub(crate) fn quantize_block(blk: &[f32], codes: &mut [i8]) -> Option<(f32, i32)
 
 /// Rows of `cols` values with every [`QBLOCK`]-column block replaced by its
 /// int8 rounding `dx · xq` ([`quantize_block`]; NaN for a block that is not
-/// finite): what an int8-activation kernel multiplies, in f32, for the
-/// paths that keep f32 arithmetic.
-pub(crate) fn int8_rounded(x: &[f32], cols: usize) -> Vec<f32> {
-    let mut out = x.to_vec();
-    let mut codes = [0i8; QBLOCK];
-    for row in out.chunks_mut(cols.max(1)) {
-        for blk in row.chunks_mut(QBLOCK) {
-            match quantize_block(blk, &mut codes) {
-                Some((d, _)) => {
-                    for (v, &c) in blk.iter_mut().zip(&codes) {
-                        *v = d * c as f32;
-                    }
-                }
-                None => blk.fill(f32::NAN),
+/// finite), into `out` (cleared first; a buffer kept by the caller: fresh
+/// pages per call cost more than the rounding): what an int8-activation
+/// kernel multiplies, in f32, for the paths that keep f32 arithmetic.
+pub(crate) fn int8_rounded_into(x: &[f32], cols: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.reserve(x.len());
+    for row in x.chunks(cols.max(1)) {
+        for blk in row.chunks(QBLOCK) {
+            let Some(amax) = block_absmax(blk) else {
+                out.extend(blk.iter().map(|_| f32::NAN));
+                continue;
+            };
+            if amax == 0.0 {
+                out.extend(blk.iter().map(|_| 0.0));
+                continue;
             }
+            // [`quantize_block`]'s codes, as f32 (a map the compiler
+            // vectorizes), times its `dx`.
+            let (inv, d) = (127.0 / amax, amax / 127.0);
+            out.extend(
+                blk.iter()
+                    .map(|&v| d * ((v * inv + ROUND_MAGIC) - ROUND_MAGIC).clamp(-127.0, 127.0)),
+            );
         }
     }
-    out
 }
 
 /// An activation row quantized per block: `x[c] ≈ dx[c / 32] * xq[c]`.
@@ -367,7 +389,36 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
-    use super::QuantAct;
+    use super::{int8_rounded_into, QuantAct, QBLOCK};
+
+    /// `int8_rounded_into` is `dx · xq` of the reference quantizer, value
+    /// for value (bits), NaN for a non-finite block, over rows whose length
+    /// is not a multiple of 32 (blocks restart at each row).
+    #[test]
+    fn rounded_rows_are_dx_times_codes() {
+        let cols = 77;
+        let mut x: Vec<f32> = (0..3 * cols)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0)
+            .collect();
+        x[cols + 40] = f32::INFINITY;
+        x[2 * cols..2 * cols + 32].fill(0.0);
+        let mut out = vec![1.0; 5];
+        int8_rounded_into(&x, cols, &mut out);
+        assert_eq!(out.len(), x.len());
+        for (r, row) in x.chunks(cols).enumerate() {
+            let a = QuantAct::new_portable(row, false);
+            for c in 0..cols {
+                let got = out[r * cols + c];
+                let d = a.dx[c / QBLOCK];
+                if d.is_nan() {
+                    assert!(got.is_nan(), "row {r} col {c}");
+                } else {
+                    let want = d * a.xq[c] as f32;
+                    assert_eq!(got.to_bits(), want.to_bits(), "row {r} col {c}");
+                }
+            }
+        }
+    }
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|f| f.to_bits()).collect()

@@ -86,32 +86,44 @@ pub(crate) fn gemm(
     if let Some(b) = bias {
         assert_eq!(b.len(), rows, "gemm bias length");
     }
-    let (rounded, lut_m);
-    let (m, x) = if int8_act && matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_)) {
+    if int8_act && matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_)) {
         #[cfg(target_arch = "x86_64")]
         if path == KernelPath::Avx512 {
             i8_driver::gemm(m, x, batch, bias, y);
             return;
         }
-        rounded = super::act::int8_rounded(x, cols);
+        let mut rounded = ROUNDED.with(|c| c.take());
+        super::act::int8_rounded_into(x, cols, &mut rounded);
         // lut4's codebook as the integer kernels take it (on 256 levels,
         // `super::gemv::lut_u8`): a copy of the matrix per call, cheap next
         // to the f32 product on these paths.
-        let m = match m.packed() {
+        match m.packed() {
             Packed::Lut4(q) => {
                 let (t, zero, step) = super::gemv::lut_u8(&q.codebook);
                 let mut q = q.clone();
                 q.codebook = std::array::from_fn(|i| step * (t[i] as f32 - zero));
-                lut_m = QuantizedMatrix::new(rows, cols, m.group(), Packed::Lut4(q))
+                let m = QuantizedMatrix::new(rows, cols, m.group(), Packed::Lut4(q))
                     .expect("the same shape");
-                &lut_m
+                gemm_f32(path, &m, &rounded, batch, bias, y);
             }
-            _ => m,
-        };
-        (m, &rounded[..])
-    } else {
-        (m, x)
-    };
+            _ => gemm_f32(path, m, &rounded, batch, bias, y),
+        }
+        ROUNDED.with(|c| c.set(rounded));
+        return;
+    }
+    gemm_f32(path, m, x, batch, bias, y);
+}
+
+/// [`gemm`] with f32 activations (arguments checked there).
+fn gemm_f32(
+    path: KernelPath,
+    m: &QuantizedMatrix,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (rows, cols) = (m.rows(), m.cols());
     #[cfg(target_arch = "x86_64")]
     if path == KernelPath::Avx2 && cols <= avx2_driver::MAX_COLS {
         avx2_driver::gemm(m, x, batch, bias, y);
@@ -490,6 +502,9 @@ thread_local! {
     /// Packed X of [`gemm`], kept by the calling thread; taken for the
     /// duration of a call (a nested call finds it empty and allocates its own).
     static XPACK: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The int8-rounded activations of [`gemm`] on paths without the
+    /// integer kernel, kept by the calling thread.
+    static ROUNDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     /// [`TaskScratch`] of a rayon worker, taken for the duration of a task.
     static TASK: std::cell::Cell<TaskScratch> = std::cell::Cell::new(TaskScratch::default());
 }
