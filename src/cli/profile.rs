@@ -338,14 +338,13 @@ struct Peaks {
 }
 
 impl Peaks {
-    /// The ceiling of `r`: the int8 dot rate for an int8-activation kernel
-    /// (none where it was not measured: those kernels then run in f32 and
-    /// the FMA rate applies), else the FMA rate.
-    fn of(&self, r: &KernelRow) -> Option<f64> {
-        if r.int8 {
-            self.int8.or(self.fma)
-        } else {
-            self.fma
+    /// The ceiling of `r` and its name: the int8 dot rate for an
+    /// int8-activation kernel where it was measured (elsewhere those
+    /// kernels run in f32 and the FMA rate applies), else the FMA rate.
+    fn of(&self, r: &KernelRow) -> (Option<f64>, &'static str) {
+        match (r.int8, self.int8) {
+            (true, Some(p)) => (Some(p), "int8_dot"),
+            _ => (self.fma, "fma"),
         }
     }
 }
@@ -463,13 +462,6 @@ fn report(
     cublas: &[Option<KernelTiming>],
 ) -> anyhow::Result<()> {
     let peak_flops = peaks.fma;
-    let ceiling = |r: &KernelRow| {
-        if r.int8 && peaks.int8.is_some() {
-            "int8_dot"
-        } else {
-            "fma"
-        }
-    };
     let kernel = |batch: usize| {
         format!(
             "{}_{}",
@@ -498,8 +490,8 @@ fn report(
                     "gb_per_s": r.bytes as f64 / r.seconds / 1e9,
                     "gflop_per_s": r.flops / r.seconds / 1e9,
                     "fraction_of_bandwidth": bw.map(|b| r.bytes as f64 / r.seconds / b.bytes_per_s),
-                    "fraction_of_flops": peaks.of(r).map(|p| r.flops / r.seconds / p),
-                    "compute_ceiling": ceiling(r),
+                    "fraction_of_flops": peaks.of(r).0.map(|p| r.flops / r.seconds / p),
+                    "compute_ceiling": peaks.of(r).1,
                     "cublas_f16_gemm": c.map(|c| json!({
                         "median_s": c,
                         "speedup_of_kernel": c / r.seconds,
@@ -546,7 +538,7 @@ fn report(
     let pct = |f: Option<f64>| f.map_or("-".to_string(), |f| format!("{:.1}", 100.0 * f));
     for r in rows {
         let bw_frac = bw.map(|b| r.bytes as f64 / r.seconds / b.bytes_per_s);
-        let flops_frac = peaks.of(r).map(|p| r.flops / r.seconds / p);
+        let flops_frac = peaks.of(r).0.map(|p| r.flops / r.seconds / p);
         outln!(
             "{:<10} {:>6} {:>9.3} ms {:>10.2} {:>11.2} {:>8} {:>8}  {}",
             kernel(r.batch),

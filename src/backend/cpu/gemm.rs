@@ -67,7 +67,7 @@ const UNIT: usize = 32;
 /// `Y = X · Wᵀ (+ bias)` for `batch` rows of `x` (already multiplied by the
 /// activation scale), dense part only; `y` is `batch x rows`, `bias` (when
 /// given) has `rows` values. With `int8_act`, a q4 / lut4 matrix multiplies
-/// `x` rounded to int8 per block of 32 columns (`act::int8_rounded`; lut4
+/// `x` rounded to int8 per block of 32 columns (`act::int8_rounded_into`; lut4
 /// with its codebook on 256 levels, as the GEMV): integer dot products on
 /// AVX-512 VNNI (`gemm_i8.rs`), the rounded values in f32 on the other
 /// paths, so every path computes the same product.
@@ -86,7 +86,12 @@ pub(crate) fn gemm(
     if let Some(b) = bias {
         assert_eq!(b.len(), rows, "gemm bias length");
     }
-    if int8_act && matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_)) {
+    if int8_act {
+        // Which matmuls round is `matmul::uses_int8_activations`' call.
+        assert!(
+            matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_)),
+            "int8-activation GEMM takes q4 / lut4 matrices"
+        );
         #[cfg(target_arch = "x86_64")]
         if path == KernelPath::Avx512 {
             i8_driver::gemm(m, x, batch, bias, y);
@@ -226,9 +231,17 @@ fn gemm_f32(
                 next.finish();
             }
         }
-        let b_lo = mb * LANES;
-        let b_hi = batch.min((mb + mchunks) * LANES);
-        write_y(path, yt, MC, b_lo..b_hi, r0, nrows, bias, out, rows);
+        write_y(
+            path,
+            yt,
+            MC,
+            batch_rows(mb, mchunks, batch),
+            r0,
+            nrows,
+            bias,
+            out,
+            rows,
+        );
         TASK.with(|c| c.set(tb));
     });
     XPACK.with(|c| c.set(xp));
@@ -293,6 +306,12 @@ impl Grid {
             next: task_after(rc, self.nrc, mbi, self.nmb, self.nc),
         }
     }
+}
+
+/// The batch rows of a task's chunks `mb .. mb + mchunks` (the last chunk
+/// may run past `batch`).
+fn batch_rows(mb: usize, mchunks: usize, batch: usize) -> std::ops::Range<usize> {
+    mb * LANES..batch.min((mb + mchunks) * LANES)
 }
 
 /// A task's `Yᵀ` block (`yt`: its `nrows` weight rows, each `ld` batch

@@ -34,7 +34,7 @@ use super::super::act::quantize_block;
 use super::super::act::QBLOCK;
 use super::super::gemv::lut_u8;
 use super::super::kernel::KernelPath;
-use super::{write_y, Grid, OutPtr, KC, LANES, MC, TASK, UNIT};
+use super::{batch_rows, write_y, Grid, OutPtr, KC, LANES, MC, TASK, UNIT};
 use crate::format::{round_up, Packed, QuantizedMatrix};
 
 /// Weight rows per micro-tile (12 i32 + 12 f32 accumulators, 2 X registers).
@@ -216,13 +216,11 @@ pub(super) fn gemm(
                 }
             }
         }
-        let b_lo = mb * LANES;
-        let b_hi = batch.min((mb + mchunks) * LANES);
         write_y(
             KernelPath::Avx512,
             yt,
             MC,
-            b_lo..b_hi,
+            batch_rows(mb, mchunks, batch),
             r0,
             nrows,
             bias,
