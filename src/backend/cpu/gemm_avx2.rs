@@ -18,7 +18,7 @@
 //! Loop nest, per rayon task = (block of up to [`MC`] batch rows, chunk of
 //! weight rows): K blocks of [`KC`] columns (the task's `X` block, at most
 //! `MC x KC` f32, stays in L2); panels of 16 weight rows (decoded once per
-//! K block into L1, the next panel's weight bytes prefetched into L2
+//! K block into L1, the next panel's weight bytes prefetched into L1
 //! meanwhile); 6-row batch groups. Tasks write disjoint pieces of `Y`.
 
 use std::arch::x86_64::*;
