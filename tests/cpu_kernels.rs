@@ -212,9 +212,9 @@ fn lut4_rounded_dense(m: &QuantizedMatrix) -> Option<Matrix> {
 }
 
 /// Whether the default matmul rounds the activations to int8: every q8 /
-/// q4 / lut4 GEMV, and the q4 GEMM.
+/// q4 / lut4 GEMV (batch below 8), and the q4 / lut4 GEMM.
 fn int8_activations(m: &QuantizedMatrix, batch: usize) -> bool {
-    if batch == 1 {
+    if batch < 8 {
         m.kind().is_grouped()
     } else {
         matches!(m.kind(), FormatKind::Q4 | FormatKind::Lut4)
@@ -287,6 +287,41 @@ fn every_path_matches_reference_on_odd_shapes() {
         for m in packings(&w) {
             for batch in [1, 3] {
                 check(&m, batch, 100 + i as u64);
+            }
+        }
+    }
+}
+
+/// Below 8 rows the CPU runs the GEMV once per activation row inside each
+/// pass of weight rows: every row of a small batch is bit for bit the
+/// product of that row alone, on every path, with and without outliers and
+/// an activation scale (odd rows: a partial last pass).
+#[test]
+fn small_batch_rows_equal_single_rows() {
+    let (rows, cols) = (37, 300);
+    let w = weights(rows, cols, 31);
+    let mut ms = packings(&w);
+    ms.push(with_outliers(pack_q4(&w, GroupSize::Cols(32)).unwrap(), 32));
+    ms.push(with_act_scale(
+        pack_q8(&w, GroupSize::Cols(64)).unwrap(),
+        33,
+    ));
+    for m in &ms {
+        for batch in 2..8 {
+            let x = gaussian(batch * cols, 300 + batch as u64);
+            for path in paths() {
+                let y = run(path, m, &x, batch);
+                for b in 0..batch {
+                    let one = run(path, m, &x[b * cols..(b + 1) * cols], 1);
+                    let got = &y[b * rows..(b + 1) * rows];
+                    assert!(
+                        got.iter()
+                            .zip(&one)
+                            .all(|(a, c)| a.to_bits() == c.to_bits()),
+                        "{} batch {batch} on {path}: row {b} differs from the row alone",
+                        m.label()
+                    );
+                }
             }
         }
     }

@@ -34,7 +34,7 @@ use super::super::act::quantize_block;
 use super::super::act::QBLOCK;
 use super::super::gemv::lut_u8;
 use super::super::kernel::KernelPath;
-use super::{batch_rows, write_y, Grid, OutPtr, KC, LANES, MC, TASK, UNIT};
+use super::{batch_rows, write_y, Grid, NextPanel, OutPtr, TaskRows, KC, LANES, MC, TASK, UNIT};
 use crate::format::{round_up, Packed, QuantizedMatrix};
 
 /// Weight rows per micro-tile (12 i32 + 12 f32 accumulators, 2 X registers).
@@ -109,6 +109,13 @@ pub(super) fn gemm(
     (0..grid.len()).into_par_iter().for_each(|t| {
         let gt = grid.task(t);
         let (mb, mchunks, r0, nrows) = (gt.mb, gt.mchunks, gt.r0, gt.nrows);
+        let task = TaskRows {
+            rows,
+            kp,
+            r0,
+            nrows,
+            next: gt.next,
+        };
         let mut tb = TASK.with(|c| c.take());
         tb.yt.resize(grid.nc * MC, 0.0);
         let yt = &mut tb.yt[..];
@@ -132,6 +139,9 @@ pub(super) fn gemm(
             }
             for p in (0..nrows).step_by(NRI) {
                 let valid = NRI.min(nrows - p);
+                // The next panel's codes (12 lines) into L1 now, while this
+                // one is unpacked and multiplied (see the note below).
+                NextPanel::new(m, task.after::<NRI, KC>(p, k0, kc)).finish();
                 for i in 0..NRI {
                     let (w, s, z) = (
                         &mut wq[i * KC..][..kc],
@@ -162,11 +172,12 @@ pub(super) fn gemm(
                         z[s0] = sc * zp;
                     }
                 }
-                // No prefetch of the next panel's codes (the f32 driver's
-                // `NextPanel`): 12 lines per panel, and with it the
-                // 4096 x 14336 x 128 GEMM took 50 ms against 46 without
-                // (the hardware prefetcher keeps up with 4-bit rows), the
-                // MiniLM forward pass the same.
+                // The prefetch above: into L2 (`prefetcht1`) it made the
+                // 4096 x 14336 x 128 GEMM slower (50 ms against 46 without);
+                // into L1, all 12 lines at the panel's start, it took the
+                // same GEMM from 42 to 38.6 ms, batch 512 from 125 to 120.5
+                // and batch 8 from 20.5 to 16.7 ms (each row's 2 lines per
+                // K block are too short a run for the hardware prefetcher).
                 let mut ch = mb;
                 while ch < mb + mchunks {
                     let two = ch + 1 < mb + mchunks;

@@ -1,8 +1,15 @@
-//! GEMV (batch 1): one pass over the packed weights, unpacked in registers.
+//! GEMV (batch 1, and the small batches below `GEMM_MIN_BATCH`): one pass
+//! over the packed weights, unpacked in registers.
 //!
 //! Rows are split into contiguous ranges, one rayon task each, and every task
 //! writes its own run of outputs (ranges are multiples of 16 outputs, so two
-//! threads never write the same cache line). The plain formats dot f32
+//! threads never write the same cache line). With several activation rows, a
+//! task runs each pass of weight rows for every activation row in turn: the
+//! pass (4 rows: 28 KiB of q4, 229 KiB of f32 at 14336 columns) comes from
+//! DRAM once and from L1 / L2 for the other activation rows. The GEMM packs
+//! X in 16-row chunks and decodes every panel per K block; below 8 rows that
+//! was 5-20x slower than this (a 4096 x 14336 q4 product of 2 rows took
+//! 20 ms, one row 1.2 ms; Zen 5). The plain formats dot f32
 //! activations directly; q8, q4 and lut4 dot int8 activations (see
 //! [`super::act`]) so the inner loop is an integer dot product.
 //!
@@ -82,46 +89,85 @@ fn col_block() -> usize {
 #[derive(Clone, Copy)]
 struct Tasks<'a> {
     path: KernelPath,
-    /// The activation row (already multiplied by the activation scale).
+    /// The activation rows, `batch x cols` (already multiplied by the
+    /// activation scale).
     x: &'a [f32],
+    cols: usize,
     outliers: Option<&'a Outliers>,
 }
 
-impl Tasks<'_> {
-    /// Runs `dense(first_row, outputs)` for every task, then the outliers.
-    fn run(&self, y: &mut [f32], dense: impl Fn(usize, &mut [f32]) + Sync) {
-        self.run_fused(y, |r0, out| {
-            dense(r0, out);
-            self.add_outliers(r0, out);
+impl<'a> Tasks<'a> {
+    /// Activation row `b`.
+    fn row(&self, b: usize) -> &'a [f32] {
+        &self.x[b * self.cols..][..self.cols]
+    }
+
+    /// Activation rows.
+    fn batch(&self) -> usize {
+        self.x.len() / self.cols.max(1)
+    }
+
+    /// Runs `dense(first_row, b, outputs)` for every task and activation
+    /// row `b`, then the outliers.
+    fn run(&self, y: &mut [f32], dense: impl Fn(usize, usize, &mut [f32]) + Sync) {
+        self.run_fused(y, |r0, outs| {
+            for (b, out) in outs.iter_mut().enumerate() {
+                dense(r0, b, out);
+                self.add_outliers(r0, b, out);
+            }
         });
     }
 
-    /// Runs `task(first_row, outputs)` for every task; `task` adds the
-    /// outliers itself ([`Tasks::add_outliers`]), pass by pass, so their
-    /// reads overlap the dense stream.
-    fn run_fused(&self, y: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
-        let per = rows_per_task(y.len());
-        y.par_chunks_mut(per)
+    /// Runs `task(first_row, outputs)` for every task, `outputs[b]` being
+    /// activation row `b`'s outputs of the task's rows (`y` is
+    /// `batch x rows`); `task` adds the outliers itself
+    /// ([`Tasks::add_outliers`]), pass by pass, so their reads overlap the
+    /// dense stream.
+    fn run_fused(&self, y: &mut [f32], task: impl Fn(usize, &mut [&mut [f32]]) + Sync) {
+        let batch = self.batch();
+        let rows = y.len() / batch.max(1);
+        let per = rows_per_task(rows);
+        if batch == 1 {
+            y.par_chunks_mut(per)
+                .enumerate()
+                .for_each(|(t, out)| task(t * per, &mut [out]));
+            return;
+        }
+        // Task t's outputs: the t-th run of `per` outputs of every batch row.
+        let mut outs: Vec<Vec<&mut [f32]>> = (0..rows.div_ceil(per)).map(|_| Vec::new()).collect();
+        for yb in y.chunks_mut(rows) {
+            for (t, o) in yb.chunks_mut(per).enumerate() {
+                outs[t].push(o);
+            }
+        }
+        outs.into_par_iter()
             .enumerate()
-            .for_each(|(t, out)| task(t * per, out));
+            .for_each(|(t, mut o)| task(t * per, &mut o));
     }
 
-    /// Adds the outliers of rows `r0 ..` into `out`.
-    fn add_outliers(&self, r0: usize, out: &mut [f32]) {
+    /// Adds the outliers of rows `r0 ..` times activation row `b` into
+    /// `out`.
+    fn add_outliers(&self, r0: usize, b: usize, out: &mut [f32]) {
         if let Some(o) = self.outliers {
-            sparse::add_rows(self.path, o, self.x, r0, out);
+            sparse::add_rows(self.path, o, self.row(b), r0, out);
         }
     }
 
-    /// `y[r] = Σ_b part(r, b)` for every row; within a task the column
-    /// block `b` is the outer loop so its activations are reused by every
-    /// row of the task.
-    fn blocked(&self, y: &mut [f32], nblocks: usize, part: impl Fn(usize, usize) -> f32 + Sync) {
-        self.run(y, |r0, out| {
+    /// `y[b][r] = Σ_k part(r, k, x_b)` for every row and activation row;
+    /// within a task the column block `k` is the outer loop so its
+    /// activations are reused by every row of the task.
+    fn blocked(
+        &self,
+        y: &mut [f32],
+        nblocks: usize,
+        part: impl Fn(usize, usize, &[f32]) -> f32 + Sync,
+    ) {
+        self.run(y, |r0, b, out| {
+            let x = self.row(b);
             out.fill(0.0);
-            for b in 0..nblocks.max(1) {
+            for k in 0..nblocks.max(1) {
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o += part(r0 + i, b);
+                    *o += part(r0 + i, k, x);
                 }
             }
         });
@@ -151,14 +197,16 @@ enum Nib<'a> {
     Lut { table: &'a [u8; 16], zero: f32 },
 }
 
-/// `y = W · x` for one activation row (`x` already multiplied by the
-/// activation scale), dense part only. With `int8_act` false, q8 / q4 / lut4
-/// rows are dequantized to f32 (SIMD) and dotted with f32 activations: exact
-/// up to f32 rounding, slower.
+/// `y = x · Wᵀ` for `batch` activation rows (`x`: `batch x cols`, already
+/// multiplied by the activation scale; `y`: `batch x rows`), dense part
+/// and outliers. With `int8_act` false, q8 / q4 / lut4 rows are dequantized
+/// to f32 (SIMD) and dotted with f32 activations: exact up to f32 rounding,
+/// slower.
 pub(crate) fn gemv(
     path: KernelPath,
     m: &QuantizedMatrix,
     x: &[f32],
+    batch: usize,
     y: &mut [f32],
     int8_act: bool,
 ) {
@@ -166,21 +214,28 @@ pub(crate) fn gemv(
     let stride = m.row_stride_bytes();
     let gpr = m.groups_per_row();
     let glen = m.group_len();
-    assert_eq!(x.len(), cols, "gemv input length");
-    assert_eq!(y.len(), m.rows(), "gemv output length");
+    assert!(batch >= 1, "gemv batch");
+    assert_eq!(x.len(), batch * cols, "gemv input length");
+    assert_eq!(y.len(), batch * m.rows(), "gemv output length");
     let tasks = Tasks {
         path,
         x,
+        cols,
         outliers: m.outliers(),
     };
     if !int8_act && m.kind().is_grouped() {
         let nib = matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_));
-        let xp = permute_row(x, nib);
-        tasks.run(y, |r0, out| {
-            let mut w = vec![0.0f32; xp.len()];
-            for (i, o) in out.iter_mut().enumerate() {
+        let xp: Vec<Vec<f32>> = (0..batch).map(|b| permute_row(tasks.row(b), nib)).collect();
+        tasks.run_fused(y, |r0, outs| {
+            let mut w = vec![0.0f32; xp[0].len()];
+            for i in 0..outs[0].len() {
                 decode_segment(path, m, r0 + i, 0, nib, &mut w);
-                *o = dot_f32(path, &w, &xp);
+                for (out, xb) in outs.iter_mut().zip(&xp) {
+                    out[i] = dot_f32(path, &w, xb);
+                }
+            }
+            for (b, out) in outs.iter_mut().enumerate() {
+                tasks.add_outliers(r0, b, out);
             }
         });
         return;
@@ -209,7 +264,7 @@ pub(crate) fn gemv(
     match m.packed() {
         Packed::F32(v) => {
             let s = stride / 4;
-            tasks.blocked(y, nb_plain, |r, b| {
+            tasks.blocked(y, nb_plain, |r, b, x| {
                 let (c0, c1) = cb(b);
                 dot_f32(path, &v[r * s + c0..r * s + c1], &x[c0..c1])
             });
@@ -217,7 +272,7 @@ pub(crate) fn gemv(
         Packed::F16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            tasks.blocked(y, nb_plain, |r, b| {
+            tasks.blocked(y, nb_plain, |r, b, x| {
                 let (c0, c1) = cb(b);
                 dot_half(&bits[r * s + c0..r * s + c1], &x[c0..c1], false)
             });
@@ -225,56 +280,76 @@ pub(crate) fn gemv(
         Packed::Bf16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            tasks.blocked(y, nb_plain, |r, b| {
+            tasks.blocked(y, nb_plain, |r, b, x| {
                 let (c0, c1) = cb(b);
                 dot_half(&bits[r * s + c0..r * s + c1], &x[c0..c1], true)
             });
         }
         Packed::Q8(q) => {
-            let act = QuantAct::new(x, false);
+            let acts = scalar_acts(&tasks);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            tasks.blocked(y, 1, |r, _| {
-                q8_row(
-                    &codes[r * stride..][..stride],
-                    &q.scales[r * gpr..][..gpr],
-                    glen,
-                    &act,
-                )
+            tasks.run(y, |r0, b, out| {
+                rows_into(out, r0, |r| {
+                    q8_row(
+                        &codes[r * stride..][..stride],
+                        &q.scales[r * gpr..][..gpr],
+                        glen,
+                        &acts[b],
+                    )
+                })
             });
         }
         Packed::Q4(q) => {
-            let act = QuantAct::new(x, false);
+            let acts = scalar_acts(&tasks);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            tasks.blocked(y, 1, |r, _| {
-                let nib = Nib::Q4 {
-                    zeros: &q.zeros[r * gpr..][..gpr],
-                };
-                nib_row(
-                    &codes[r * stride..][..stride],
-                    &q.scales[r * gpr..][..gpr],
-                    nib,
-                    glen,
-                    &act,
-                )
+            tasks.run(y, |r0, b, out| {
+                rows_into(out, r0, |r| {
+                    let nib = Nib::Q4 {
+                        zeros: &q.zeros[r * gpr..][..gpr],
+                    };
+                    nib_row(
+                        &codes[r * stride..][..stride],
+                        &q.scales[r * gpr..][..gpr],
+                        nib,
+                        glen,
+                        &acts[b],
+                    )
+                })
             });
         }
         Packed::Lut4(q) => {
-            let act = QuantAct::new(x, false);
+            let acts = scalar_acts(&tasks);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             let (table, zero, step) = lut_u8(&q.codebook);
-            tasks.blocked(y, 1, |r, _| {
-                step * nib_row(
-                    &codes[r * stride..][..stride],
-                    &q.scales[r * gpr..][..gpr],
-                    Nib::Lut {
-                        table: &table,
-                        zero,
-                    },
-                    glen,
-                    &act,
-                )
+            tasks.run(y, |r0, b, out| {
+                rows_into(out, r0, |r| {
+                    step * nib_row(
+                        &codes[r * stride..][..stride],
+                        &q.scales[r * gpr..][..gpr],
+                        Nib::Lut {
+                            table: &table,
+                            zero,
+                        },
+                        glen,
+                        &acts[b],
+                    )
+                })
             });
         }
+    }
+}
+
+/// The int8 activations of every activation row, portable quantizer.
+fn scalar_acts(tasks: &Tasks<'_>) -> Vec<QuantAct> {
+    (0..tasks.batch())
+        .map(|b| QuantAct::new(tasks.row(b), false))
+        .collect()
+}
+
+/// `out[i] = row(r0 + i)` for every output.
+fn rows_into(out: &mut [f32], r0: usize, row: impl Fn(usize) -> f32) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = row(r0 + i);
     }
 }
 
@@ -299,36 +374,58 @@ fn pass_rows() -> usize {
     })
 }
 
+/// Runs `pass(b, first_row, outputs)` over a task's outputs `outs` in
+/// passes of [`pass_rows`] weight rows, each pass for every activation row
+/// `b` in turn (its weights in cache after the first), the pass's outliers
+/// right after it.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn passes(
+    tasks: &Tasks<'_>,
+    first: usize,
+    outs: &mut [&mut [f32]],
+    pass: impl Fn(usize, usize, &mut [f32]),
+) {
+    let pr = pass_rows();
+    let n = outs[0].len();
+    for i0 in (0..n).step_by(pr) {
+        let r0 = first + i0;
+        for (b, out) in outs.iter_mut().enumerate() {
+            let o = &mut out[i0..n.min(i0 + pr)];
+            pass(b, r0, o);
+            tasks.add_outliers(r0, b, o);
+        }
+    }
+}
+
 /// f32 / f16 / bf16 GEMV on the AVX-512 and AVX2 paths: [`pass_rows`] rows per pass
-/// sharing the activation loads, whole rows. `kernel(rows, out)` gets the
-/// elements from the pass's first row on and 4 or 1 outputs.
+/// sharing the activation loads, whole rows. `kernel(rows, x, out)` gets the
+/// elements from the pass's first row on, an activation row and 4 or 1
+/// outputs.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn multi_row_plain<T: Sync>(
     tasks: &Tasks<'_>,
     w: &[T],
     stride: usize,
     y: &mut [f32],
-    kernel: impl Fn(&[T], &mut [f32]) + Sync,
+    kernel: impl Fn(&[T], &[f32], &mut [f32]) + Sync,
 ) {
     let pr = pass_rows();
-    tasks.run_fused(y, |first, out| {
-        for (i, o) in out.chunks_mut(pr).enumerate() {
-            let r0 = first + i * pr;
+    tasks.run_fused(y, |first, outs| {
+        passes(tasks, first, outs, |b, r0, o| {
+            let x = tasks.row(b);
             for (j, o) in o.chunks_mut(if o.len() == pr { pr } else { 1 }).enumerate() {
-                kernel(&w[(r0 + j) * stride..], o);
+                kernel(&w[(r0 + j) * stride..], x, o);
             }
-            tasks.add_outliers(r0, o);
-        }
+        });
     });
 }
 
 /// f32 rows through [`multi_row_plain`].
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn multi_row_f32(tasks: &Tasks<'_>, w: &[f32], stride: usize, y: &mut [f32]) {
-    let x = tasks.x;
     #[cfg(target_arch = "x86_64")]
     let avx512 = tasks.path == KernelPath::Avx512;
-    multi_row_plain(tasks, w, stride, y, |wr, o| {
+    multi_row_plain(tasks, w, stride, y, |wr, x, o| {
         // SAFETY: the path (AVX-512 or AVX2; NEON on aarch64) was checked
         // against the CPU by the caller (`KernelPath::check`); the kernel
         // checks the lengths.
@@ -355,10 +452,9 @@ fn multi_row_f32(tasks: &Tasks<'_>, w: &[f32], stride: usize, y: &mut [f32]) {
 /// f16 / bf16 rows through [`multi_row_plain`].
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn multi_row_half(tasks: &Tasks<'_>, w: &[u16], stride: usize, y: &mut [f32], bf16: bool) {
-    let x = tasks.x;
     #[cfg(target_arch = "x86_64")]
     let avx512 = tasks.path == KernelPath::Avx512;
-    multi_row_plain(tasks, w, stride, y, |wr, o| {
+    multi_row_plain(tasks, w, stride, y, |wr, x, o| {
         // SAFETY: as in `multi_row_f32`.
         #[cfg(target_arch = "x86_64")]
         unsafe {
@@ -389,20 +485,23 @@ type IntRows =
 /// sharing the activation loads ([`avx512::int_rows`]), whole rows.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
-    let x = tasks.x;
     let stride = m.row_stride_bytes();
     let gpr = m.groups_per_row();
     let glen = m.group_len();
     // The activation buffers are kept per calling thread between calls
     // (taken, not borrowed: a nested GEMV on the same thread gets fresh ones).
     thread_local! {
-        static ACT: std::cell::Cell<QuantAct> = std::cell::Cell::new(QuantAct::default());
+        static ACT: std::cell::Cell<Vec<QuantAct>> = const { std::cell::Cell::new(Vec::new()) };
     }
-    let mut act = ACT.take();
+    let mut acts = ACT.take();
+    let batch = tasks.batch();
+    acts.resize_with(batch.max(acts.len()), QuantAct::default);
     // The AVX-512 quantizer only on that path (a forced AVX2 run measures
     // what an AVX2-only CPU does).
-    act.fill(x, tasks.path == KernelPath::Avx512);
-    let gsum = act.group_sums(glen);
+    for (b, act) in acts.iter_mut().take(batch).enumerate() {
+        act.fill(tasks.row(b), tasks.path == KernelPath::Avx512);
+    }
+    let gsums: Vec<Vec<f32>> = acts[..batch].iter().map(|a| a.group_sums(glen)).collect();
     // (codes, scales, zeros, lut4 table / zero / step)
     let (codes, scales, zeros, lut): (&[u8], &[f16], &[u8], _) = match m.packed() {
         Packed::Q8(q) => (bytemuck::cast_slice(&q.codes), &q.scales, &[], None),
@@ -449,9 +548,9 @@ fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
     };
     let (kernel4, kernel1) = (pick(true), pick(false));
     let pr = pass_rows();
-    tasks.run_fused(y, |first, out| {
-        for (i, o) in out.chunks_mut(pr).enumerate() {
-            let r0 = first + i * pr;
+    tasks.run_fused(y, |first, outs| {
+        passes(tasks, first, outs, |b, r0, o| {
+            let (act, gsum) = (&acts[b], &gsums[b]);
             for (j, o) in o.chunks_mut(if o.len() == pr { pr } else { 1 }).enumerate() {
                 let r = r0 + j;
                 let c = &codes[r * stride..];
@@ -466,15 +565,14 @@ fn multi_row_int(tasks: &Tasks<'_>, m: &QuantizedMatrix, y: &mut [f32]) {
                 // against the CPU by the caller (`KernelPath::check`); `act`
                 // has its SIMD tables; the slices start at row `r` and the
                 // kernel checks their lengths.
-                unsafe { kernel(c, stride, s, z, &gsum, &table, zconst, glen, &act, o) };
+                unsafe { kernel(c, stride, s, z, gsum, &table, zconst, glen, act, o) };
                 if lut.is_some() {
                     o.iter_mut().for_each(|v| *v *= step);
                 }
             }
-            tasks.add_outliers(r0, o);
-        }
+        });
     });
-    ACT.set(act);
+    ACT.set(acts);
 }
 
 fn dot_f32(path: KernelPath, w: &[f32], x: &[f32]) -> f32 {

@@ -1,15 +1,16 @@
 //! Dequantized matmul on the packed data: `Y = X · Wᵀ`.
 //!
 //! Order of work: scale X once by the activation scale (AWQ), run the dense
-//! part (GEMV for batch 1, GEMM otherwise) on the chosen [`KernelPath`], and
-//! add the sparse outliers (cost proportional to their number: the GEMV adds
-//! each task's rows right after their dense pass, the GEMM in a pass after).
+//! part (GEMV below [`GEMM_MIN_BATCH`] rows, GEMM from there) on the chosen
+//! [`KernelPath`], and add the sparse outliers (cost proportional to their
+//! number: the GEMV adds each task's rows right after their dense pass, the
+//! GEMM in a pass after).
 
 use std::borrow::Cow;
 
 use super::kernel::KernelPath;
 use super::{gemm, gemv, sparse};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, GEMM_MIN_BATCH};
 use crate::format::{FormatKind, QuantizedMatrix};
 
 /// `Y = X · Wᵀ` (`X`: `batch x cols`, `Y`: `batch x rows`, row-major) on the
@@ -31,8 +32,8 @@ pub fn matmul_into(
 }
 
 /// Like [`matmul_into`] on an explicit kernel path (an error when this CPU
-/// cannot run it). q8, q4 and lut4 GEMVs (batch 1) quantize the activation
-/// row to int8 per block of 32 columns (see `docs/PERFORMANCE.md`); every
+/// cannot run it). q8, q4 and lut4 GEMVs (batch below [`GEMM_MIN_BATCH`])
+/// quantize each activation row to int8 per block of 32 columns (see `docs/PERFORMANCE.md`); every
 /// other case keeps f32 activations.
 pub fn matmul_with(
     path: KernelPath,
@@ -44,8 +45,8 @@ pub fn matmul_with(
     matmul_opts(path, GemvActivations::Int8, m, x, batch, y)
 }
 
-/// What a q8 / q4 / lut4 GEMV (batch 1), and a q4 GEMM, do with the
-/// activations.
+/// What a q8 / q4 / lut4 GEMV (batch below [`GEMM_MIN_BATCH`]), and a q4 /
+/// lut4 GEMM, do with the activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GemvActivations {
     /// Quantize them to int8 per block of 32 columns and use integer dot
@@ -64,11 +65,11 @@ pub enum GemvActivations {
 }
 
 /// Whether a CPU matmul of `batch` rows with `act` rounds a `kind` matrix's
-/// activations to int8: every q8 / q4 / lut4 GEMV (batch 1) and the q4 /
-/// lut4 GEMM with [`GemvActivations::Int8`].
+/// activations to int8: every q8 / q4 / lut4 GEMV (batch below
+/// [`GEMM_MIN_BATCH`]) and the q4 / lut4 GEMM with [`GemvActivations::Int8`].
 pub fn uses_int8_activations(act: GemvActivations, kind: FormatKind, batch: usize) -> bool {
     act == GemvActivations::Int8
-        && if batch == 1 {
+        && if batch < GEMM_MIN_BATCH {
             kind.is_grouped()
         } else {
             matches!(kind, FormatKind::Q4 | FormatKind::Lut4)
@@ -169,12 +170,21 @@ pub fn matmul_bias(
         }
     }
     let x = scaled(m, x);
-    if batch == 1 {
+    if batch < GEMM_MIN_BATCH {
         // The GEMV adds the outliers task by task.
-        gemv::gemv(path, m, &x, y, uses_int8_activations(act, m.kind(), 1));
+        gemv::gemv(
+            path,
+            m,
+            &x,
+            batch,
+            y,
+            uses_int8_activations(act, m.kind(), batch),
+        );
         if let Some(b) = bias {
-            for (o, &v) in y.iter_mut().zip(b) {
-                *o += v;
+            for yr in y.chunks_mut(rows) {
+                for (o, &v) in yr.iter_mut().zip(b) {
+                    *o += v;
+                }
             }
         }
     } else {

@@ -3,10 +3,12 @@
 //!
 //! - [`kernel`]: which code path runs (AVX-512 + VNNI, AVX2 + FMA, scalar),
 //!   chosen at run time, forced with `QUANTSCOPE_CPU_KERNEL`;
-//! - GEMV (batch 1): streams the packed weights once, unpacking in registers;
+//! - GEMV (batch below `GEMM_MIN_BATCH`): streams the packed weights once,
+//!   unpacking in registers, each pass of rows for every activation row;
 //!   q8 / q4 / lut4 use int8 activations and integer dot products;
-//! - GEMM (batch > 1): cache-blocked, a dequantized weight panel reused across
-//!   the batch by a register-tiled f32 FMA micro-kernel;
+//! - GEMM (from `GEMM_MIN_BATCH` rows): cache-blocked, a dequantized weight
+//!   panel reused across the batch by a register-tiled micro-kernel (f32
+//!   FMA; int8 dot products for q4 / lut4 on AVX-512 VNNI);
 //! - [`bandwidth`]: the read-bandwidth and FMA-rate probes (the floors).
 
 mod act;
