@@ -592,7 +592,8 @@ fn dense_value(m: &QuantizedMatrix, r: usize, c: usize) -> f32 {
 /// gained alike). The AVX2 driver takes one
 /// row per micro call ([`NextPanel::step`]); the generic driver hands each
 /// micro call a [`Lines`] share that the AVX-512 kernel spreads over its K
-/// loop ([`NextPanel::share`]); [`NextPanel::finish`] takes what is left.
+/// loop ([`NextPanel::share`]); [`NextPanel::finish`] takes what is left
+/// (the int8 driver's whole 12-line panel, at the panel's start).
 pub(super) struct NextPanel {
     /// The lines not prefetched yet.
     lines: Lines,

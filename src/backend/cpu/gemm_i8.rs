@@ -140,7 +140,11 @@ pub(super) fn gemm(
             for p in (0..nrows).step_by(NRI) {
                 let valid = NRI.min(nrows - p);
                 // The next panel's codes (12 lines) into L1 now, while this
-                // one is unpacked and multiplied (see the note below).
+                // one is unpacked and multiplied: each row's 2 lines per K
+                // block are too short a run for the hardware prefetcher.
+                // It took the 4096 x 14336 x 128 GEMM from 42 to 38.6 ms
+                // (batch 512: 125 -> 120.5, batch 8: 20.5 -> 16.7); into L2
+                // (`prefetcht1`) it had made it slower (50 ms against 46).
                 NextPanel::new(m, task.after::<NRI, KC>(p, k0, kc)).finish();
                 for i in 0..NRI {
                     let (w, s, z) = (
@@ -172,12 +176,6 @@ pub(super) fn gemm(
                         z[s0] = sc * zp;
                     }
                 }
-                // The prefetch above: into L2 (`prefetcht1`) it made the
-                // 4096 x 14336 x 128 GEMM slower (50 ms against 46 without);
-                // into L1, all 12 lines at the panel's start, it took the
-                // same GEMM from 42 to 38.6 ms, batch 512 from 125 to 120.5
-                // and batch 8 from 20.5 to 16.7 ms (each row's 2 lines per
-                // K block are too short a run for the hardware prefetcher).
                 let mut ch = mb;
                 while ch < mb + mchunks {
                     let two = ch + 1 < mb + mchunks;

@@ -153,21 +153,20 @@ impl<'a> Tasks<'a> {
         }
     }
 
-    /// `y[b][r] = Σ_k part(r, k, x_b)` for every row and activation row;
+    /// `y[b][r] = Σ_k part(r, k, b)` for every row and activation row `b`;
     /// within a task the column block `k` is the outer loop so its
     /// activations are reused by every row of the task.
     fn blocked(
         &self,
         y: &mut [f32],
         nblocks: usize,
-        part: impl Fn(usize, usize, &[f32]) -> f32 + Sync,
+        part: impl Fn(usize, usize, usize) -> f32 + Sync,
     ) {
         self.run(y, |r0, b, out| {
-            let x = self.row(b);
             out.fill(0.0);
             for k in 0..nblocks.max(1) {
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o += part(r0 + i, k, x);
+                    *o += part(r0 + i, k, b);
                 }
             }
         });
@@ -264,76 +263,70 @@ pub(crate) fn gemv(
     match m.packed() {
         Packed::F32(v) => {
             let s = stride / 4;
-            tasks.blocked(y, nb_plain, |r, b, x| {
-                let (c0, c1) = cb(b);
-                dot_f32(path, &v[r * s + c0..r * s + c1], &x[c0..c1])
+            tasks.blocked(y, nb_plain, |r, k, b| {
+                let (c0, c1) = cb(k);
+                dot_f32(path, &v[r * s + c0..r * s + c1], &tasks.row(b)[c0..c1])
             });
         }
         Packed::F16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            tasks.blocked(y, nb_plain, |r, b, x| {
-                let (c0, c1) = cb(b);
-                dot_half(&bits[r * s + c0..r * s + c1], &x[c0..c1], false)
+            tasks.blocked(y, nb_plain, |r, k, b| {
+                let (c0, c1) = cb(k);
+                dot_half(&bits[r * s + c0..r * s + c1], &tasks.row(b)[c0..c1], false)
             });
         }
         Packed::Bf16(v) => {
             let s = stride / 2;
             let bits: &[u16] = bytemuck::cast_slice(v);
-            tasks.blocked(y, nb_plain, |r, b, x| {
-                let (c0, c1) = cb(b);
-                dot_half(&bits[r * s + c0..r * s + c1], &x[c0..c1], true)
+            tasks.blocked(y, nb_plain, |r, k, b| {
+                let (c0, c1) = cb(k);
+                dot_half(&bits[r * s + c0..r * s + c1], &tasks.row(b)[c0..c1], true)
             });
         }
         Packed::Q8(q) => {
             let acts = scalar_acts(&tasks);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            tasks.run(y, |r0, b, out| {
-                rows_into(out, r0, |r| {
-                    q8_row(
-                        &codes[r * stride..][..stride],
-                        &q.scales[r * gpr..][..gpr],
-                        glen,
-                        &acts[b],
-                    )
-                })
+            tasks.blocked(y, 1, |r, _, b| {
+                q8_row(
+                    &codes[r * stride..][..stride],
+                    &q.scales[r * gpr..][..gpr],
+                    glen,
+                    &acts[b],
+                )
             });
         }
         Packed::Q4(q) => {
             let acts = scalar_acts(&tasks);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
-            tasks.run(y, |r0, b, out| {
-                rows_into(out, r0, |r| {
-                    let nib = Nib::Q4 {
-                        zeros: &q.zeros[r * gpr..][..gpr],
-                    };
-                    nib_row(
-                        &codes[r * stride..][..stride],
-                        &q.scales[r * gpr..][..gpr],
-                        nib,
-                        glen,
-                        &acts[b],
-                    )
-                })
+            tasks.blocked(y, 1, |r, _, b| {
+                let nib = Nib::Q4 {
+                    zeros: &q.zeros[r * gpr..][..gpr],
+                };
+                nib_row(
+                    &codes[r * stride..][..stride],
+                    &q.scales[r * gpr..][..gpr],
+                    nib,
+                    glen,
+                    &acts[b],
+                )
             });
         }
         Packed::Lut4(q) => {
             let acts = scalar_acts(&tasks);
             let codes: &[u8] = bytemuck::cast_slice(&q.codes);
             let (table, zero, step) = lut_u8(&q.codebook);
-            tasks.run(y, |r0, b, out| {
-                rows_into(out, r0, |r| {
-                    step * nib_row(
-                        &codes[r * stride..][..stride],
-                        &q.scales[r * gpr..][..gpr],
-                        Nib::Lut {
-                            table: &table,
-                            zero,
-                        },
-                        glen,
-                        &acts[b],
-                    )
-                })
+            tasks.blocked(y, 1, |r, _, b| {
+                step * nib_row(
+                    &codes[r * stride..][..stride],
+                    &q.scales[r * gpr..][..gpr],
+                    Nib::Lut {
+                        table: &table,
+                        zero,
+                    },
+                    glen,
+                    &acts[b],
+                )
             });
         }
     }
@@ -344,13 +337,6 @@ fn scalar_acts(tasks: &Tasks<'_>) -> Vec<QuantAct> {
     (0..tasks.batch())
         .map(|b| QuantAct::new(tasks.row(b), false))
         .collect()
-}
-
-/// `out[i] = row(r0 + i)` for every output.
-fn rows_into(out: &mut [f32], r0: usize, row: impl Fn(usize) -> f32) {
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = row(r0 + i);
-    }
 }
 
 /// Rows per pass of the multi-row AVX-512 GEMV. Four rows per pass share
