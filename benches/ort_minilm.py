@@ -77,10 +77,13 @@ def ort_run(sess, ids, f32_graph, batch, repeat):
 
 
 def quantscope_run(exe, model, strategy, inputs, batch, repeat, extra_env):
+    """`strategy` is STRATEGY or STRATEGY:ACTS (ACTS for --cpu-activations)."""
     env = dict(os.environ, **extra_env)
+    strategy, _, acts = strategy.partition(":")
     out = subprocess.run([str(exe), "forward", "--model", str(model), "--strategy", strategy,
                           "--inputs", inputs, "--batch", str(batch), "--seq", "128",
-                          "--repeat", str(repeat), "--json"],
+                          "--repeat", str(repeat), "--json"]
+                         + (["--cpu-activations", acts] if acts else []),
                          check=True, capture_output=True, text=True, env=env)
     r = json.loads(out.stdout)
     t = r["timing"]
@@ -96,7 +99,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--strategies", default="none,int8,int4")
+    ap.add_argument("--strategies", default="none,int8,int4",
+                    help="quantscope strategies, each STRATEGY or STRATEGY:ACTS with ACTS a "
+                         "--cpu-activations choice (e.g. int8:int8-all)")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--breakdown", action="store_true",
                     help="also print quantscope's linear / attention / other split")

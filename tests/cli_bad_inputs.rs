@@ -239,6 +239,7 @@ const CASES: &[Case] = &[
     Case { what: "profile: --runs 0", args: &["profile", "--backend", "cpu", "--runs", "0"], env: NO_ENV, status: 2, phrase: "--runs 0 is outside", absent: &[], writes: false },
     Case { what: "profile: bad --shape", args: &["profile", "--backend", "cpu", "--shape", "12"], env: NO_ENV, status: 2, phrase: "is not ROWSxCOLS", absent: &[], writes: false },
     Case { what: "profile: unknown backend", args: &["profile", "--backend", "tpu"], env: NO_ENV, status: 2, phrase: "unknown --backend 'tpu'", absent: &[], writes: false },
+    Case { what: "profile: --cpu-activations off the cpu", args: &["profile", "--backend", "wgpu", "--cpu-activations", "f32"], env: NO_ENV, status: 2, phrase: "--cpu-activations applies to the cpu backend, not wgpu", absent: &["panicked"], writes: false },
     Case { what: "vector: --threads 100000", args: &["vector", "--threads", "100000"], env: NO_ENV, status: 2, phrase: "more than 1024", absent: &[], writes: false },
     Case { what: "vector: --size beyond memory", args: &["vector", "--size", "4294967295", "--backend", "cpu", "--save-dir", "{outdir}"], env: NO_ENV, status: 2, phrase: "of memory;", absent: &["panicked"], writes: false },
     Case { what: "quantize: an 80 GB checkpoint beyond memory", args: &["quantize", "--input", "{huge.st}", "--output", "{new.st}"], env: NO_ENV, status: 2, phrase: "of memory;", absent: &["panicked"], writes: false },

@@ -3,7 +3,7 @@
 
 mod common;
 
-use quantscope::backend::cpu::CpuBackend;
+use quantscope::backend::cpu::{CpuBackend, GemvActivations};
 use quantscope::backend::{Backend, RtnSpec};
 use quantscope::format::{FormatKind, GroupSize, Matrix, QuantizedMatrix};
 use quantscope::metrics::nmse_f64;
@@ -38,6 +38,7 @@ fn matmul_matches_f64_reference_for_every_format() {
     // bounds it at 1.25x the computed rounding error of the activations).
     let cpu = CpuBackend::exact();
     let fast = CpuBackend::new();
+    let all8 = CpuBackend::with_gemv_activations(GemvActivations::Int8All);
     for &(batch, cols, rows, group) in &[
         (1usize, 4096usize, 4096usize, GroupSize::Cols(128)),
         (7, 1000, 333, GroupSize::Cols(64)),
@@ -67,6 +68,17 @@ fn matmul_matches_f64_reference_for_every_format() {
             let bound = if int8_act { 2.5e-4 } else { 1e-10 };
             assert!(ef < bound, "{} default backend: NMSE {ef:e}", q.label());
             fast.free(hf).unwrap();
+            // Int8All: every grouped format rounds, the q8 GEMM included.
+            let ha = all8.upload(&q).unwrap();
+            let ya = all8.matmul(&ha, &x, batch).unwrap();
+            let ea = nmse_f64(&reference, &ya);
+            let bound = if q.kind().is_grouped() { 2.5e-4 } else { 1e-10 };
+            assert!(ea < bound, "{} Int8All backend: NMSE {ea:e}", q.label());
+            if q.kind() == FormatKind::Q8 && batch >= 8 {
+                // It does round there: not the f32-activation product.
+                assert!(ea > 1e-8, "{} Int8All GEMM: NMSE {ea:e}", q.label());
+            }
+            all8.free(ha).unwrap();
             let deq = cpu.dequantize(&h).unwrap();
             assert_eq!(deq, q.dequantize().into_vec(), "{}", q.label());
             cpu.free(h).unwrap();

@@ -191,6 +191,19 @@ fn run(path: KernelPath, m: &QuantizedMatrix, x: &[f32], batch: usize) -> Vec<f3
     y
 }
 
+/// [`run`] with an explicit choice of activations.
+fn run_act(
+    path: KernelPath,
+    act: GemvActivations,
+    m: &QuantizedMatrix,
+    x: &[f32],
+    batch: usize,
+) -> Vec<f32> {
+    let mut y = vec![f32::NAN; batch * m.rows()];
+    matmul_opts(path, act, m, x, batch, &mut y).unwrap();
+    y
+}
+
 /// lut4's dense weights as its int8 GEMV uses them: the codebook on 256
 /// levels (`codebook[i] ≈ lo + step · u8[i]`, `lo`/`hi` the extremes of the
 /// codebook and 0, `step = (hi - lo) / 255`, round to nearest), built here
@@ -211,21 +224,48 @@ fn lut4_rounded_dense(m: &QuantizedMatrix) -> Option<Matrix> {
     Some(r.dequantize())
 }
 
-/// Whether the default matmul rounds the activations to int8: every q8 /
-/// q4 / lut4 GEMV (batch below 8), and the q4 / lut4 GEMM.
-fn int8_activations(m: &QuantizedMatrix, batch: usize) -> bool {
-    if batch < 8 {
-        m.kind().is_grouped()
-    } else {
-        matches!(m.kind(), FormatKind::Q4 | FormatKind::Lut4)
+/// Whether a matmul with `act` rounds the activations to int8, stated here
+/// apart from the library: with `Int8` (the default) every q8 / q4 / lut4
+/// GEMV (batch below 8) and the q4 / lut4 GEMM; with `Int8All` every q8 /
+/// q4 / lut4 matmul; with `F32` none.
+fn int8_activations(act: GemvActivations, m: &QuantizedMatrix, batch: usize) -> bool {
+    match act {
+        GemvActivations::F32 => false,
+        GemvActivations::Int8All => m.kind().is_grouped(),
+        GemvActivations::Int8 => {
+            if batch < 8 {
+                m.kind().is_grouped()
+            } else {
+                matches!(m.kind(), FormatKind::Q4 | FormatKind::Lut4)
+            }
+        }
     }
 }
 
+/// The activation choices whose products differ for `m` at `batch`: the
+/// default, and `Int8All` where it rounds what the default keeps f32 (the
+/// q8 GEMM). `F32` is checked inside [`check_act`].
+fn acts(m: &QuantizedMatrix, batch: usize) -> Vec<GemvActivations> {
+    let mut v = vec![GemvActivations::Int8];
+    if int8_activations(GemvActivations::Int8All, m, batch)
+        != int8_activations(GemvActivations::Int8, m, batch)
+    {
+        v.push(GemvActivations::Int8All);
+    }
+    v
+}
+
 fn check(m: &QuantizedMatrix, batch: usize, seed: u64) {
+    for act in acts(m, batch) {
+        check_act(act, m, batch, seed);
+    }
+}
+
+fn check_act(act: GemvActivations, m: &QuantizedMatrix, batch: usize, seed: u64) {
     let x = gaussian(batch * m.cols(), seed);
     let want = reference(m, &x, batch);
-    let scalar = run(KernelPath::Scalar, m, &x, batch);
-    let int8_act = int8_activations(m, batch);
+    let scalar = run_act(KernelPath::Scalar, act, m, &x, batch);
+    let int8_act = int8_activations(act, m, batch);
     let bound = if int8_act {
         let used = lut4_rounded_dense(m);
         int8_act_factor(m.kind()) * int8_rounding_nmse(m, used.as_ref(), &x, batch, 32)
@@ -236,10 +276,10 @@ fn check(m: &QuantizedMatrix, batch: usize, seed: u64) {
         let got = if path == KernelPath::Scalar {
             scalar.clone()
         } else {
-            run(path, m, &x, batch)
+            run_act(path, act, m, &x, batch)
         };
         let what = format!(
-            "{} {}x{} batch {batch} on {path}",
+            "{} {}x{} batch {batch} on {path} ({act:?})",
             m.label(),
             m.rows(),
             m.cols()
@@ -406,29 +446,32 @@ fn gemm_batch_blocks_k_blocks_and_bias() {
                 "{} on {path}: NMSE {e:e} vs f64 reference + bias",
                 m.label()
             );
-            if !int8_activations(&m, batch) {
-                continue;
-            }
-            // int8 activations: the bias-free product within the rounding
-            // bound, and the bias added to it exactly (up to f32 addition).
-            let mut plain = vec![f32::NAN; batch * rows];
-            matmul_opts(path, GemvActivations::Int8, &m, &x, batch, &mut plain).unwrap();
-            let bound = int8_act_factor(m.kind())
-                * int8_rounding_nmse(&m, lut4_rounded_dense(&m).as_ref(), &x, batch, 32);
-            let e = nmse_f64(&reference(&m, &x, batch), &plain);
-            assert!(
-                e <= bound,
-                "{} on {path}, int8: NMSE {e:e} (bound {bound:e})",
-                m.label()
-            );
-            let got = biased(path, GemvActivations::Int8);
-            for (i, (g, p)) in got.iter().zip(&plain).enumerate() {
-                let b = bias[i % rows];
+            for act in [GemvActivations::Int8, GemvActivations::Int8All] {
+                if !int8_activations(act, &m, batch) {
+                    continue;
+                }
+                // int8 activations: the bias-free product within the
+                // rounding bound, and the bias added to it exactly (up to
+                // f32 addition).
+                let mut plain = vec![f32::NAN; batch * rows];
+                matmul_opts(path, act, &m, &x, batch, &mut plain).unwrap();
+                let bound = int8_act_factor(m.kind())
+                    * int8_rounding_nmse(&m, lut4_rounded_dense(&m).as_ref(), &x, batch, 32);
+                let e = nmse_f64(&reference(&m, &x, batch), &plain);
                 assert!(
-                    (g - (p + b)).abs() <= 1e-5 * (1.0 + p.abs() + b.abs()),
-                    "{} on {path}, int8: y[{i}] = {g} but product {p} + bias {b}",
+                    e <= bound,
+                    "{} on {path}, {act:?}: NMSE {e:e} (bound {bound:e})",
                     m.label()
                 );
+                let got = biased(path, act);
+                for (i, (g, p)) in got.iter().zip(&plain).enumerate() {
+                    let b = bias[i % rows];
+                    assert!(
+                        (g - (p + b)).abs() <= 1e-5 * (1.0 + p.abs() + b.abs()),
+                        "{} on {path}, {act:?}: y[{i}] = {g} but product {p} + bias {b}",
+                        m.label()
+                    );
+                }
             }
         }
     }
@@ -543,16 +586,27 @@ fn outlier_rows_of_every_length_on_every_path() {
 fn nan_input_gives_nan_output() {
     let w = weights(8, 100, 12);
     for m in packings(&w) {
-        for batch in [1, 2] {
+        for batch in [1, 2, 9] {
             let mut x = gaussian(batch * 100, 13);
             x[40] = f32::NAN;
             for path in paths() {
-                let y = run(path, &m, &x, batch);
-                assert!(
-                    y[..8].iter().all(|v| v.is_nan()),
-                    "{} on {path}: NaN input row must give NaN outputs",
-                    m.label()
-                );
+                for act in [
+                    GemvActivations::Int8,
+                    GemvActivations::Int8All,
+                    GemvActivations::F32,
+                ] {
+                    let y = run_act(path, act, &m, &x, batch);
+                    assert!(
+                        y[..8].iter().all(|v| v.is_nan()),
+                        "{} batch {batch} on {path} ({act:?}): NaN input row must give NaN outputs",
+                        m.label()
+                    );
+                    assert!(
+                        y[8..].iter().all(|v| v.is_finite()),
+                        "{} batch {batch} on {path} ({act:?}): other rows stay finite",
+                        m.label()
+                    );
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
-//! `quantscope forward` end to end on the tiny preset.
+//! `quantscope forward` end to end on the tiny preset, and the CPU
+//! activation choice it shares with `profile`.
 
 use std::process::Command;
 
@@ -116,4 +117,94 @@ fn forward_inputs_file_and_errors() {
         .unwrap();
     let v = json(&out);
     assert!(v["status"] == "ok" || v["status"] == "n/a", "{v}");
+}
+
+/// `--cpu-activations`: each choice is reported, `f32` is the weights' own
+/// fidelity, `int8` adds a little activation rounding to int8 weights (their
+/// GEMVs only: the tiny preset's matmuls are all GEMMs here, so none), and
+/// `int8-all` rounds the q8 GEMMs too, so it is further from the reference.
+#[test]
+fn forward_cpu_activation_choices() {
+    let run = |acts: &str| {
+        json(
+            &bin()
+                .args([
+                    "forward",
+                    "--strategy",
+                    "int8",
+                    "--json",
+                    "--batch",
+                    "4",
+                    "--cpu-activations",
+                    acts,
+                ])
+                .output()
+                .unwrap(),
+        )
+    };
+    let nmse = |v: &serde_json::Value| v["fidelity"]["hidden_nmse"].as_f64().unwrap();
+    let (f32a, int8, all) = (run("f32"), run("int8"), run("int8-all"));
+    for (v, name) in [(&f32a, "f32"), (&int8, "int8"), (&all, "int8-all")] {
+        assert_eq!(v["cpu_activations"], name, "{v}");
+        assert!(v["fidelity"]["cosine_min"].as_f64().unwrap() > 0.99, "{v}");
+    }
+    assert_eq!(nmse(&f32a), nmse(&int8), "int8 weights' GEMMs keep f32");
+    assert!(
+        nmse(&all) > 1.2 * nmse(&f32a),
+        "int8-all rounds the q8 GEMMs: hidden NMSE {} vs {}",
+        nmse(&all),
+        nmse(&f32a)
+    );
+    let wgpu = bin()
+        .args(["forward", "--backend", "wgpu", "--json"])
+        .output()
+        .unwrap();
+    if wgpu.status.success() {
+        let v = json(&wgpu);
+        assert!(v["cpu_activations"].is_null(), "{v}");
+    }
+}
+
+/// `profile --backend cpu` says which rows multiply int8 activations: the
+/// GEMV and (with `int8-all`) the q8 GEMM, and names the setting.
+#[test]
+fn profile_cpu_activation_rows() {
+    let run = |acts: Option<&str>| {
+        let mut c = bin();
+        c.args([
+            "profile",
+            "--backend",
+            "cpu",
+            "--format",
+            "q8",
+            "--shape",
+            "40x300",
+            "--batch",
+            "3,16",
+            "--group",
+            "32",
+            "--runs",
+            "2",
+            "--copy-mib",
+            "1",
+            "--json",
+        ]);
+        if let Some(a) = acts {
+            c.args(["--cpu-activations", a]);
+        }
+        json(&c.output().unwrap())
+    };
+    for (acts, name, gemm_int8) in [
+        (None, "int8", false),
+        (Some("int8-all"), "int8-all", true),
+        (Some("f32"), "f32", false),
+    ] {
+        let v = run(acts);
+        assert_eq!(v["cpu_activations"], name, "{v}");
+        let k = &v["kernels"];
+        assert_eq!(k[0]["kernel"], "gemv_q8");
+        assert_eq!(k[0]["int8_activations"], name != "f32", "{v}");
+        assert_eq!(k[1]["kernel"], "gemm_q8");
+        assert_eq!(k[1]["int8_activations"], gemm_int8, "{v}");
+    }
 }

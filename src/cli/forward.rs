@@ -75,17 +75,40 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
 
-    /// CPU backend only: `int8` (default) rounds the activations of the
-    /// q4 / lut4 GEMMs and q8 / q4 / lut4 GEMVs to int8 per 32 columns for
-    /// integer dot products (faster; the fidelity then includes that
-    /// rounding); `f32` keeps every activation f32 (the weights' own
-    /// fidelity).
-    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
-    cpu_activations: String,
+    /// CPU backend only: what the q8 / q4 / lut4 matmuls do with the
+    /// activations (the fidelity reported includes any rounding).
+    #[arg(long, value_enum, default_value = "int8")]
+    cpu_activations: CpuActivations,
 
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// `--cpu-activations` of `forward` and `profile`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum CpuActivations {
+    /// Round to int8 per 32 columns for integer dot products where it
+    /// costs little fidelity: the q4 / lut4 GEMMs and every q8 / q4 / lut4
+    /// GEMV (batch below 8). The q8 GEMM keeps f32 activations.
+    Int8,
+    /// As int8, and the q8 GEMM too (W8A8: about 2.2-2.5x faster, but the
+    /// rounding doubles int8 weights' error).
+    Int8All,
+    /// Keep every activation f32 (the weights' own fidelity; slower).
+    F32,
+}
+
+impl CpuActivations {
+    /// The CPU backend's setting.
+    pub fn setting(self) -> quantscope::backend::cpu::GemvActivations {
+        use quantscope::backend::cpu::GemvActivations as G;
+        match self {
+            CpuActivations::Int8 => G::Int8,
+            CpuActivations::Int8All => G::Int8All,
+            CpuActivations::F32 => G::F32,
+        }
+    }
 }
 
 /// Fidelity of the quantized outputs to the unquantized model's.
@@ -125,6 +148,8 @@ struct Report {
     family: String,
     strategy: String,
     backend: String,
+    /// The CPU backend's `--cpu-activations` (null on other backends).
+    cpu_activations: Option<String>,
     /// "ok", or "n/a" when the backend lacks an op.
     status: String,
     reason: Option<String>,
@@ -304,6 +329,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         family: format!("{:?}", model.family()),
         strategy: q.strategy().to_string(),
         backend: kind.to_string(),
+        cpu_activations: (kind == BackendKind::Cpu).then(|| {
+            clap::ValueEnum::to_possible_value(&args.cpu_activations)
+                .expect("no variant is skipped")
+                .get_name()
+                .to_string()
+        }),
         status: "ok".into(),
         reason: None,
         inputs: inputs.len(),
@@ -326,8 +357,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .into(),
         );
     }
-    let be = if kind == BackendKind::Cpu && args.cpu_activations == "f32" {
-        Ok(std::sync::Arc::new(CpuBackend::exact()) as std::sync::Arc<dyn backend::Backend>)
+    let be = if kind == BackendKind::Cpu {
+        Ok(std::sync::Arc::new(CpuBackend::with_gemv_activations(
+            args.cpu_activations.setting(),
+        )) as std::sync::Arc<dyn backend::Backend>)
     } else {
         backend::open(kind)
     };
@@ -391,11 +424,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let tm = report.timing.as_ref().map_or(0.0, |t| t.time_per_input_s);
         let f = report.fidelity.as_ref();
         println!(
-            "{} ({}) {} on {}: {} inputs, batch {}, seq <= {}",
+            "{} ({}) {} on {}{}: {} inputs, batch {}, seq <= {}",
             report.model,
             report.family,
             report.strategy,
             kind,
+            report
+                .cpu_activations
+                .as_ref()
+                .map_or(String::new(), |a| format!(" ({a} activations)")),
             report.inputs,
             report.batch,
             report.max_seq

@@ -47,6 +47,11 @@ pub struct Args {
     /// Bytes of the buffer copied to measure the device bandwidth, in MiB.
     #[arg(long, default_value_t = 256)]
     copy_mib: usize,
+    /// CPU backend only: what the q8 / q4 / lut4 matmuls do with the
+    /// activations (default int8). The int8-activation rows are measured
+    /// against the int8 dot rate.
+    #[arg(long, value_enum)]
+    cpu_activations: Option<super::forward::CpuActivations>,
     /// wgpu adapter: index or name substring (overrides QUANTSCOPE_WGPU_ADAPTER).
     #[arg(long)]
     adapter: Option<String>,
@@ -245,7 +250,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.outliers) {
         bail!("--outliers {} is not a fraction in [0, 1]", args.outliers);
     }
-    let dev = open_backend(kind, args.adapter.as_deref())?;
+    let acts = match (kind, args.cpu_activations) {
+        (BackendKind::Cpu, a) => Some(a.unwrap_or(super::forward::CpuActivations::Int8)),
+        (_, None) => None,
+        (other, Some(_)) => bad_flag!("--cpu-activations applies to the cpu backend, not {other}"),
+    };
+    let dev = match acts {
+        Some(a) => Arc::new(backend::cpu::CpuBackend::with_gemv_activations(a.setting()))
+            as Arc<dyn Backend>,
+        None => open_backend(kind, args.adapter.as_deref())?,
+    };
     let largest = batches.iter().copied().max().unwrap_or(1);
     check_sizes(&args, largest, rows, cols, format, dev.as_ref())?;
 
@@ -268,12 +282,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             source: timing.source,
             bytes: m.storage_bytes().total() + 4 * batch * (rows + cols),
             flops: 2.0 * (batch * rows * cols) as f64,
-            int8: kind == BackendKind::Cpu
-                && backend::cpu::uses_int8_activations(
-                    backend::cpu::GemvActivations::Int8,
-                    m.kind(),
-                    batch,
-                ),
+            int8: acts
+                .is_some_and(|a| backend::cpu::uses_int8_activations(a.setting(), m.kind(), batch)),
         });
     }
     let bw: Option<Bandwidth> = match dev.measure_bandwidth(args.copy_mib << 20) {
@@ -316,6 +326,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     report(
         &args,
+        acts,
         dev.as_ref(),
         &m.label(),
         &rows_out,
@@ -452,8 +463,10 @@ fn time_cublas(
     Err("this build has no cuda feature".into())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     args: &Args,
+    acts: Option<super::forward::CpuActivations>,
     dev: &dyn Backend,
     label: &str,
     rows: &[KernelRow],
@@ -486,6 +499,7 @@ fn report(
                     "median_s": r.seconds,
                     "runs": args.runs,
                     "timing": source_name(r.source),
+                    "int8_activations": r.int8,
                     "bytes": r.bytes,
                     "gb_per_s": r.bytes as f64 / r.seconds / 1e9,
                     "gflop_per_s": r.flops / r.seconds / 1e9,
@@ -506,6 +520,10 @@ fn report(
         let out = json!({
             "backend": dev.kind().name(),
             "device": info.name,
+            "cpu_activations": acts.map(|a| clap::ValueEnum::to_possible_value(&a)
+                .expect("no variant is skipped")
+                .get_name()
+                .to_string()),
             "kernels": kernels,
             "bandwidth": bw.map(|b| json!({
                 "gb_per_s": b.bytes_per_s / 1e9,
@@ -524,7 +542,18 @@ fn report(
         outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    outln!("{} on {} ({})", label, info.name, dev.kind());
+    match acts {
+        Some(a) => outln!(
+            "{} on {} ({}, {} activations)",
+            label,
+            info.name,
+            dev.kind(),
+            clap::ValueEnum::to_possible_value(&a)
+                .expect("no variant is skipped")
+                .get_name()
+        ),
+        None => outln!("{} on {} ({})", label, info.name, dev.kind()),
+    }
     outln!(
         "{:<10} {:>6} {:>12} {:>10} {:>11} {:>8} {:>8}  timing",
         "kernel",

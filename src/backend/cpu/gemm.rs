@@ -89,8 +89,8 @@ pub(crate) fn gemm(
     if int8_act {
         // Which matmuls round is `matmul::uses_int8_activations`' call.
         assert!(
-            matches!(m.packed(), Packed::Q4(_) | Packed::Lut4(_)),
-            "int8-activation GEMM takes q4 / lut4 matrices"
+            m.kind().is_grouped(),
+            "int8-activation GEMM takes q8 / q4 / lut4 matrices"
         );
         #[cfg(target_arch = "x86_64")]
         if path == KernelPath::Avx512 {

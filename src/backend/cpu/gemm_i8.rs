@@ -1,4 +1,5 @@
-//! q4 / lut4 GEMM with int8 activations: AVX-512 VNNI integer dot products.
+//! q8 / q4 / lut4 GEMM with int8 activations: AVX-512 VNNI integer dot
+//! products.
 //!
 //! Why: at a transformer's batch sizes (a 128-token input is 128 rows) the
 //! f32 GEMM is bound by its FMAs, so a 4-bit matrix decoded to f32 is no
@@ -8,15 +9,17 @@
 //! i8 activations) where an FMA does 16. The cost is the activation
 //! rounding, which next to 4-bit weights is negligible: on
 //! all-MiniLM-L6-v2 the pooled cosine of int4 g128 to f32 went 0.96112 ->
-//! 0.96107 (int8 weights would lose half their fidelity, 0.99979 ->
-//! 0.99956, so q8 keeps f32 activations). See docs/PERFORMANCE.md.
+//! 0.96107. int8 weights lose half their fidelity to it (0.99979 ->
+//! 0.99957), so q8 comes here only when the caller asks
+//! (`GemvActivations::Int8All`). See docs/PERFORMANCE.md.
 //!
 //! Layout. X is quantized once per call into 16-row chunks, per K block of
 //! [`KC`] columns: codes `[KC / 4][16 rows][4 columns]` (one zmm per 4
 //! columns, so each i32 lane of `vpdpbusd` is one batch row) and, per
 //! 32-column block and row, `dx` and `dx · Σ codes`. Per task (batch block
 //! x weight rows, as in the f32 driver) each 6-row weight panel is
-//! unpacked once per K block to one byte per code (natural column order),
+//! unpacked once per K block to one byte per code (natural column order;
+//! q8 codes + 128, zero point 128),
 //! with its per-block scale `s` and `s · z`. The micro-kernel keeps a
 //! 6 x 32 tile in 12 i32 accumulators per 32-column block and 12 f32 ones
 //! per weight group:
@@ -44,6 +47,27 @@ const NBK: usize = KC / QBLOCK;
 /// Code bytes of one 16-row chunk per K block.
 const XBLOCK: usize = KC * LANES;
 
+/// A matrix's codes as [`gemm`] unpacks them.
+#[derive(Clone, Copy)]
+enum Codes<'a> {
+    /// q4 / lut4: two codes per byte, low nibble first; lut4 with the
+    /// codebook's 256-level table.
+    Nibbles(&'a [u8], Option<[u8; 16]>),
+    /// q8: one signed code per byte.
+    Bytes(&'a [i8]),
+}
+
+/// The zero point `z'` of `w = s' · (u - z')` per format (see [`gemm`]).
+#[derive(Clone, Copy)]
+enum Zero<'a> {
+    /// q4: per group.
+    Q4(&'a [u8]),
+    /// lut4: the codebook's 256-level zero and step.
+    Lut { zero: f32, step: f32 },
+    /// q8: 128, the bias of the unpacked codes.
+    Q8,
+}
+
 /// X quantized for [`gemm`], kept by the calling thread between calls.
 #[derive(Default)]
 struct XQuant {
@@ -59,11 +83,11 @@ thread_local! {
     static XQ: std::cell::Cell<XQuant> = std::cell::Cell::new(XQuant::default());
 }
 
-/// `Y = X · Wᵀ (+ bias)` for a q4 / lut4 matrix, `x` rounded to int8 per block of
+/// `Y = X · Wᵀ (+ bias)` for a q8 / q4 / lut4 matrix, `x` rounded to int8 per block of
 /// 32 columns, dense part only.
 ///
 /// # Panics
-/// When `m` is not q4 / lut4 or the CPU lacks AVX-512 VNNI (callers check
+/// When `m` is not q8 / q4 / lut4 or the CPU lacks AVX-512 VNNI (callers check
 /// [`KernelPath::Avx512`]).
 pub(super) fn gemm(
     m: &QuantizedMatrix,
@@ -73,17 +97,29 @@ pub(super) fn gemm(
     y: &mut [f32],
 ) {
     assert!(KernelPath::Avx512.is_supported(), "AVX-512 VNNI GEMM");
-    // Per format: code words, f16 scales, and how a code byte maps to the
-    // weight, `w = s' · (u - z')` with u the (looked-up) byte: q4 `u` the
+    // Per format: the codes, f16 scales, and how a code byte maps to the
+    // weight, `w = s' · (u - z')` with u the unpacked byte: q4 `u` the
     // code, `s' = s`, `z'` the group's zero point; lut4 `u` the codebook
     // on 256 levels (`codebook[c] ≈ step · (table[c] - zero)`, as the GEMV
-    // takes it), `s' = s · step`, `z' = zero`.
-    let (words, scales, zeros, lut) = match m.packed() {
-        Packed::Q4(q) => (&q.codes, &q.scales, Some(&q.zeros), None),
-        Packed::Lut4(q) => (&q.codes, &q.scales, None, Some(lut_u8(&q.codebook))),
-        _ => panic!("int8-activation GEMM takes q4 / lut4 matrices"),
+    // takes it), `s' = s · step`, `z' = zero`; q8 `u` the code + 128 (the
+    // unsigned operand `vpdpbusd` wants), `s' = s`, `z' = 128`.
+    let (codes, scales, zero) = match m.packed() {
+        Packed::Q4(q) => (
+            Codes::Nibbles(bytemuck::cast_slice(&q.codes), None),
+            &q.scales,
+            Zero::Q4(&q.zeros),
+        ),
+        Packed::Lut4(q) => {
+            let (table, zero, step) = lut_u8(&q.codebook);
+            (
+                Codes::Nibbles(bytemuck::cast_slice(&q.codes), Some(table)),
+                &q.scales,
+                Zero::Lut { zero, step },
+            )
+        }
+        Packed::Q8(q) => (Codes::Bytes(&q.codes), &q.scales, Zero::Q8),
+        _ => panic!("int8-activation GEMM takes q8 / q4 / lut4 matrices"),
     };
-    let table = lut.map(|l| l.0);
     let (rows, cols) = (m.rows(), m.cols());
     let kp = round_up(cols, UNIT);
     let nkb = kp.div_ceil(KC);
@@ -103,7 +139,6 @@ pub(super) fn gemm(
     let glen = m.group_len();
     let gpr = m.groups_per_row();
     let stride = m.row_stride_bytes();
-    let codes: &[u8] = bytemuck::cast_slice(words);
     let grid = Grid::new(rows, nchunks);
     let out = OutPtr(y.as_mut_ptr());
     (0..grid.len()).into_par_iter().for_each(|t| {
@@ -159,18 +194,30 @@ pub(super) fn gemm(
                         continue;
                     }
                     let r = r0 + p + i;
-                    let row = &codes[r * stride + k0 / 2..][..kc / 2];
-                    // SAFETY: AVX-512 checked on entry; `row` holds the
-                    // `kc / 2` code bytes the function reads, `w` `kc`.
-                    unsafe { avx512::unpack_q4(row, w, table.as_ref()) };
+                    match codes {
+                        Codes::Nibbles(c, table) => {
+                            let row = &c[r * stride + k0 / 2..][..kc / 2];
+                            // SAFETY: AVX-512 checked on entry; `row` holds
+                            // the `kc / 2` code bytes the function reads.
+                            unsafe { avx512::unpack_q4(row, w, table.as_ref()) };
+                        }
+                        Codes::Bytes(c) => {
+                            // The row's last K block may end before `kc`
+                            // (rows are 16-byte aligned, `kp` 32).
+                            let row = &c[r * stride + k0..][..kc.min(cols - k0)];
+                            // SAFETY: AVX-512 checked on entry; the function
+                            // reads `row` and writes `w` within their lengths.
+                            unsafe { avx512::unpack_q8(row, w) };
+                        }
+                    }
                     // The micro-kernel reads them at the start of each run.
                     for &(s0, _) in &segs[..nseg] {
                         let g = r * gpr + (k0 + s0 * QBLOCK) / glen;
                         let sc = scales[g].to_f32();
-                        let (sc, zp) = match (zeros, lut) {
-                            (Some(z), _) => (sc, z[g] as f32),
-                            (None, Some((_, zero, step))) => (sc * step, zero),
-                            (None, None) => unreachable!("q4 or lut4"),
+                        let (sc, zp) = match zero {
+                            Zero::Q4(z) => (sc, z[g] as f32),
+                            Zero::Lut { zero, step } => (sc * step, zero),
+                            Zero::Q8 => (sc, 128.0),
                         };
                         s[s0] = sc;
                         z[s0] = sc * zp;
@@ -372,6 +419,31 @@ mod avx512 {
             let o = w.as_mut_ptr().add(32 * u) as *mut __m128i;
             _mm_storeu_si128(o, _mm_unpacklo_epi8(lo, hi));
             _mm_storeu_si128(o.add(1), _mm_unpackhi_epi8(lo, hi));
+        }
+    }
+
+    /// One byte per column from q8 codes: `w[c] = row[c] + 128` (as u8)
+    /// for `c < row.len()`, 128 (code 0) after; `w.len()` >= `row.len()`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn unpack_q8(row: &[i8], w: &mut [u8]) {
+        assert!(row.len() <= w.len());
+        let bias = _mm512_set1_epi8(i8::MIN);
+        let mask = |n: usize| if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        for c in (0..w.len()).step_by(64) {
+            // Masked-off bytes are neither read nor written (no fault), so
+            // the addresses may pass the slices' ends: formed wrapping.
+            let v = _mm512_maskz_loadu_epi8(
+                mask(row.len().saturating_sub(c)),
+                row.as_ptr().wrapping_add(c),
+            );
+            _mm512_mask_storeu_epi8(
+                w.as_mut_ptr().wrapping_add(c) as *mut i8,
+                mask(w.len() - c),
+                _mm512_xor_si512(v, bias),
+            );
         }
     }
 

@@ -32,9 +32,10 @@ pub fn matmul_into(
 }
 
 /// Like [`matmul_into`] on an explicit kernel path (an error when this CPU
-/// cannot run it). q8, q4 and lut4 GEMVs (batch below [`GEMM_MIN_BATCH`])
-/// quantize each activation row to int8 per block of 32 columns (see `docs/PERFORMANCE.md`); every
-/// other case keeps f32 activations.
+/// cannot run it), with [`GemvActivations::Int8`]: q8, q4 and lut4 GEMVs
+/// (batch below [`GEMM_MIN_BATCH`]) and the q4 / lut4 GEMM round each
+/// activation row to int8 per block of 32 columns (see
+/// `docs/PERFORMANCE.md`); every other case keeps f32 activations.
 pub fn matmul_with(
     path: KernelPath,
     m: &QuantizedMatrix,
@@ -45,35 +46,49 @@ pub fn matmul_with(
     matmul_opts(path, GemvActivations::Int8, m, x, batch, y)
 }
 
-/// What a q8 / q4 / lut4 GEMV (batch below [`GEMM_MIN_BATCH`]), and a q4 /
-/// lut4 GEMM, do with the activations.
+/// What the CPU's q8 / q4 / lut4 matmuls do with the activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GemvActivations {
-    /// Quantize them to int8 per block of 32 columns and use integer dot
-    /// products: the fast default (NMSE vs the exact product ~4e-5 on
-    /// Gaussian data; tests bound it at 1.25x the NMSE that rounding the
-    /// activations to int8 adds, computed in f64 on each case's data). The
-    /// q8 and lut4 GEMMs keep f32 activations (for q8 the rounding would
-    /// double the error of the weights: all-MiniLM-L6-v2's pooled cosine
-    /// went 0.99979 -> 0.99956; for 4-bit weights it is 0.1 % of theirs).
-    /// Paths without AVX-512 VNNI multiply the rounded values in f32.
+    /// Round them to int8 per block of 32 columns and use integer dot
+    /// products where that costs little fidelity next to the weights' own
+    /// error: every q8 / q4 / lut4 GEMV (batch below [`GEMM_MIN_BATCH`])
+    /// and the q4 / lut4 GEMM (NMSE vs the exact product ~4e-5 on Gaussian
+    /// data; tests bound it at 1.25x the NMSE that rounding the activations
+    /// to int8 adds, computed in f64 on each case's data). The q8 GEMM
+    /// keeps f32 activations: there the rounding doubles the weights'
+    /// error (all-MiniLM-L6-v2's pooled cosine, mean / min, 0.99979 /
+    /// 0.99954 -> 0.99957 / 0.99888); for 4-bit weights it is 0.1 % of
+    /// theirs. Paths without AVX-512 VNNI multiply the rounded values in
+    /// f32. The fast default.
     #[default]
     Int8,
+    /// As [`Int8`](Self::Int8), and the q8 GEMM too: int8 weights times
+    /// int8 activations (W8A8, as ggml's q8_0 and dynamic-quantization
+    /// engines do), 2.2-2.5x the f32-activation q8 GEMM on AVX-512 VNNI,
+    /// at the fidelity cost above.
+    Int8All,
     /// Keep it f32 and dequantize the weights in registers: exact up to f32
     /// rounding, for use as a reference.
     F32,
 }
 
 /// Whether a CPU matmul of `batch` rows with `act` rounds a `kind` matrix's
-/// activations to int8: every q8 / q4 / lut4 GEMV (batch below
-/// [`GEMM_MIN_BATCH`]) and the q4 / lut4 GEMM with [`GemvActivations::Int8`].
+/// activations to int8 (see [`GemvActivations`]): with
+/// [`GemvActivations::Int8`] every q8 / q4 / lut4 GEMV (batch below
+/// [`GEMM_MIN_BATCH`]) and the q4 / lut4 GEMM; with
+/// [`GemvActivations::Int8All`] every q8 / q4 / lut4 matmul.
 pub fn uses_int8_activations(act: GemvActivations, kind: FormatKind, batch: usize) -> bool {
-    act == GemvActivations::Int8
-        && if batch < GEMM_MIN_BATCH {
-            kind.is_grouped()
-        } else {
-            matches!(kind, FormatKind::Q4 | FormatKind::Lut4)
+    match act {
+        GemvActivations::F32 => false,
+        GemvActivations::Int8All => kind.is_grouped(),
+        GemvActivations::Int8 => {
+            if batch < GEMM_MIN_BATCH {
+                kind.is_grouped()
+            } else {
+                matches!(kind, FormatKind::Q4 | FormatKind::Lut4)
+            }
         }
+    }
 }
 
 /// The sparse part alone: adds `X · Oᵀ` for `m`'s outliers `O` into `y`
