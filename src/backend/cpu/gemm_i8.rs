@@ -211,13 +211,17 @@ pub(super) fn gemm(
                         }
                     }
                     // The micro-kernel reads them at the start of each run.
-                    for &(s0, _) in &segs[..nseg] {
-                        let g = r * gpr + (k0 + s0 * QBLOCK) / glen;
-                        let sc = scales[g].to_f32();
+                    // Run `j` is group `k0 / glen + j` (groups are whole
+                    // runs of blocks): the row's `nseg` scales at once.
+                    let g0 = r * gpr + k0 / glen;
+                    let mut sc = [0.0f32; NBK];
+                    // SAFETY: AVX-512 checked on entry (F16C comes with it).
+                    unsafe { avx512::scales_f32(&scales[g0..][..nseg], &mut sc) };
+                    for (j, &(s0, _)) in segs[..nseg].iter().enumerate() {
                         let (sc, zp) = match zero {
-                            Zero::Q4(z) => (sc, z[g] as f32),
-                            Zero::Lut { zero, step } => (sc * step, zero),
-                            Zero::Q8 => (sc, 128.0),
+                            Zero::Q4(z) => (sc[j], z[g0 + j] as f32),
+                            Zero::Lut { zero, step } => (sc[j] * step, zero),
+                            Zero::Q8 => (sc[j], 128.0),
                         };
                         s[s0] = sc;
                         z[s0] = sc * zp;
@@ -420,6 +424,18 @@ mod avx512 {
             _mm_storeu_si128(o, _mm_unpacklo_epi8(lo, hi));
             _mm_storeu_si128(o.add(1), _mm_unpackhi_epi8(lo, hi));
         }
+    }
+
+    /// `src` (at most `NBK` f16 scales) as f32 into `dst[..src.len()]`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 BW/VL and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    pub(super) unsafe fn scales_f32(src: &[half::f16], dst: &mut [f32; NBK]) {
+        const { assert!(NBK == 8) };
+        assert!(src.len() <= NBK);
+        let v = _mm_maskz_loadu_epi16(((1u32 << src.len()) - 1) as u8, src.as_ptr() as *const i16);
+        _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_cvtph_ps(v));
     }
 
     /// One byte per column from q8 codes: `w[c] = row[c] + 128` (as u8)
