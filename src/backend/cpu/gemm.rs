@@ -675,6 +675,25 @@ pub(super) fn task_after(rc: usize, nrc: usize, mb: usize, nmb: usize, nc: usize
 }
 
 impl TaskRows {
+    /// Like [`after`](Self::after) for the order along the rows (each
+    /// panel's K blocks in turn): the panel's next K block, else the next
+    /// panel's first, else the next task's first panel.
+    pub(super) fn after_along<const PR: usize, const KB: usize>(
+        &self,
+        p: usize,
+        k0: usize,
+    ) -> Option<(usize, usize, usize, usize)> {
+        let (r0, n) = (self.r0, self.nrows);
+        if k0 + KB < self.kp {
+            Some((r0 + p, PR.min(n - p), k0 + KB, KB.min(self.kp - k0 - KB)))
+        } else if p + PR < n {
+            Some((r0 + p + PR, PR.min(n - p - PR), 0, KB.min(self.kp)))
+        } else {
+            self.next
+                .map(|r| (r, PR.min(self.rows - r), 0, KB.min(self.kp)))
+        }
+    }
+
     /// The panel after panel `p` (of `PR` rows) of K block `k0 .. k0 + kc`
     /// (blocks of `KB` columns): the task's next panel, else its first
     /// panel of the next K block, else the next task's first panel, as

@@ -40,6 +40,18 @@ use super::super::kernel::KernelPath;
 use super::{batch_rows, write_y, Grid, NextPanel, OutPtr, TaskRows, KC, LANES, MC, TASK, UNIT};
 use crate::format::{round_up, Packed, QuantizedMatrix};
 
+/// Tasks of at most this many 16-row chunks walk each weight panel along
+/// its row (all K blocks of a panel, then the next panel) instead of one
+/// K block across all panels: each row's codes then come in as one
+/// sequential run the hardware prefetcher follows, where the K-block order
+/// reads 128-256 bytes per row at a time (the next panel prefetched or
+/// not, the unpack waited on those loads). 4096 x 14336 q4 g128, ms: batch
+/// 8 10.3-11.8 -> 7.0-7.1, batch 32 9.0-11.0 -> 7.5, batch 128 26-27 ->
+/// 25-26; batch 512 (15 chunks per task) was no faster along the rows, so
+/// it keeps the K-block order, which reuses each K block of X across all
+/// of the task's panels.
+const ALONG_MAX_CHUNKS: usize = 8;
+
 /// Weight rows per micro-tile (12 i32 + 12 f32 accumulators, 2 X registers).
 const NRI: usize = 6;
 /// Activation blocks per K block.
@@ -140,6 +152,25 @@ pub(super) fn gemm(
     let gpr = m.groups_per_row();
     let stride = m.row_stride_bytes();
     let grid = Grid::new(rows, nchunks);
+    // Per K block: runs of 32-column blocks inside one weight group.
+    let kseg: Vec<([(usize, usize); NBK], usize)> = (0..nkb)
+        .map(|kb| {
+            let k0 = kb * KC;
+            let kc = KC.min(kp - k0);
+            let mut segs = [(0usize, 0usize); NBK];
+            let mut nseg = 0;
+            for bi in 0..kc / QBLOCK {
+                let g = (k0 + bi * QBLOCK) / glen;
+                if bi > 0 && g == (k0 + (bi - 1) * QBLOCK) / glen {
+                    segs[nseg - 1].1 = bi + 1;
+                } else {
+                    segs[nseg] = (bi, bi + 1);
+                    nseg += 1;
+                }
+            }
+            (segs, nseg)
+        })
+        .collect();
     let out = OutPtr(y.as_mut_ptr());
     (0..grid.len()).into_par_iter().for_each(|t| {
         let gt = grid.task(t);
@@ -157,123 +188,124 @@ pub(super) fn gemm(
         let mut wq = [0u8; NRI * KC];
         let mut ws = [0.0f32; NRI * NBK];
         let mut wz = [0.0f32; NRI * NBK];
-        for kb in 0..nkb {
+        let npanel = nrows.div_ceil(NRI);
+        let along = mchunks <= ALONG_MAX_CHUNKS;
+        for step in 0..nkb * npanel {
+            let (kb, p) = if along {
+                (step % nkb, step / nkb * NRI)
+            } else {
+                (step / npanel, step % npanel * NRI)
+            };
             let k0 = kb * KC;
             let kc = KC.min(kp - k0);
-            // Runs of 32-column blocks inside one weight group.
-            let mut segs = [(0usize, 0usize); NBK];
-            let mut nseg = 0;
-            for bi in 0..kc / QBLOCK {
-                let g = (k0 + bi * QBLOCK) / glen;
-                if bi > 0 && g == (k0 + (bi - 1) * QBLOCK) / glen {
-                    segs[nseg - 1].1 = bi + 1;
+            let (segs, nseg) = kseg[kb];
+            let valid = NRI.min(nrows - p);
+            // The next panel's codes (12 lines; the next in the order
+            // walked) into L1 now, while this one is unpacked and
+            // multiplied: in the K-block order each row's 2 lines per K
+            // block are too short a run for the hardware prefetcher.
+            // It took the 4096 x 14336 x 128 GEMM from 42 to 38.6 ms
+            // (batch 512: 125 -> 120.5, batch 8: 20.5 -> 16.7); into L2
+            // (`prefetcht1`) it had made it slower (50 ms against 46).
+            NextPanel::new(
+                m,
+                if along {
+                    task.after_along::<NRI, KC>(p, k0)
                 } else {
-                    segs[nseg] = (bi, bi + 1);
-                    nseg += 1;
+                    task.after::<NRI, KC>(p, k0, kc)
+                },
+            )
+            .finish();
+            for i in 0..NRI {
+                let (w, s, z) = (
+                    &mut wq[i * KC..][..kc],
+                    &mut ws[i * NBK..][..NBK],
+                    &mut wz[i * NBK..][..NBK],
+                );
+                if i >= valid {
+                    w.fill(0);
+                    s.fill(0.0);
+                    z.fill(0.0);
+                    continue;
+                }
+                let r = r0 + p + i;
+                match codes {
+                    Codes::Nibbles(c, table) => {
+                        let row = &c[r * stride + k0 / 2..][..kc / 2];
+                        // SAFETY: AVX-512 checked on entry; `row` holds
+                        // the `kc / 2` code bytes the function reads.
+                        unsafe { avx512::unpack_q4(row, w, table.as_ref()) };
+                    }
+                    Codes::Bytes(c) => {
+                        // The row's last K block may end before `kc`
+                        // (rows are 16-byte aligned, `kp` 32).
+                        let row = &c[r * stride + k0..][..kc.min(cols - k0)];
+                        // SAFETY: AVX-512 checked on entry; the function
+                        // reads `row` and writes `w` within their lengths.
+                        unsafe { avx512::unpack_q8(row, w) };
+                    }
+                }
+                // The micro-kernel reads them at the start of each run.
+                // Run `j` is group `k0 / glen + j` (groups are whole
+                // runs of blocks): the row's `nseg` scales at once.
+                let g0 = r * gpr + k0 / glen;
+                let mut sc = [0.0f32; NBK];
+                // SAFETY: AVX-512 checked on entry (F16C comes with it).
+                unsafe { avx512::scales_f32(&scales[g0..][..nseg], &mut sc) };
+                for (j, &(s0, _)) in segs[..nseg].iter().enumerate() {
+                    let (sc, zp) = match zero {
+                        Zero::Q4(z) => (sc[j], z[g0 + j] as f32),
+                        Zero::Lut { zero, step } => (sc[j] * step, zero),
+                        Zero::Q8 => (sc[j], 128.0),
+                    };
+                    s[s0] = sc;
+                    z[s0] = sc * zp;
                 }
             }
-            for p in (0..nrows).step_by(NRI) {
-                let valid = NRI.min(nrows - p);
-                // The next panel's codes (12 lines) into L1 now, while this
-                // one is unpacked and multiplied: each row's 2 lines per K
-                // block are too short a run for the hardware prefetcher.
-                // It took the 4096 x 14336 x 128 GEMM from 42 to 38.6 ms
-                // (batch 512: 125 -> 120.5, batch 8: 20.5 -> 16.7); into L2
-                // (`prefetcht1`) it had made it slower (50 ms against 46).
-                NextPanel::new(m, task.after::<NRI, KC>(p, k0, kc)).finish();
-                for i in 0..NRI {
-                    let (w, s, z) = (
-                        &mut wq[i * KC..][..kc],
-                        &mut ws[i * NBK..][..NBK],
-                        &mut wz[i * NBK..][..NBK],
-                    );
-                    if i >= valid {
-                        w.fill(0);
-                        s.fill(0.0);
-                        z.fill(0.0);
-                        continue;
-                    }
-                    let r = r0 + p + i;
-                    match codes {
-                        Codes::Nibbles(c, table) => {
-                            let row = &c[r * stride + k0 / 2..][..kc / 2];
-                            // SAFETY: AVX-512 checked on entry; `row` holds
-                            // the `kc / 2` code bytes the function reads.
-                            unsafe { avx512::unpack_q4(row, w, table.as_ref()) };
-                        }
-                        Codes::Bytes(c) => {
-                            // The row's last K block may end before `kc`
-                            // (rows are 16-byte aligned, `kp` 32).
-                            let row = &c[r * stride + k0..][..kc.min(cols - k0)];
-                            // SAFETY: AVX-512 checked on entry; the function
-                            // reads `row` and writes `w` within their lengths.
-                            unsafe { avx512::unpack_q8(row, w) };
-                        }
-                    }
-                    // The micro-kernel reads them at the start of each run.
-                    // Run `j` is group `k0 / glen + j` (groups are whole
-                    // runs of blocks): the row's `nseg` scales at once.
-                    let g0 = r * gpr + k0 / glen;
-                    let mut sc = [0.0f32; NBK];
-                    // SAFETY: AVX-512 checked on entry (F16C comes with it).
-                    unsafe { avx512::scales_f32(&scales[g0..][..nseg], &mut sc) };
-                    for (j, &(s0, _)) in segs[..nseg].iter().enumerate() {
-                        let (sc, zp) = match zero {
-                            Zero::Q4(z) => (sc[j], z[g0 + j] as f32),
-                            Zero::Lut { zero, step } => (sc[j] * step, zero),
-                            Zero::Q8 => (sc[j], 128.0),
-                        };
-                        s[s0] = sc;
-                        z[s0] = sc * zp;
-                    }
-                }
-                let mut ch = mb;
-                while ch < mb + mchunks {
-                    let two = ch + 1 < mb + mchunks;
-                    let xa = (ch * nkb + kb) * XBLOCK;
-                    let da = (ch * nkb + kb) * NBK * LANES;
-                    let (xb, db) = if two {
-                        (xa + nkb * XBLOCK, da + nkb * NBK * LANES)
-                    } else {
-                        (xa, da)
-                    };
-                    let b0 = (ch - mb) * LANES;
-                    assert!(
-                        p * MC + (valid - 1) * MC + b0 + LANES * (1 + two as usize) <= yt.len()
-                    );
-                    // SAFETY: AVX-512 VNNI checked on entry; every read is
-                    // inside the packed buffers (block `kb` of chunks `ch`,
-                    // `ch + 1`: `kc / 4` code vectors and `kc / 32` scale
-                    // vectors each, `wq` / `ws` / `wz` of `NRI` rows), and
-                    // the tile's writes inside `yt` (asserted).
-                    unsafe {
-                        avx512::micro(
-                            &segs[..nseg],
-                            wq.as_ptr(),
-                            ws.as_ptr(),
-                            wz.as_ptr(),
-                            [
-                                xqq[xa..][..kc * LANES].as_ptr(),
-                                xqq[xb..][..kc * LANES].as_ptr(),
-                            ],
-                            [
-                                xqd[da..][..kc / QBLOCK * LANES].as_ptr(),
-                                xqd[db..][..kc / QBLOCK * LANES].as_ptr(),
-                            ],
-                            [
-                                xqs[da..][..kc / QBLOCK * LANES].as_ptr(),
-                                xqs[db..][..kc / QBLOCK * LANES].as_ptr(),
-                            ],
-                            kb == 0,
-                            yt[p * MC..].as_mut_ptr(),
-                            MC,
-                            b0,
-                            valid,
-                            two,
-                        )
-                    };
-                    ch += if two { 2 } else { 1 };
-                }
+            let mut ch = mb;
+            while ch < mb + mchunks {
+                let two = ch + 1 < mb + mchunks;
+                let xa = (ch * nkb + kb) * XBLOCK;
+                let da = (ch * nkb + kb) * NBK * LANES;
+                let (xb, db) = if two {
+                    (xa + nkb * XBLOCK, da + nkb * NBK * LANES)
+                } else {
+                    (xa, da)
+                };
+                let b0 = (ch - mb) * LANES;
+                assert!(p * MC + (valid - 1) * MC + b0 + LANES * (1 + two as usize) <= yt.len());
+                // SAFETY: AVX-512 VNNI checked on entry; every read is
+                // inside the packed buffers (block `kb` of chunks `ch`,
+                // `ch + 1`: `kc / 4` code vectors and `kc / 32` scale
+                // vectors each, `wq` / `ws` / `wz` of `NRI` rows), and
+                // the tile's writes inside `yt` (asserted).
+                unsafe {
+                    avx512::micro(
+                        &segs[..nseg],
+                        wq.as_ptr(),
+                        ws.as_ptr(),
+                        wz.as_ptr(),
+                        [
+                            xqq[xa..][..kc * LANES].as_ptr(),
+                            xqq[xb..][..kc * LANES].as_ptr(),
+                        ],
+                        [
+                            xqd[da..][..kc / QBLOCK * LANES].as_ptr(),
+                            xqd[db..][..kc / QBLOCK * LANES].as_ptr(),
+                        ],
+                        [
+                            xqs[da..][..kc / QBLOCK * LANES].as_ptr(),
+                            xqs[db..][..kc / QBLOCK * LANES].as_ptr(),
+                        ],
+                        kb == 0,
+                        yt[p * MC..].as_mut_ptr(),
+                        MC,
+                        b0,
+                        valid,
+                        two,
+                    )
+                };
+                ch += if two { 2 } else { 1 };
             }
         }
         write_y(
