@@ -678,6 +678,7 @@ impl TaskRows {
     /// Like [`after`](Self::after) for the order along the rows (each
     /// panel's K blocks in turn): the panel's next K block, else the next
     /// panel's first, else the next task's first panel.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn after_along<const PR: usize, const KB: usize>(
         &self,
         p: usize,
