@@ -100,6 +100,14 @@ pub enum CpuActivations {
 }
 
 impl CpuActivations {
+    /// The flag's value, as reports show it (`int8-all`).
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .expect("no variant is skipped")
+            .get_name()
+            .to_string()
+    }
+
     /// The CPU backend's setting.
     pub fn setting(self) -> quantscope::backend::cpu::GemvActivations {
         use quantscope::backend::cpu::GemvActivations as G;
@@ -329,12 +337,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         family: format!("{:?}", model.family()),
         strategy: q.strategy().to_string(),
         backend: kind.to_string(),
-        cpu_activations: (kind == BackendKind::Cpu).then(|| {
-            clap::ValueEnum::to_possible_value(&args.cpu_activations)
-                .expect("no variant is skipped")
-                .get_name()
-                .to_string()
-        }),
+        cpu_activations: (kind == BackendKind::Cpu).then(|| args.cpu_activations.name()),
         status: "ok".into(),
         reason: None,
         inputs: inputs.len(),

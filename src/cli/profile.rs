@@ -15,6 +15,7 @@ use quantscope::format::{
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use super::forward::CpuActivations;
 use super::guard::{bad_flag, check_count, check_host_memory, esc, outln, product, show_bytes};
 
 /// Flags of `profile`.
@@ -51,7 +52,7 @@ pub struct Args {
     /// activations (default int8). The int8-activation rows are measured
     /// against the int8 dot rate.
     #[arg(long, value_enum)]
-    cpu_activations: Option<super::forward::CpuActivations>,
+    cpu_activations: Option<CpuActivations>,
     /// wgpu adapter: index or name substring (overrides QUANTSCOPE_WGPU_ADAPTER).
     #[arg(long)]
     adapter: Option<String>,
@@ -60,12 +61,20 @@ pub struct Args {
     json: bool,
 }
 
-/// Opens the backend, honouring `--adapter` for wgpu.
-fn open_backend(kind: BackendKind, adapter: Option<&str>) -> anyhow::Result<Arc<dyn Backend>> {
-    match (kind, adapter) {
-        (_, None) => Ok(backend::open(kind)?),
+/// Opens the backend, honouring `--adapter` for wgpu and the activation
+/// choice (`acts`, given exactly for the cpu backend) for the CPU.
+fn open_backend(
+    kind: BackendKind,
+    adapter: Option<&str>,
+    acts: Option<CpuActivations>,
+) -> anyhow::Result<Arc<dyn Backend>> {
+    match (kind, adapter, acts) {
+        (BackendKind::Cpu, None, Some(a)) => Ok(Arc::new(
+            backend::cpu::CpuBackend::with_gemv_activations(a.setting()),
+        )),
+        (_, None, _) => Ok(backend::open(kind)?),
         #[cfg(feature = "wgpu")]
-        (BackendKind::Wgpu, Some(a)) => {
+        (BackendKind::Wgpu, Some(a), _) => {
             use quantscope::backend::wgpu::{WgpuBackend, WgpuOptions};
             let opts = WgpuOptions {
                 adapter: Some(a.to_string()),
@@ -73,7 +82,7 @@ fn open_backend(kind: BackendKind, adapter: Option<&str>) -> anyhow::Result<Arc<
             };
             Ok(Arc::new(WgpuBackend::open(&opts)?))
         }
-        (other, Some(_)) => bail!("--adapter applies to the wgpu backend, not {other}"),
+        (other, Some(_), _) => bail!("--adapter applies to the wgpu backend, not {other}"),
     }
 }
 
@@ -251,15 +260,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--outliers {} is not a fraction in [0, 1]", args.outliers);
     }
     let acts = match (kind, args.cpu_activations) {
-        (BackendKind::Cpu, a) => Some(a.unwrap_or(super::forward::CpuActivations::Int8)),
+        (BackendKind::Cpu, a) => Some(a.unwrap_or(CpuActivations::Int8)),
         (_, None) => None,
         (other, Some(_)) => bad_flag!("--cpu-activations applies to the cpu backend, not {other}"),
     };
-    let dev = match acts {
-        Some(a) => Arc::new(backend::cpu::CpuBackend::with_gemv_activations(a.setting()))
-            as Arc<dyn Backend>,
-        None => open_backend(kind, args.adapter.as_deref())?,
-    };
+    let dev = open_backend(kind, args.adapter.as_deref(), acts)?;
     let largest = batches.iter().copied().max().unwrap_or(1);
     check_sizes(&args, largest, rows, cols, format, dev.as_ref())?;
 
@@ -466,7 +471,7 @@ fn time_cublas(
 #[allow(clippy::too_many_arguments)]
 fn report(
     args: &Args,
-    acts: Option<super::forward::CpuActivations>,
+    acts: Option<CpuActivations>,
     dev: &dyn Backend,
     label: &str,
     rows: &[KernelRow],
@@ -520,10 +525,7 @@ fn report(
         let out = json!({
             "backend": dev.kind().name(),
             "device": info.name,
-            "cpu_activations": acts.map(|a| clap::ValueEnum::to_possible_value(&a)
-                .expect("no variant is skipped")
-                .get_name()
-                .to_string()),
+            "cpu_activations": acts.map(CpuActivations::name),
             "kernels": kernels,
             "bandwidth": bw.map(|b| json!({
                 "gb_per_s": b.bytes_per_s / 1e9,
@@ -548,9 +550,7 @@ fn report(
             label,
             info.name,
             dev.kind(),
-            clap::ValueEnum::to_possible_value(&a)
-                .expect("no variant is skipped")
-                .get_name()
+            a.name()
         ),
         None => outln!("{} on {} ({})", label, info.name, dev.kind()),
     }
