@@ -8,7 +8,8 @@
 //! `<name>.outliers.row_ptr` / `.col_idx` / `.values`, `<name>.act_scale` —
 //! each in the exact bytes of `docs/FORMATS.md`, plus optionally the effective
 //! f32 weights as `<name>.dequantized`. The header metadata key
-//! `quantscope.<name>` holds the format, group and shape as JSON, so
+//! `quantscope.<name>` holds the format, group and shape as JSON (and
+//! `"int8_activations": true` for a W8A8 matrix), so
 //! [`read_quantized`] can rebuild every matrix.
 
 use std::collections::{BTreeMap, HashMap};
@@ -319,6 +320,9 @@ struct StoredMeta {
     cols: usize,
     outliers: bool,
     act_scale: bool,
+    /// W8A8 (absent in files written before it existed: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    int8_activations: bool,
 }
 
 /// One tensor to serialize: dtype, shape, bytes.
@@ -421,6 +425,7 @@ pub fn write_checkpoint(
             cols: q.cols(),
             outliers: q.outliers().is_some(),
             act_scale: q.act_scale().is_some(),
+            int8_activations: q.int8_activations(),
         };
         let json = serde_json::to_string(&m).map_err(|e| IoError::Write {
             path: path.to_path_buf(),
@@ -573,6 +578,9 @@ pub fn read_quantized_bytes(
             q = q
                 .with_act_scale(bytemuck::pod_collect_to_vec(&get("act_scale")?))
                 .map_err(ferr)?;
+        }
+        if m.int8_activations {
+            q = q.with_int8_activations().map_err(ferr)?;
         }
         out.push((name.to_string(), q));
     }

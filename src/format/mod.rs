@@ -290,7 +290,9 @@ impl StorageBytes {
 ///
 /// Meaning: the *effective* weight is
 /// `W[r][c] = (dense(r, c) + outlier(r, c)) * act_scale[c]`, and every backend
-/// computes `Y = X · Wᵀ` with that `W`.
+/// computes `Y = X · Wᵀ` with that `W` — for a W8A8 matrix
+/// ([`QuantizedMatrix::int8_activations`]) with `X ∘ act_scale` rounded to
+/// int8 first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizedMatrix {
     rows: usize,
@@ -299,6 +301,7 @@ pub struct QuantizedMatrix {
     packed: Packed,
     outliers: Option<Outliers>,
     act_scale: Option<Vec<f32>>,
+    int8_activations: bool,
 }
 
 pub(crate) fn check_len(
@@ -387,6 +390,7 @@ impl QuantizedMatrix {
             packed,
             outliers: None,
             act_scale: None,
+            int8_activations: false,
         })
     }
 
@@ -415,6 +419,33 @@ impl QuantizedMatrix {
         }
         self.act_scale = Some(act_scale);
         Ok(self)
+    }
+
+    /// Marks the matrix W8A8 (q8 only): every product rounds the
+    /// activations, after the activation scale, to int8 per block of 32
+    /// columns (`x ≈ dx · xq`, `dx = absmax / 127`, half to even) and
+    /// multiplies those by the weights: `Y = R(X ∘ act_scale) · Wᵀ`. The
+    /// rounding is part of the arithmetic, like the scale: a backend
+    /// without integer-activation kernels refuses the matrix rather than
+    /// compute something else (see [`crate::quant::smooth`]).
+    pub fn with_int8_activations(mut self) -> Result<Self, FormatError> {
+        if self.kind() != FormatKind::Q8 {
+            return Err(FormatError::BadValue {
+                part: "int8_activations",
+                detail: format!(
+                    "int8 activations (W8A8) need q8 weights, not {}",
+                    self.kind().name()
+                ),
+            });
+        }
+        self.int8_activations = true;
+        Ok(self)
+    }
+
+    /// Whether products round the activations to int8 (W8A8, see
+    /// [`with_int8_activations`](Self::with_int8_activations)).
+    pub fn int8_activations(&self) -> bool {
+        self.int8_activations
     }
 
     /// Output features.
@@ -473,6 +504,9 @@ impl QuantizedMatrix {
         }
         if self.act_scale.is_some() {
             s.push_str(" +act_scale");
+        }
+        if self.int8_activations {
+            s.push_str(" +a8");
         }
         s
     }

@@ -16,6 +16,7 @@ pub mod codebook;
 pub mod easyquant;
 pub mod gptq;
 pub mod rtn;
+pub mod smooth;
 
 use serde::{Deserialize, Serialize};
 
@@ -73,11 +74,14 @@ pub enum Scheme {
     GptqInt4,
     /// AWQ int4 (q4 + activation scale), needs calibration activations.
     AwqInt4,
+    /// SmoothQuant W8A8: q8 weights (+ activation scale) times activations
+    /// rounded to int8, needs calibration activations.
+    W8A8,
 }
 
 impl Scheme {
     /// Every scheme.
-    pub const ALL: [Scheme; 11] = [
+    pub const ALL: [Scheme; 12] = [
         Scheme::None(FormatKind::F32),
         Scheme::None(FormatKind::F16),
         Scheme::None(FormatKind::Bf16),
@@ -89,6 +93,7 @@ impl Scheme {
         Scheme::EasyQuant4,
         Scheme::GptqInt4,
         Scheme::AwqInt4,
+        Scheme::W8A8,
     ];
 
     /// Command-line name.
@@ -105,6 +110,7 @@ impl Scheme {
             Scheme::EasyQuant4 => "easyquant4",
             Scheme::GptqInt4 => "gptq-int4",
             Scheme::AwqInt4 => "awq-int4",
+            Scheme::W8A8 => "w8a8",
         }
     }
 
@@ -112,7 +118,7 @@ impl Scheme {
     pub fn storage(self) -> (FormatKind, bool) {
         match self {
             Scheme::None(kind) => (kind, false),
-            Scheme::Int8 => (FormatKind::Q8, false),
+            Scheme::Int8 | Scheme::W8A8 => (FormatKind::Q8, false),
             Scheme::Int4 | Scheme::Int4Clip | Scheme::GptqInt4 | Scheme::AwqInt4 => {
                 (FormatKind::Q4, false)
             }
@@ -123,7 +129,7 @@ impl Scheme {
 
     /// Whether the scheme needs calibration activations.
     pub fn needs_calibration(self) -> bool {
-        matches!(self, Scheme::GptqInt4 | Scheme::AwqInt4)
+        matches!(self, Scheme::GptqInt4 | Scheme::AwqInt4 | Scheme::W8A8)
     }
 }
 
@@ -261,7 +267,7 @@ fn quantize_unchecked(
                 ..Default::default()
             },
         ),
-        Scheme::GptqInt4 | Scheme::AwqInt4 => Err(QuantError::Invalid(format!(
+        Scheme::GptqInt4 | Scheme::AwqInt4 | Scheme::W8A8 => Err(QuantError::Invalid(format!(
             "{} needs calibration activations: use quantize_calibrated",
             cfg.scheme
         ))),
@@ -340,6 +346,24 @@ fn quantize_calibrated_unchecked(
             )];
             Ok((r.matrix, CalibratedNotes { notes }))
         }
+        Scheme::W8A8 => {
+            let c = smooth::SmoothConfig {
+                group,
+                ..Default::default()
+            };
+            let r = smooth::smooth_w8a8(w, calib, &c, progress)?;
+            let notes = vec![match r.report.alpha {
+                Some(a) => format!(
+                    "SmoothQuant alpha {a:.1}, layer error {:.2e} (unsmoothed {:.2e}, f32 activations {:.2e})",
+                    r.report.final_error, r.report.plain_error, r.report.weight_only_error
+                ),
+                None => format!(
+                    "SmoothQuant: no smoothing did best, layer error {:.2e} (f32 activations {:.2e})",
+                    r.report.final_error, r.report.weight_only_error
+                ),
+            }];
+            Ok((r.matrix, CalibratedNotes { notes }))
+        }
         _ => Ok((quantize(w, cfg)?, CalibratedNotes::default())),
     }
 }
@@ -366,6 +390,24 @@ pub fn output_nmse(w: &Matrix, q: &QuantizedMatrix, x: &Matrix) -> Result<f64, Q
         )));
     }
     let deq = q.dequantize();
+    // A W8A8 matrix multiplies `R(x ∘ act_scale)` by its dense part, which is
+    // `x̃ · Ŵᵀ` with `x̃ = R(x ∘ act_scale) / act_scale`.
+    let xq: Option<Vec<f32>> = q.int8_activations().then(|| {
+        let cols = x.cols();
+        let ones = vec![1.0f32; cols];
+        let a = q.act_scale().unwrap_or(&ones);
+        let scaled: Vec<f32> = x
+            .data()
+            .chunks(cols)
+            .flat_map(|r| r.iter().zip(a).map(|(v, s)| v * s))
+            .collect();
+        let mut r = Vec::new();
+        crate::backend::cpu::int8_rounded_into(&scaled, cols, &mut r);
+        r.chunks_mut(cols).for_each(|row| {
+            row.iter_mut().zip(a).for_each(|(v, s)| *v /= s);
+        });
+        r
+    });
     let (se, ss) = (0..w.rows())
         .into_par_iter()
         .map(|r| {
@@ -373,10 +415,11 @@ pub fn output_nmse(w: &Matrix, q: &QuantizedMatrix, x: &Matrix) -> Result<f64, Q
             let (mut se, mut ss) = (0.0f64, 0.0f64);
             for n in 0..x.rows() {
                 let xr = x.row(n);
+                let xb = xq.as_ref().map_or(xr, |v| &v[n * xr.len()..][..xr.len()]);
                 let (mut ya, mut yb) = (0.0f64, 0.0f64);
                 for c in 0..xr.len() {
                     ya += a[c] as f64 * xr[c] as f64;
-                    yb += b[c] as f64 * xr[c] as f64;
+                    yb += b[c] as f64 * xb[c] as f64;
                 }
                 se += (ya - yb) * (ya - yb);
                 ss += ya * ya;

@@ -185,16 +185,12 @@ pub fn matmul_bias(
         }
     }
     let x = scaled(m, x);
+    // A W8A8 matrix rounds whatever `act` says: the rounding is part of
+    // its arithmetic (`QuantizedMatrix::int8_activations`).
+    let int8 = m.int8_activations() || uses_int8_activations(act, m.kind(), batch);
     if batch < GEMM_MIN_BATCH {
         // The GEMV adds the outliers task by task.
-        gemv::gemv(
-            path,
-            m,
-            &x,
-            batch,
-            y,
-            uses_int8_activations(act, m.kind(), batch),
-        );
+        gemv::gemv(path, m, &x, batch, y, int8);
         if let Some(b) = bias {
             for yr in y.chunks_mut(rows) {
                 for (o, &v) in yr.iter_mut().zip(b) {
@@ -203,15 +199,7 @@ pub fn matmul_bias(
             }
         }
     } else {
-        gemm::gemm(
-            path,
-            m,
-            &x,
-            batch,
-            bias,
-            y,
-            uses_int8_activations(act, m.kind(), batch),
-        );
+        gemm::gemm(path, m, &x, batch, bias, y, int8);
         if let Some(o) = m.outliers() {
             sparse::add_outliers(path, o, &x, cols, rows, y);
         }

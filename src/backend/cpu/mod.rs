@@ -34,6 +34,7 @@ use super::{
 };
 use crate::format::{nearest_level, pack_q4, pack_q8, FormatKind, Matrix, Packed, QuantizedMatrix};
 
+pub(crate) use act::int8_rounded_into;
 pub use kernel::{KernelPath, KERNEL_ENV};
 pub use matmul::{
     matmul, matmul_bias, matmul_into, matmul_opts, matmul_outliers_into, matmul_with,

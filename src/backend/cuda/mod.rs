@@ -1462,6 +1462,12 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, m: &QuantizedMatrix) -> Result<MatrixHandle, BackendError> {
+        if m.int8_activations() {
+            return Err(BackendError::Unsupported {
+                backend: BackendKind::Cuda,
+                what: "int8 activations (W8A8 matrices run on the cpu backend)".into(),
+            });
+        }
         to_u32(m.rows(), "rows")?;
         to_u32(m.cols(), "cols")?;
         to_u32(m.rows() * m.groups_per_row(), "groups")?;

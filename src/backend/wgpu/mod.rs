@@ -1200,6 +1200,12 @@ impl Backend for WgpuBackend {
     }
 
     fn upload(&self, m: &QuantizedMatrix) -> Result<MatrixHandle, BackendError> {
+        if m.int8_activations() {
+            return Err(BackendError::Unsupported {
+                backend: BACKEND,
+                what: "int8 activations (W8A8 matrices run on the cpu backend)".into(),
+            });
+        }
         let none = wgpu::BufferUsages::empty();
         let w = self.storage_with("matrix codes", dense_bytes(m), none)?;
         let aux = self.storage_with("matrix scales", &aux_bytes(m), none)?;
