@@ -103,6 +103,7 @@ struct AttentionParams {
 
 #define FLAG_OUTLIERS 1u
 #define FLAG_ACT_SCALE 2u
+#define FLAG_INT8_ACT 4u
 
 #ifndef QUANTSCOPE_HOST_EMU
 // f32 value of IEEE half bits (exact).

@@ -27,6 +27,7 @@ struct MatmulParams {
 
 const FLAG_OUTLIERS: u32 = 1u;
 const FLAG_ACT_SCALE: u32 = 2u;
+const FLAG_INT8_ACT: u32 = 4u;
 
 const FMT_F32: u32 = 0u;
 const FMT_F16: u32 = 1u;

@@ -44,6 +44,9 @@ enum Extra {
     Outliers,
     ActScale,
     Both,
+    /// W8A8: int8 activations, with an activation scale or without.
+    W8A8,
+    W8A8Scaled,
 }
 
 struct Case {
@@ -118,6 +121,13 @@ fn cases() -> Vec<Case> {
     v.push(case(Q4, Both, g(32), gemm));
     v.push(case(Q8, Both, g(32), hand_over(5)));
     v.push(case(Lut4, Outliers, g(128), tiles_b));
+    // W8A8 (the int8 rounding of X in scale_input), GEMV and GEMM.
+    v.push(case(Q8, W8A8, g(32), mid));
+    v.push(case(Q8, W8A8, row, gemm));
+    v.push(case(Q8, W8A8, g(32), hand_over(5)));
+    v.push(case(Q8, W8A8Scaled, g(32), odd_gemm));
+    v.push(case(Q8, W8A8Scaled, g(64), tiles_b));
+    v.push(case(Q8, W8A8Scaled, row, odd_gemv));
     v
 }
 
@@ -146,7 +156,7 @@ fn build(c: &Case, rng: &mut Xoshiro256PlusPlus) -> QuantizedMatrix {
     }
     .expect("pack");
     let with_outliers = matches!(c.extra, Extra::Outliers | Extra::Both);
-    let with_act = matches!(c.extra, Extra::ActScale | Extra::Both);
+    let with_act = matches!(c.extra, Extra::ActScale | Extra::Both | Extra::W8A8Scaled);
     let m = if with_outliers {
         let rows: Vec<Vec<(u32, f16)>> = (0..c.rows)
             .map(|_| {
@@ -165,9 +175,14 @@ fn build(c: &Case, rng: &mut Xoshiro256PlusPlus) -> QuantizedMatrix {
     } else {
         m
     };
-    if with_act {
+    let m = if with_act {
         let a = (0..c.cols).map(|_| rng.random_range(0.25..2.0)).collect();
         m.with_act_scale(a).expect("act scale")
+    } else {
+        m
+    };
+    if matches!(c.extra, Extra::W8A8 | Extra::W8A8Scaled) {
+        m.with_int8_activations().expect("W8A8")
     } else {
         m
     }

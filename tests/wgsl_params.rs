@@ -17,7 +17,7 @@ use std::path::Path;
 
 use quantscope::backend::params::{
     AssignParams, AttentionParams, MatmulParams, OpParams, QuantizeParams, FLAG_ACT_SCALE,
-    FLAG_OUTLIERS,
+    FLAG_INT8_ACT, FLAG_OUTLIERS,
 };
 use quantscope::format::FormatKind;
 
@@ -313,6 +313,7 @@ fn shader_constants_match_params_rs() {
     let want: BTreeMap<&str, u32> = BTreeMap::from([
         ("FLAG_OUTLIERS", FLAG_OUTLIERS),
         ("FLAG_ACT_SCALE", FLAG_ACT_SCALE),
+        ("FLAG_INT8_ACT", FLAG_INT8_ACT),
         ("FMT_F32", FormatKind::F32 as u32),
         ("FMT_F16", FormatKind::F16 as u32),
         ("FMT_BF16", FormatKind::Bf16 as u32),

@@ -109,6 +109,11 @@ inline float __uint_as_float(unsigned u) {
     std::memcpy(&f, &u, 4);
     return f;
 }
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
 inline float __int_as_float(int i) {
     float f;
     std::memcpy(&f, &i, 4);
@@ -127,6 +132,7 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __frcp_rn(float a) { return 1.0f / a; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 
 inline double atomicAdd(double* p, double v) {
     std::lock_guard<std::mutex> g(emu_atomic_mutex);

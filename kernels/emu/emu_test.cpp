@@ -310,7 +310,7 @@ static void test_matmul(const Packed& m, u32 batch) {
     }
     const MatmulParams p = m.params(batch);
     const float* in = x.data();
-    if (m.flags & FLAG_ACT_SCALE) {
+    if (m.flags & (FLAG_ACT_SCALE | FLAG_INT8_ACT)) {
         emu_launch(dim3{div_ceil(batch * xs, 256)}, dim3{256}, [&] { scale_input(p, x.data(), m.act.data(), xo.data()); });
         in = xo.data();
     }
@@ -334,12 +334,31 @@ static void test_matmul(const Packed& m, u32 batch) {
     if (m.flags & FLAG_OUTLIERS)
         emu_launch(dim3{div_ceil(batch * m.rows, 256)}, dim3{256},
                    [&] { outliers_add(p, m.row_ptr.data(), m.col_idx.data(), m.ovals.data(), in, y.data()); });
+    // The input the weights meet, per column (`ref_weight` carries the
+    // activation scale): X, or for W8A8 R(X ∘ act) / act, R the int8
+    // rounding per 32-column block (dx = absmax / 127, ties to even) in f64.
+    std::vector<double> xin(batch * xs, 0.0);
+    for (u32 b = 0; b < batch; ++b)
+        for (u32 c0 = 0; c0 < m.cols; c0 += 32) {
+            const u32 c1 = std::min(c0 + 32, m.cols);
+            auto act = [&](u32 c) { return (m.flags & FLAG_ACT_SCALE) ? m.act[c] : 1.0f; };
+            float amax = 0;
+            for (u32 c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x[b * xs + c] * act(c)));
+            for (u32 c = c0; c < c1; ++c) {
+                double v = x[b * xs + c];
+                if (m.flags & FLAG_INT8_ACT) {
+                    const double dx = (double)amax / 127.0, xa = (double)(x[b * xs + c] * act(c));
+                    v = amax == 0 ? 0.0 : dx * std::clamp(std::nearbyint(xa / dx), -127.0, 127.0) / act(c);
+                }
+                xin[b * xs + c] = v;
+            }
+        }
     double err = 0, norm = 0;
     int pad_bad = 0;
     for (u32 b = 0; b < batch; ++b) {
         for (u32 r = 0; r < m.rows; ++r) {
             double ref = 0;
-            for (u32 c = 0; c < m.cols; ++c) ref += (double)x[b * xs + c] * ref_weight(m, r, c);
+            for (u32 c = 0; c < m.cols; ++c) ref += xin[b * xs + c] * ref_weight(m, r, c);
             const double d = y[b * ys + r] - ref;
             err += d * d, norm += ref * ref;
             if (!std::isfinite(y[b * ys + r])) err = INFINITY;
@@ -715,8 +734,11 @@ int main(int argc, char** argv) {
             for (u32 cols : mcols)
                 for (u32 g : {0u, 32u, 128u}) {
                     if (fmt < FMT_Q8 && g) continue;
-                    for (int extra = 0; extra < 3; ++extra) {
-                        const Packed m = random_packed(fmt, 13, cols, g, extra == 1, extra == 2);
+                    // extra: 0 plain, 1 outliers, 2 act_scale; q8 also
+                    // 3 W8A8 with act_scale, 4 W8A8 alone.
+                    for (int extra = 0; extra < (fmt == FMT_Q8 ? 5 : 3); ++extra) {
+                        Packed m = random_packed(fmt, 13, cols, g, extra == 1, extra == 2 || extra == 3);
+                        if (extra >= 3) m.flags |= FLAG_INT8_ACT;
                         test_dequantize(m);
                         for (u32 batch : batches) test_matmul(m, batch);
                     }

@@ -11,6 +11,10 @@ use crate::format::QuantizedMatrix;
 pub const FLAG_OUTLIERS: u32 = 1;
 /// `flags` bit: the matrix has a per-input-channel activation scale.
 pub const FLAG_ACT_SCALE: u32 = 2;
+/// `flags` bit: W8A8, the input (after the activation scale) is rounded to
+/// int8 per block of 32 columns before the product
+/// ([`QuantizedMatrix::int8_activations`]).
+pub const FLAG_INT8_ACT: u32 = 4;
 
 /// Parameters of dequantize and matmul kernels (`Y = X · Wᵀ`).
 #[repr(C)]
@@ -30,11 +34,17 @@ pub struct MatmulParams {
     pub group_len: u32,
     /// Groups per row.
     pub groups_per_row: u32,
-    /// [`FLAG_OUTLIERS`] | [`FLAG_ACT_SCALE`].
+    /// [`FLAG_OUTLIERS`] | [`FLAG_ACT_SCALE`] | [`FLAG_INT8_ACT`].
     pub flags: u32,
 }
 
 impl MatmulParams {
+    /// Whether a matmul first runs `scale_input` (activation scale and / or
+    /// int8 rounding) into scratch the size of X.
+    pub fn prepares_input(&self) -> bool {
+        self.flags & (FLAG_ACT_SCALE | FLAG_INT8_ACT) != 0
+    }
+
     /// Parameters for `m` at `batch`.
     pub fn new(m: &QuantizedMatrix, batch: usize) -> Self {
         let mut flags = 0;
@@ -43,6 +53,9 @@ impl MatmulParams {
         }
         if m.act_scale().is_some() {
             flags |= FLAG_ACT_SCALE;
+        }
+        if m.int8_activations() {
+            flags |= FLAG_INT8_ACT;
         }
         MatmulParams {
             rows: m.rows() as u32,

@@ -7,7 +7,7 @@
 
 use half::f16;
 
-use super::params::{QuantizeParams, FLAG_ACT_SCALE, FLAG_OUTLIERS};
+use super::params::{QuantizeParams, FLAG_OUTLIERS};
 use super::{BackendError, BackendKind, MatmulParams, RtnSpec};
 use crate::format::{FormatKind, GroupSize, Packed, QuantizedMatrix, Q4, Q8};
 
@@ -33,8 +33,8 @@ pub(crate) enum DenseStep {
     Gemm,
 }
 
-/// The kernels of `Y = X · Wᵀ`, in order: `scale_input` (activation scale),
-/// the dense kernel, `outliers_add` (sparse outliers).
+/// The kernels of `Y = X · Wᵀ`, in order: `scale_input` (activation scale,
+/// W8A8 rounding), the dense kernel, `outliers_add` (sparse outliers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MatmulPlan {
     /// Run `scale_input` first (into scratch, X is not changed).
@@ -57,7 +57,7 @@ impl MatmulPlan {
             DenseStep::Gemv
         };
         MatmulPlan {
-            scale_input: p.flags & FLAG_ACT_SCALE != 0,
+            scale_input: p.prepares_input(),
             dense,
             outliers: p.flags & FLAG_OUTLIERS != 0,
         }

@@ -46,8 +46,7 @@ use launch::{ArgKind, Elem, HostParts, KernelLaunch, MatrixParts, ParamBlock, Pa
 use rand::{Rng, SeedableRng};
 
 use super::params::{
-    AssignParams, AttentionParams, MatmulParams, OpParams, QuantizeParams, ACT_GELU,
-    ACT_QUICK_GELU, FLAG_ACT_SCALE,
+    AssignParams, AttentionParams, MatmulParams, OpParams, QuantizeParams, ACT_GELU, ACT_QUICK_GELU,
 };
 use super::plan::{rtn_result, rtn_shape, x_stride, DenseStep, MatmulPlan};
 use super::table::{HandleTable, MemCounter};
@@ -1041,7 +1040,7 @@ impl CudaBackend {
                     BackendError::Invalid("internal: linear op without its matrix".into())
                 })?;
                 let batch = x.rows();
-                let scratch = if m.params.flags & FLAG_ACT_SCALE != 0 {
+                let scratch = if m.params.prepares_input() {
                     Some(self.zeros::<f32>(batch * x_stride(m.cols()))?)
                 } else {
                     None
@@ -1462,12 +1461,6 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, m: &QuantizedMatrix) -> Result<MatrixHandle, BackendError> {
-        if m.int8_activations() {
-            return Err(BackendError::Unsupported {
-                backend: BackendKind::Cuda,
-                what: "int8 activations (W8A8 matrices run on the cpu backend)".into(),
-            });
-        }
         to_u32(m.rows(), "rows")?;
         to_u32(m.cols(), "cols")?;
         to_u32(m.rows() * m.groups_per_row(), "groups")?;
@@ -1751,7 +1744,7 @@ impl Backend for CudaBackend {
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
         let xd = self.upload_padded(&x, batch, m.cols())?;
-        let scaled = if m.params.flags & FLAG_ACT_SCALE != 0 {
+        let scaled = if m.params.prepares_input() {
             Some(self.zeros::<f32>(batch * x_stride(m.cols()))?)
         } else {
             None

@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 
 use super::params::{
     AssignParams, AttentionParams, MatmulParams, OpParams, ACT_GELU, ACT_QUICK_GELU,
-    FLAG_ACT_SCALE, FLAG_OUTLIERS,
+    FLAG_ACT_SCALE, FLAG_INT8_ACT, FLAG_OUTLIERS,
 };
 use super::plan::{rtn_result, rtn_shape, x_stride, DenseStep, MatmulPlan, GEMM_MIN_BATCH};
 use super::table::{HandleTable, MemCounter};
@@ -1200,12 +1200,6 @@ impl Backend for WgpuBackend {
     }
 
     fn upload(&self, m: &QuantizedMatrix) -> Result<MatrixHandle, BackendError> {
-        if m.int8_activations() {
-            return Err(BackendError::Unsupported {
-                backend: BACKEND,
-                what: "int8 activations (W8A8 matrices run on the cpu backend)".into(),
-            });
-        }
         let none = wgpu::BufferUsages::empty();
         let w = self.storage_with("matrix codes", dense_bytes(m), none)?;
         let aux = self.storage_with("matrix scales", &aux_bytes(m), none)?;
@@ -1496,7 +1490,7 @@ impl Backend for WgpuBackend {
         let k = levels.len();
         // 1. Compact the padded rows (the raw values: no outliers, no scale).
         let mut plain = m.params;
-        plain.flags &= !(FLAG_OUTLIERS | FLAG_ACT_SCALE);
+        plain.flags &= !(FLAG_OUTLIERS | FLAG_ACT_SCALE | FLAG_INT8_ACT);
         let compact = self.buffer("values", (n * 4) as u64, wgpu::BufferUsages::STORAGE)?;
         let u_plain = self.uniform("dequantize params", &plain)?;
         let d0 = self.dispatch(
