@@ -256,7 +256,7 @@ const CASES: &[Case] = &[
     Case { what: "--threshold with int4", args: &["quantize", "--scheme", "int4", "--threshold", "2", "--output", "{new.st}"], env: NO_ENV, status: 2, phrase: "--threshold applies to --scheme easyquant4 only", absent: &[], writes: false },
     Case { what: "--threshold 0", args: &["quantize", "--scheme", "easyquant4", "--threshold", "0", "--output", "{new.st}"], env: NO_ENV, status: 2, phrase: "--threshold must be a positive", absent: &[], writes: false },
     Case { what: "vector: --distribution with --size small", args: &["vector", "--distribution", "laplace", "--save-dir", "{outdir}"], env: NO_ENV, status: 2, phrase: "--distribution applies to generated vectors", absent: &[], writes: false },
-    Case { what: "unknown scheme lists uniform", args: &["quantize", "--scheme", "int3", "--output", "{new.st}"], env: NO_ENV, status: 2, phrase: "awq-int4, uniform)", absent: &[], writes: false },
+    Case { what: "unknown scheme lists uniform", args: &["quantize", "--scheme", "int3", "--output", "{new.st}"], env: NO_ENV, status: 2, phrase: "awq-int4, w8a8, uniform)", absent: &[], writes: false },
     Case { what: "--bits=-3", args: &["quantize", "--scheme", "uniform", "--bits=-3", "--output", "{new.st}"], env: NO_ENV, status: 2, phrase: "-3 is not in 2..=8", absent: &["0..=255"], writes: false },
     Case { what: "--bits 9", args: &["quantize", "--scheme", "uniform", "--bits", "9", "--output", "{new.st}"], env: NO_ENV, status: 2, phrase: "9 is not in 2..=8", absent: &[], writes: false },
     Case { what: "--bits with int4", args: &["quantize", "--scheme", "int4", "--bits", "4", "--output", "{new.st}"], env: NO_ENV, status: 2, phrase: "--bits applies to --scheme uniform only", absent: &[], writes: false },

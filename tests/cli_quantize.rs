@@ -362,7 +362,7 @@ fn gptq_and_awq_run_from_the_cli_with_built_in_or_file_calibration() {
     let out = dir.path().join("g.safetensors");
     let o = out.to_str().unwrap();
     let i = input.to_str().unwrap();
-    for scheme in ["gptq-int4", "awq-int4"] {
+    for scheme in ["gptq-int4", "awq-int4", "w8a8"] {
         let (ok, stdout, stderr) = run(&[
             "quantize",
             "--input",
@@ -385,7 +385,12 @@ fn gptq_and_awq_run_from_the_cli_with_built_in_or_file_calibration() {
         for t in v["tensors"].as_array().unwrap() {
             assert!(t["output_nmse"].as_f64().unwrap() < 0.05, "{t}");
         }
-        assert_eq!(quantscope::io::read_quantized(&out).unwrap().len(), 2);
+        let back = quantscope::io::read_quantized(&out).unwrap();
+        assert_eq!(back.len(), 2);
+        // W8A8 is q8 marked for int8 activations; the others are not marked.
+        for (name, m) in &back {
+            assert_eq!(m.int8_activations(), scheme == "w8a8", "{scheme} {name}");
+        }
     }
     // A calibration file: one tensor per weight name; widths must match.
     let calib = dir.path().join("calib.safetensors");

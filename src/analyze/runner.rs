@@ -30,10 +30,11 @@ use crate::model::{
 use crate::quant::{QuantConfig, Scheme};
 
 /// The strategies `analyze` runs by default, in this order.
-pub const DEFAULT_STRATEGIES: [&str; 10] = [
+pub const DEFAULT_STRATEGIES: [&str; 11] = [
     "none",
     "f16",
     "int8",
+    "w8a8",
     "int4",
     "int4-clip",
     "nf4",

@@ -25,8 +25,9 @@ pub struct Args {
     /// A built-in synthetic model: tiny (default), minilm-l6, clip-vit-l14.
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
-    /// Comma-separated strategies (default: none, f16, int8, int4,
-    /// int4-clip, nf4, kmeans4, easyquant4, gptq-int4, awq-int4).
+    /// Comma-separated strategies (default: none, f16, int8, w8a8, int4,
+    /// int4-clip, nf4, kmeans4, easyquant4, gptq-int4, awq-int4). w8a8 is
+    /// SmoothQuant: int8 weights times int8 activations.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     strategies: Option<Vec<String>>,
     /// Comma-separated backends: cpu, wgpu, cuda (default: every available

@@ -29,7 +29,8 @@ pub struct Args {
     #[arg(long, default_value = "tiny")]
     preset: String,
 
-    /// Strategy for every linear: none (f32), f16, bf16, int8, int4,
+    /// Strategy for every linear: none (f32), f16, bf16, int8, w8a8
+    /// (SmoothQuant: int8 weights times int8 activations), int4,
     /// int4-clip, nf4, kmeans4, easyquant4, gptq-int4, awq-int4. A model
     /// loaded from a quantized folder runs as stored.
     #[arg(long, default_value = "int8")]
@@ -48,7 +49,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     inputs: Option<PathBuf>,
 
-    /// Calibration inputs for gptq-int4 / awq-int4 (same format as
+    /// Calibration inputs for gptq-int4 / awq-int4 / w8a8 (same format as
     /// --inputs; keep them apart from the evaluation inputs). Default: a
     /// built-in set disjoint from the default inputs.
     #[arg(long, value_name = "FILE")]

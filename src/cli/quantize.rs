@@ -46,7 +46,8 @@ pub struct Args {
     output: PathBuf,
 
     /// Strategy: none (f32), f16, bf16, int8, int4, int4-clip, nf4, kmeans4,
-    /// easyquant4, gptq-int4, awq-int4; or `uniform` (any --bits, unpacked
+    /// easyquant4, gptq-int4, awq-int4, w8a8 (SmoothQuant: q8 weights
+    /// marked for int8 activations); or `uniform` (any --bits, unpacked
     /// codes, for studies).
     #[arg(long, default_value = "int4")]
     scheme: String,
@@ -71,7 +72,7 @@ pub struct Args {
     #[arg(long, default_value_t = 42)]
     seed: u64,
 
-    /// Calibration activations for gptq-int4 / awq-int4 (and, for any scheme,
+    /// Calibration activations for gptq-int4 / awq-int4 / w8a8 (and, for any scheme,
     /// the output error on held-out inputs): a safetensors file with, per
     /// weight `<name>`, a float tensor `<name>` of shape `[n, cols]` (leading
     /// dimensions are flattened). A quarter of the rows is held out for
