@@ -64,9 +64,10 @@ fn task_rows(rows: usize) -> usize {
 /// Columns per decode unit (a q4 / lut4 unit is 16 bytes of codes).
 const UNIT: usize = 32;
 
-/// `Y = X · Wᵀ (+ bias)` for `batch` rows of `x` (already multiplied by the
-/// activation scale), dense part only; `y` is `batch x rows`, `bias` (when
-/// given) has `rows` values. With `int8_act`, a q4 / lut4 matrix multiplies
+/// `Y = (X ∘ act_scale) · Wᵀ (+ bias)` for `batch` rows of `x`, dense part
+/// only (`m`'s activation scale applied here: the AVX-512 int8 driver while
+/// it rounds X, the other paths into a buffer first); `y` is `batch x rows`,
+/// `bias` (when given) has `rows` values. With `int8_act`, a q4 / lut4 matrix multiplies
 /// `x` rounded to int8 per block of 32 columns (`act::int8_rounded_into`; lut4
 /// with its codebook on 256 levels, as the GEMV): integer dot products on
 /// AVX-512 VNNI (`gemm_i8.rs`), the rounded values in f32 on the other
@@ -97,6 +98,39 @@ pub(crate) fn gemm(
             i8_driver::gemm(m, x, batch, bias, y);
             return;
         }
+    }
+    match m.act_scale() {
+        Some(a) => {
+            let mut xs = SCALED.with(|c| c.take());
+            xs.clear();
+            xs.resize(x.len(), 0.0);
+            xs.par_chunks_mut(cols)
+                .zip(x.par_chunks(cols))
+                .for_each(|(o, r)| {
+                    for ((o, &v), &s) in o.iter_mut().zip(r).zip(a) {
+                        *o = v * s;
+                    }
+                });
+            gemm_scaled(path, m, &xs, batch, bias, y, int8_act);
+            SCALED.with(|c| c.set(xs));
+        }
+        None => gemm_scaled(path, m, x, batch, bias, y, int8_act),
+    }
+}
+
+/// [`gemm`] on `x` already multiplied by the activation scale, off the
+/// AVX-512 int8 driver.
+fn gemm_scaled(
+    path: KernelPath,
+    m: &QuantizedMatrix,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    int8_act: bool,
+) {
+    let (rows, cols) = (m.rows(), m.cols());
+    if int8_act {
         let mut rounded = ROUNDED.with(|c| c.take());
         super::act::int8_rounded_into(x, cols, &mut rounded);
         // lut4's codebook as the integer kernels take it (on 256 levels,
@@ -524,6 +558,8 @@ thread_local! {
     /// The int8-rounded activations of [`gemm`] on paths without the
     /// integer kernel, kept by the calling thread.
     static ROUNDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// `X ∘ act_scale` for the paths that do not fuse it.
+    static SCALED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     /// [`TaskScratch`] of a rayon worker, taken for the duration of a task.
     static TASK: std::cell::Cell<TaskScratch> = std::cell::Cell::new(TaskScratch::default());
 }

@@ -95,8 +95,8 @@ thread_local! {
     static XQ: std::cell::Cell<XQuant> = std::cell::Cell::new(XQuant::default());
 }
 
-/// `Y = X · Wᵀ (+ bias)` for a q8 / q4 / lut4 matrix, `x` rounded to int8 per block of
-/// 32 columns, dense part only.
+/// `Y = (X ∘ act_scale) · Wᵀ (+ bias)` for a q8 / q4 / lut4 matrix, `X ∘
+/// act_scale` rounded to int8 per block of 32 columns, dense part only.
 ///
 /// # Panics
 /// When `m` is not q8 / q4 / lut4 or the CPU lacks AVX-512 VNNI (callers check
@@ -145,7 +145,7 @@ pub(super) fn gemm(
         .zip(xq.d[..nchunks * nkb * NBK * LANES].par_chunks_mut(nkb * NBK * LANES))
         .zip(xq.s[..nchunks * nkb * NBK * LANES].par_chunks_mut(nkb * NBK * LANES))
         .enumerate()
-        .for_each(|(ch, ((q, d), s))| pack_chunk(x, batch, cols, kp, ch, q, d, s));
+        .for_each(|(ch, ((q, d), s))| pack_chunk(x, m.act_scale(), batch, cols, kp, ch, q, d, s));
     let (xqq, xqd, xqs) = (&xq.q[..], &xq.d[..], &xq.s[..]);
 
     let glen = m.group_len();
@@ -324,12 +324,15 @@ pub(super) fn gemm(
     XQ.with(|c| c.set(xq));
 }
 
-/// Quantizes batch rows `16 ch .. 16 ch + 16` of `x` into one chunk's
-/// codes `q`, scales `d` and `dx · Σ codes` `s` (every K block; rows past
-/// the batch and columns past the row are 0).
+/// Quantizes batch rows `16 ch .. 16 ch + 16` of `x` (times `act`, the
+/// activation scale, when given: the same f32 products the other paths
+/// make before rounding) into one chunk's codes `q`, scales `d` and
+/// `dx · Σ codes` `s` (every K block; rows past the batch and columns past
+/// the row are 0).
 #[allow(clippy::too_many_arguments)]
 fn pack_chunk(
     x: &[f32],
+    act: Option<&[f32]>,
     batch: usize,
     cols: usize,
     kp: usize,
@@ -339,13 +342,21 @@ fn pack_chunk(
     s: &mut [f32],
 ) {
     let mut codes = [0i8; QBLOCK];
+    let mut scaled = [0.0f32; QBLOCK];
     for lane in 0..LANES {
         let b = ch * LANES + lane;
         for blk in 0..kp / QBLOCK {
             let c0 = blk * QBLOCK;
             let (kb, kk) = (c0 / KC, c0 % KC);
             let (dx, sum) = if b < batch {
-                let v = &x[b * cols + c0..b * cols + cols.min(c0 + QBLOCK)];
+                let c1 = cols.min(c0 + QBLOCK);
+                let mut v = &x[b * cols + c0..b * cols + c1];
+                if let Some(a) = act {
+                    for ((t, &xv), &s) in scaled.iter_mut().zip(v).zip(&a[c0..c1]) {
+                        *t = xv * s;
+                    }
+                    v = &scaled[..c1 - c0];
+                }
                 // SAFETY: AVX-512 checked by `gemm`.
                 unsafe { avx512::quantize_block(v, &mut codes) }
             } else {

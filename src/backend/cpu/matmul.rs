@@ -1,7 +1,8 @@
 //! Dequantized matmul on the packed data: `Y = X · Wᵀ`.
 //!
-//! Order of work: scale X once by the activation scale (AWQ), run the dense
-//! part (GEMV below [`GEMM_MIN_BATCH`] rows, GEMM from there) on the chosen
+//! Order of work: scale X by the activation scale (AWQ, SmoothQuant; the
+//! GEMM does it itself, fused into its rounding of X on the AVX-512 int8
+//! path), run the dense part (GEMV below [`GEMM_MIN_BATCH`] rows, GEMM from there) on the chosen
 //! [`KernelPath`], and add the sparse outliers (cost proportional to their
 //! number: the GEMV adds each task's rows right after their dense pass, the
 //! GEMM in a pass after).
@@ -184,11 +185,11 @@ pub fn matmul_bias(
             )));
         }
     }
-    let x = scaled(m, x);
     // A W8A8 matrix rounds whatever `act` says: the rounding is part of
     // its arithmetic (`QuantizedMatrix::int8_activations`).
     let int8 = m.int8_activations() || uses_int8_activations(act, m.kind(), batch);
     if batch < GEMM_MIN_BATCH {
+        let x = scaled(m, x);
         // The GEMV adds the outliers task by task.
         gemv::gemv(path, m, &x, batch, y, int8);
         if let Some(b) = bias {
@@ -199,9 +200,11 @@ pub fn matmul_bias(
             }
         }
     } else {
-        gemm::gemm(path, m, &x, batch, bias, y, int8);
+        // The GEMM applies the activation scale itself (fused into the
+        // int8 rounding of X on AVX-512: a pass over X less).
+        gemm::gemm(path, m, x, batch, bias, y, int8);
         if let Some(o) = m.outliers() {
-            sparse::add_outliers(path, o, &x, cols, rows, y);
+            sparse::add_outliers(path, o, &scaled(m, x), cols, rows, y);
         }
     }
     Ok(())
