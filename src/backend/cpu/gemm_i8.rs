@@ -342,7 +342,6 @@ fn pack_chunk(
     s: &mut [f32],
 ) {
     let mut codes = [0i8; QBLOCK];
-    let mut scaled = [0.0f32; QBLOCK];
     for lane in 0..LANES {
         let b = ch * LANES + lane;
         for blk in 0..kp / QBLOCK {
@@ -350,15 +349,9 @@ fn pack_chunk(
             let (kb, kk) = (c0 / KC, c0 % KC);
             let (dx, sum) = if b < batch {
                 let c1 = cols.min(c0 + QBLOCK);
-                let mut v = &x[b * cols + c0..b * cols + c1];
-                if let Some(a) = act {
-                    for ((t, &xv), &s) in scaled.iter_mut().zip(v).zip(&a[c0..c1]) {
-                        *t = xv * s;
-                    }
-                    v = &scaled[..c1 - c0];
-                }
+                let v = &x[b * cols + c0..b * cols + c1];
                 // SAFETY: AVX-512 checked by `gemm`.
-                unsafe { avx512::quantize_block(v, &mut codes) }
+                unsafe { avx512::quantize_block(v, act.map(|a| &a[c0..c1]), &mut codes) }
             } else {
                 codes.fill(0);
                 (0.0, 0)
@@ -380,21 +373,31 @@ mod avx512 {
 
     use super::{KC, LANES, NBK, NRI};
 
-    /// `act::quantize_block` of `v` (at most 32
-    /// values) into `codes` (zero past `v`): `(dx, Σ codes)`, `(NaN, 0)`
-    /// with zero codes when a value is not finite. The same f32 operations,
-    /// so the same codes and scales.
+    /// `act::quantize_block` of `v` (at most 32 values; times `scale`, as
+    /// many values, when given) into `codes` (zero past `v`): `(dx, Σ
+    /// codes)`, `(NaN, 0)` with zero codes when a value is not finite. The
+    /// same f32 operations, so the same codes and scales.
     ///
     /// # Safety
-    /// The CPU supports AVX-512 F/BW/VL.
+    /// The CPU supports AVX-512 F/BW/VL; `scale` is at least as long as `v`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn quantize_block(v: &[f32], codes: &mut [i8; 32]) -> (f32, i32) {
+    pub(super) unsafe fn quantize_block(
+        v: &[f32],
+        scale: Option<&[f32]>,
+        codes: &mut [i8; 32],
+    ) -> (f32, i32) {
         let n = v.len().min(32);
         let m0 = ((1u32 << n.min(16)) - 1) as u16;
         let m1 = ((1u64 << n.saturating_sub(16)) - 1) as u16;
         let p = v.as_ptr();
-        let v0 = _mm512_maskz_loadu_ps(m0, p);
-        let v1 = _mm512_maskz_loadu_ps(m1, p.add(16.min(n)));
+        let mut v0 = _mm512_maskz_loadu_ps(m0, p);
+        let mut v1 = _mm512_maskz_loadu_ps(m1, p.add(16.min(n)));
+        if let Some(s) = scale {
+            debug_assert!(s.len() >= n);
+            let q = s.as_ptr();
+            v0 = _mm512_mul_ps(v0, _mm512_maskz_loadu_ps(m0, q));
+            v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, q.add(16.min(n))));
+        }
         let zero = _mm512_setzero_ps();
         // `v * 0` is 0 for finite v and NaN otherwise.
         let finite = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_mul_ps(v0, zero), zero)
@@ -624,7 +627,7 @@ mod tests {
             let w = quantize_block(v, &mut want);
             let mut got = [0x55i8; QBLOCK];
             // SAFETY: AVX-512 checked above.
-            let (d, s) = unsafe { avx512::quantize_block(v, &mut got) };
+            let (d, s) = unsafe { avx512::quantize_block(v, None, &mut got) };
             match w {
                 None => assert!(d.is_nan() && s == 0 && got == [0; 32], "{v:?}"),
                 Some((wd, ws)) => {
@@ -633,6 +636,23 @@ mod tests {
                         assert_eq!(got[..v.len()], want[..v.len()], "{v:?}");
                     }
                     assert!(got[v.len()..].iter().all(|&c| c == 0), "{v:?}");
+                }
+            }
+            // With a scale: the products first, then the same rule.
+            let a: Vec<f32> = (0..v.len()).map(|i| 0.25 + i as f32 * 0.37).collect();
+            let va: Vec<f32> = v.iter().zip(&a).map(|(x, s)| x * s).collect();
+            let mut want = [0i8; QBLOCK];
+            let w = quantize_block(&va, &mut want);
+            let mut got = [0x55i8; QBLOCK];
+            // SAFETY: AVX-512 checked above; `a` is as long as `v`.
+            let (d, s) = unsafe { avx512::quantize_block(v, Some(&a), &mut got) };
+            match w {
+                None => assert!(d.is_nan() && s == 0, "{v:?}"),
+                Some((wd, ws)) => {
+                    assert_eq!((d.to_bits(), s), (wd.to_bits(), ws), "{v:?} scaled");
+                    if wd != 0.0 {
+                        assert_eq!(got[..v.len()], want[..v.len()], "{v:?} scaled");
+                    }
                 }
             }
         }
