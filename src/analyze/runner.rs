@@ -225,8 +225,10 @@ fn format_of(q: &QuantizedModel) -> (String, f64) {
             (_, true) => " +act-scale",
             _ => "",
         };
+        // W8A8: the activations are int8 too.
+        let a8 = if m.int8_activations() { " +a8" } else { "" };
         *kinds
-            .entry(format!("{}{group}{extra}", m.kind()))
+            .entry(format!("{}{group}{extra}{a8}", m.kind()))
             .or_default() += 1;
         bits += m.bits_per_weight() * (m.rows() * m.cols()) as f64;
         weights += m.rows() * m.cols();
