@@ -69,7 +69,9 @@ pub enum GemvActivations {
     /// at the fidelity cost above.
     Int8All,
     /// Keep it f32 and dequantize the weights in registers: exact up to f32
-    /// rounding, for use as a reference.
+    /// rounding, for use as a reference. (A W8A8 matrix,
+    /// `QuantizedMatrix::int8_activations`, rounds under every choice: the
+    /// rounding is its arithmetic, not a kernel's shortcut.)
     F32,
 }
 

@@ -64,7 +64,8 @@ impl CpuBackend {
     }
 
     /// A backend whose every matmul keeps f32 activations: exact up to f32
-    /// rounding, the choice for a reference.
+    /// rounding, the choice for a reference (W8A8 matrices still round
+    /// theirs, as their definition says).
     pub fn exact() -> Self {
         Self::with_gemv_activations(GemvActivations::F32)
     }
