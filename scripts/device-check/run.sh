@@ -380,7 +380,10 @@ else
 fi
 if "$bin" analyze --help >/dev/null 2>&1; then
   if [ $mode = device ]; then
+    # The strategy list this step was sized for (w8a8 joined analyze's
+    # defaults later; its CUDA kernels are in cross_backend above).
     step analyze $lim_analyze "$bin" analyze --preset "$preset" --backends cuda,wgpu \
+      --strategies none,f16,int8,int4,int4-clip,nf4,kmeans4,easyquant4,gptq-int4,awq-int4 \
       --results-dir "$logs/analyze" --json
   else
     ab=cpu
