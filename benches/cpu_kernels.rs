@@ -13,7 +13,11 @@
 //! 512x14336 matrix (L3) instead (the kernels' compute rate;
 //! `QUANTSCOPE_BENCH_HOT_SHAPE=64x4096` picks another shape, e.g. one that
 //! fits L2). The outlier overhead is measured last, from
-//! `QUANTSCOPE_BENCH_PAIRS` (default 200) paired runs.
+//! `QUANTSCOPE_BENCH_PAIRS` (default 200) paired runs. `q8+a8` is a W8A8
+//! matrix (q8 with an activation scale, marked for int8 activations: what
+//! the w8a8 strategy stores); its GEMM is measured against the int8
+//! dot-product probe where the CPU has one (GOP/s), the FMA probe
+//! otherwise.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use half::{bf16, f16};
 use quantscope::backend::cpu::bandwidth::{
-    llc_bytes, measure_fma_rate, probe_bytes, Floor, ReadProbe,
+    llc_bytes, measure_fma_rate, measure_int8_dot_rate, probe_bytes, Floor, ReadProbe,
 };
 use quantscope::backend::cpu::{matmul_into, matmul_outliers_into, KernelPath};
 use quantscope::format::{
@@ -141,6 +145,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// What a case adds to the dense format.
+#[derive(Clone, Copy, PartialEq)]
+enum Extra {
+    None,
+    /// This share of the weights as sparse f16 outliers.
+    Outliers(f64),
+    /// W8A8 (q8 only): an activation scale and int8 activations.
+    W8A8,
+}
+
+/// The case's matrix number `seed`.
+fn case_matrix(
+    kind: FormatKind,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+    extra: Extra,
+) -> QuantizedMatrix {
+    match extra {
+        Extra::None => random_matrix(kind, rows, cols, seed, 0.0),
+        Extra::Outliers(f) => random_matrix(kind, rows, cols, seed, f),
+        Extra::W8A8 => {
+            let mut g = SplitMix(seed ^ 0xA8);
+            random_matrix(FormatKind::Q8, rows, cols, seed, 0.0)
+                .with_act_scale((0..cols).map(|_| 1.25 + 0.75 * g.unit()).collect())
+                .and_then(|m| m.with_int8_activations())
+                .expect("a W8A8 matrix")
+        }
+    }
+}
+
 fn bench_case(
     c: &mut Criterion,
     probe_buf: &ReadProbe,
@@ -148,12 +183,12 @@ fn bench_case(
     kind: FormatKind,
     (rows, cols): (usize, usize),
     batch: usize,
-    outlier_frac: f64,
+    extra: Extra,
 ) {
-    let label = if outlier_frac > 0.0 {
-        format!("{kind}+{}% outliers", outlier_frac * 100.0)
-    } else {
-        kind.to_string()
+    let label = match extra {
+        Extra::Outliers(f) => format!("{kind}+{}% outliers", f * 100.0),
+        Extra::W8A8 => format!("{kind}+a8"),
+        Extra::None => kind.to_string(),
     };
     let case = if batch == 1 {
         format!("gemv {label} {rows}x{cols}")
@@ -165,7 +200,7 @@ fn bench_case(
             return;
         }
     }
-    let probe = random_matrix(kind, rows, cols, 1, outlier_frac);
+    let probe = case_matrix(kind, rows, cols, 1, extra);
     let bytes = probe.storage_bytes().total();
     // Working set >= 4x LLC (GEMM reuses the weights, so two are enough there).
     let llc = llc_bytes().unwrap_or(32 << 20);
@@ -177,7 +212,7 @@ fn bench_case(
         2
     };
     let mut mats = vec![probe];
-    mats.extend((1..count).map(|i| random_matrix(kind, rows, cols, 1 + i as u64, outlier_frac)));
+    mats.extend((1..count).map(|i| case_matrix(kind, rows, cols, 1 + i as u64, extra)));
     let mut g = SplitMix(99);
     let x: Vec<f32> = (0..batch * cols).map(|_| g.unit()).collect();
     let mut y = vec![0.0f32; batch * rows];
@@ -214,7 +249,16 @@ fn bench_case(
     });
     group.finish();
     let med = median(times.into_inner());
-    // The floor right after the case: on a shared machine it moves.
+    // The floor right after the case: on a shared machine it moves. A W8A8
+    // GEMM is bound by the integer dot products where they exist.
+    let int8 = (batch > 1 && extra == Extra::W8A8)
+        .then(measure_int8_dot_rate)
+        .flatten();
+    let (unit, probe_name) = if int8.is_some() {
+        ("GOP/s", "int8 dot")
+    } else {
+        ("GFLOP/s", "FMA")
+    };
     let floor = if batch == 1 {
         Floor {
             read_bytes_per_s: probe_buf.measure(5).bytes_per_s,
@@ -223,7 +267,7 @@ fn bench_case(
     } else {
         Floor {
             read_bytes_per_s: f64::NAN,
-            flops: measure_fma_rate(),
+            flops: int8.unwrap_or_else(measure_fma_rate),
         }
     };
     let row = if batch == 1 {
@@ -238,9 +282,9 @@ fn bench_case(
         Row {
             case,
             median_s: med,
-            rate: format!("{:.1} GFLOP/s", flops / med / 1e9),
+            rate: format!("{:.1} {unit}", flops / med / 1e9),
             fraction: floor.compute_fraction(flops, med),
-            floor: format!("FMA {:.0} GFLOP/s", floor.flops / 1e9),
+            floor: format!("{probe_name} {:.0} {unit}", floor.flops / 1e9),
         }
     };
     println!(
@@ -298,13 +342,31 @@ fn cpu_kernels(c: &mut Criterion) {
     };
     for &shape in shapes {
         for kind in kinds {
-            bench_case(c, &probe_buf, &mut results, kind, shape, 1, 0.0);
+            bench_case(c, &probe_buf, &mut results, kind, shape, 1, Extra::None);
         }
         // EasyQuant-style outliers (0.5 % of the weights, CSR f16): the
         // sparse pass should cost no more than their share of the bytes.
-        bench_case(c, &probe_buf, &mut results, FormatKind::Q4, shape, 1, 0.005);
+        let outliers = Extra::Outliers(0.005);
+        bench_case(
+            c,
+            &probe_buf,
+            &mut results,
+            FormatKind::Q4,
+            shape,
+            1,
+            outliers,
+        );
+        bench_case(
+            c,
+            &probe_buf,
+            &mut results,
+            FormatKind::Q8,
+            shape,
+            1,
+            Extra::W8A8,
+        );
         for kind in kinds {
-            bench_case(c, &probe_buf, &mut results, kind, shape, 32, 0.0);
+            bench_case(c, &probe_buf, &mut results, kind, shape, 32, Extra::None);
         }
         bench_case(
             c,
@@ -313,13 +375,39 @@ fn cpu_kernels(c: &mut Criterion) {
             FormatKind::Q4,
             shape,
             32,
-            0.005,
+            outliers,
+        );
+        bench_case(
+            c,
+            &probe_buf,
+            &mut results,
+            FormatKind::Q8,
+            shape,
+            32,
+            Extra::W8A8,
         );
     }
     if std::env::var("QUANTSCOPE_BENCH_FULL").map_or(true, |v| v != "0") {
         for kind in [FormatKind::F32, FormatKind::Q8, FormatKind::Q4] {
-            bench_case(c, &probe_buf, &mut results, kind, (4096, 14336), 512, 0.0);
+            bench_case(
+                c,
+                &probe_buf,
+                &mut results,
+                kind,
+                (4096, 14336),
+                512,
+                Extra::None,
+            );
         }
+        bench_case(
+            c,
+            &probe_buf,
+            &mut results,
+            FormatKind::Q8,
+            (4096, 14336),
+            512,
+            Extra::W8A8,
+        );
     }
     println!();
     println!("| case | median | rate | floor measured right after | fraction of floor |");
