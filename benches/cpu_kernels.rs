@@ -341,51 +341,21 @@ fn cpu_kernels(c: &mut Criterion) {
         &[(4096, 4096), (4096, 14336)]
     };
     for &shape in shapes {
-        for kind in kinds {
-            bench_case(c, &probe_buf, &mut results, kind, shape, 1, Extra::None);
-        }
         // EasyQuant-style outliers (0.5 % of the weights, CSR f16): the
         // sparse pass should cost no more than their share of the bytes.
-        let outliers = Extra::Outliers(0.005);
-        bench_case(
-            c,
-            &probe_buf,
-            &mut results,
-            FormatKind::Q4,
-            shape,
-            1,
-            outliers,
-        );
-        bench_case(
-            c,
-            &probe_buf,
-            &mut results,
-            FormatKind::Q8,
-            shape,
-            1,
-            Extra::W8A8,
-        );
-        for kind in kinds {
-            bench_case(c, &probe_buf, &mut results, kind, shape, 32, Extra::None);
+        // And the W8A8 matrix w8a8 stores.
+        let extras = [
+            (FormatKind::Q4, Extra::Outliers(0.005)),
+            (FormatKind::Q8, Extra::W8A8),
+        ];
+        for batch in [1, 32] {
+            for kind in kinds {
+                bench_case(c, &probe_buf, &mut results, kind, shape, batch, Extra::None);
+            }
+            for (kind, extra) in extras {
+                bench_case(c, &probe_buf, &mut results, kind, shape, batch, extra);
+            }
         }
-        bench_case(
-            c,
-            &probe_buf,
-            &mut results,
-            FormatKind::Q4,
-            shape,
-            32,
-            outliers,
-        );
-        bench_case(
-            c,
-            &probe_buf,
-            &mut results,
-            FormatKind::Q8,
-            shape,
-            32,
-            Extra::W8A8,
-        );
     }
     if std::env::var("QUANTSCOPE_BENCH_FULL").map_or(true, |v| v != "0") {
         for kind in [FormatKind::F32, FormatKind::Q8, FormatKind::Q4] {

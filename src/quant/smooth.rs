@@ -170,43 +170,55 @@ pub fn smooth_w8a8(
             .sum::<f64>()
             / energy
     };
-    // Output error of q8(W · diag(s)) against R(X · diag(1/s)), or with the
-    // activations unrounded.
-    let evaluate = |s: Option<&[f32]>, round: bool| -> Result<(QuantizedMatrix, f64), QuantError> {
+    // q8 of W · diag(s) (W itself without `s`) and its dequantized weights.
+    let pack = |s: Option<&[f32]>| -> Result<(QuantizedMatrix, Matrix), QuantError> {
+        let scaled;
         let ws = match s {
-            Some(s) => Matrix::from_vec(
-                rows,
-                cols,
-                w.data()
-                    .par_chunks(cols)
-                    .flat_map_iter(|r| r.iter().zip(s).map(|(v, k)| v * k))
-                    .collect(),
-            )?,
-            None => w.clone(),
+            Some(s) => {
+                scaled = Matrix::from_vec(
+                    rows,
+                    cols,
+                    w.data()
+                        .par_chunks(cols)
+                        .flat_map_iter(|r| r.iter().zip(s).map(|(v, k)| v * k))
+                        .collect(),
+                )?;
+                &scaled
+            }
+            None => w,
         };
-        limits::check_representable(&ws, FormatKind::Q8, group, false)?;
-        let q = pack_q8(&ws, group)?;
+        limits::check_representable(ws, FormatKind::Q8, group, false)?;
+        let q = pack_q8(ws, group)?;
         let wd = q.dequantize();
-        let mut x = match s {
-            Some(s) => xs
-                .chunks(cols)
-                .flat_map(|r| r.iter().zip(s).map(|(v, k)| v / k))
-                .collect(),
-            None => xs.clone(),
+        Ok((q, wd))
+    };
+    // Output error of those weights against R(X · diag(1/s)), or against
+    // X · diag(1/s) unrounded (`round` false).
+    let output_error = |s: Option<&[f32]>, wd: &Matrix, round: bool| -> f64 {
+        let divided: Vec<f32>;
+        let x: &[f32] = match s {
+            Some(s) => {
+                divided = xs
+                    .chunks(cols)
+                    .flat_map(|r| r.iter().zip(s).map(|(v, k)| v / k))
+                    .collect();
+                &divided
+            }
+            None => &xs,
         };
-        if round {
-            let mut r = Vec::new();
-            crate::backend::cpu::int8_rounded_into(&x, cols, &mut r);
-            x = r;
+        if !round {
+            return error(&product(x, n, cols, wd.data(), rows));
         }
-        let e = error(&product(&x, n, cols, wd.data(), rows));
-        Ok((q, e))
+        let mut r = Vec::new();
+        crate::backend::cpu::int8_rounded_into(x, cols, &mut r);
+        error(&product(&r, n, cols, wd.data(), rows))
     };
 
     let total = cfg.grid + 2;
     progress(0, total);
-    let (_, weight_only_error) = evaluate(None, false)?;
-    let (plain, plain_error) = evaluate(None, true)?;
+    let (plain, plain_wd) = pack(None)?;
+    let weight_only_error = output_error(None, &plain_wd, false);
+    let plain_error = output_error(None, &plain_wd, true);
     progress(1, total);
     let mut candidates = vec![(None, plain_error)];
     let mut best: (Option<f32>, f64, QuantizedMatrix, Option<Vec<f32>>) =
@@ -215,7 +227,8 @@ pub fn smooth_w8a8(
         let alpha = k as f32 / cfg.grid as f32;
         let s = smooth_scales(&a, &b, alpha);
         // A candidate q8 (f16 scales) cannot hold is not a candidate.
-        if let Ok((q, e)) = evaluate(Some(&s), true) {
+        if let Ok((q, wd)) = pack(Some(&s)) {
+            let e = output_error(Some(&s), &wd, true);
             candidates.push((Some(alpha), e));
             if e < best.1 {
                 best = (Some(alpha), e, q, Some(s));

@@ -102,15 +102,7 @@ pub(crate) fn gemm(
     match m.act_scale() {
         Some(a) => {
             let mut xs = SCALED.with(|c| c.take());
-            xs.clear();
-            xs.resize(x.len(), 0.0);
-            xs.par_chunks_mut(cols)
-                .zip(x.par_chunks(cols))
-                .for_each(|(o, r)| {
-                    for ((o, &v), &s) in o.iter_mut().zip(r).zip(a) {
-                        *o = v * s;
-                    }
-                });
+            super::matmul::scale_rows_into(x, a, &mut xs);
             gemm_scaled(path, m, &xs, batch, bias, y, int8_act);
             SCALED.with(|c| c.set(xs));
         }

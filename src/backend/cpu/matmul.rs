@@ -117,13 +117,28 @@ pub fn matmul_outliers_into(
 /// `x` times `m`'s activation scale, row by row (borrowed when it has none).
 fn scaled<'a>(m: &QuantizedMatrix, x: &'a [f32]) -> Cow<'a, [f32]> {
     match m.act_scale() {
-        Some(a) => Cow::Owned(
-            x.chunks(m.cols())
-                .flat_map(|row| row.iter().zip(a).map(|(v, s)| v * s))
-                .collect(),
-        ),
+        Some(a) => {
+            let mut v = Vec::new();
+            scale_rows_into(x, a, &mut v);
+            Cow::Owned(v)
+        }
         None => Cow::Borrowed(x),
     }
+}
+
+/// Rows of `x` (`a.len()` columns each) times `a`, into `out` (cleared
+/// first; a buffer the caller may keep), rows in parallel.
+pub(super) fn scale_rows_into(x: &[f32], a: &[f32], out: &mut Vec<f32>) {
+    use rayon::prelude::*;
+    out.clear();
+    out.resize(x.len(), 0.0);
+    out.par_chunks_mut(a.len())
+        .zip(x.par_chunks(a.len()))
+        .for_each(|(o, r)| {
+            for ((o, &v), &s) in o.iter_mut().zip(r).zip(a) {
+                *o = v * s;
+            }
+        });
 }
 
 /// The path runs here and the lengths fit `m`.
